@@ -1,0 +1,16 @@
+// Schemas of the SSIM kernels (namespace igd_fast_C). Backends register
+// implementations with TORCH_LIBRARY_IMPL(igd_fast_C, CPU|CUDA, m).
+// Contract (see ARCHITECTURE.md): per-scale fused SSIM forward/backward, and the
+// combination of per-scale maps into the full-resolution MS-SSIM map.
+#include <torch/library.h>
+
+TORCH_LIBRARY_FRAGMENT(igd_fast_C, m) {
+  m.def(
+      "ssim_scale_fwd(Tensor x, Tensor y, int win_size, float sigma, float c1, float c2, "
+      "bool want_maps) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "ssim_scale_bwd(Tensor x, Tensor y, int win_size, float sigma, float c1, float c2, "
+      "Tensor g_ssim_mean, Tensor g_cs_mean, Tensor g_ssim_map, Tensor g_cs_map, bool need_gx) "
+      "-> (Tensor, Tensor)");
+  m.def("combine_maps(Tensor[] maps, float[] weights, int out_h, int out_w, int win_size) -> Tensor");
+}

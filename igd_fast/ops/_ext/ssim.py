@@ -1,0 +1,22 @@
+"""SSIM entry points of the compiled backends (torch.ops.igd_fast_C.*)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..._backends import extension
+
+extension()  # loading the module registers its ops
+_ops = torch.ops.igd_fast_C
+
+
+def ssim_scale_fwd(x, y, win_size, sigma, c1, c2, want_maps):
+    return _ops.ssim_scale_fwd(x, y, win_size, sigma, c1, c2, want_maps)
+
+
+def ssim_scale_bwd(x, y, win_size, sigma, c1, c2, g_s_mean, g_cs_mean, g_s_map, g_cs_map, need_gx):
+    return _ops.ssim_scale_bwd(x, y, win_size, sigma, c1, c2, g_s_mean, g_cs_mean, g_s_map, g_cs_map, need_gx)
+
+
+def combine_maps(maps, weights, out_h, out_w, win_size):
+    return _ops.combine_maps(maps, weights, out_h, out_w, win_size)

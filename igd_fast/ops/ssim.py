@@ -1,0 +1,217 @@
+"""MS-SSIM ops: ``igd_fast::ssim_scale`` (+ backward) and ``igd_fast::combine_maps``.
+
+One op per kernel, registered with ``torch.library`` (fake impls for
+``torch.compile``, autograd through registered backwards). The ``backend`` argument
+names the implementation; :mod:`igd_fast._backends` resolves it before the call.
+The multi-scale glue (pooling, relu/pow/product over scales) is ordinary PyTorch so
+autograd composes it with the kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _backends
+from .._validate import check_image_pair
+from ..config import GLOBAL, MSSSIMConfig
+from ..reference import ssim as ref
+from ._impls import impl
+
+
+@torch.library.custom_op("igd_fast::ssim_scale", mutates_args=())
+def ssim_scale(
+    x: Tensor, y: Tensor, win_size: int, sigma: float, c1: float, c2: float, want_maps: bool, backend: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One scale: (ssim_mean N×C, cs_mean N×C, ssim_map | empty, cs_map | empty), float32."""
+    return tuple(impl(backend, "ssim").ssim_scale_fwd(x, y, win_size, sigma, c1, c2, want_maps))
+
+
+@ssim_scale.register_fake
+def _(x, y, win_size, sigma, c1, c2, want_maps, backend):
+    n, c, h, w = x.shape
+    dt = ref.compute_dtype(x.dtype)
+    mean = x.new_empty((n, c), dtype=dt)
+    if want_maps:
+        m = x.new_empty((n, c, h - win_size + 1, w - win_size + 1), dtype=dt)
+        return mean, mean.clone(), m, m.clone()
+    return mean, mean.clone(), x.new_empty(0, dtype=dt), x.new_empty(0, dtype=dt)
+
+
+@torch.library.custom_op("igd_fast::ssim_scale_backward", mutates_args=())
+def ssim_scale_backward(
+    x: Tensor,
+    y: Tensor,
+    win_size: int,
+    sigma: float,
+    c1: float,
+    c2: float,
+    g_ssim_mean: Tensor,
+    g_cs_mean: Tensor,
+    g_ssim_map: Tensor,
+    g_cs_map: Tensor,
+    need_gx: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    """Gradients (gx | empty, gy) of one scale; map grads may be empty (= zero)."""
+    return tuple(
+        impl(backend, "ssim").ssim_scale_bwd(
+            x, y, win_size, sigma, c1, c2, g_ssim_mean, g_cs_mean, g_ssim_map, g_cs_map, need_gx
+        )
+    )
+
+
+@ssim_scale_backward.register_fake
+def _(x, y, win_size, sigma, c1, c2, g_ssim_mean, g_cs_mean, g_ssim_map, g_cs_map, need_gx, backend):
+    gx = torch.empty_like(x) if need_gx else x.new_empty(0)
+    return gx, torch.empty_like(y)
+
+
+def _ssim_scale_setup(ctx, inputs, output):
+    x, y, win_size, sigma, c1, c2, want_maps, backend = inputs
+    ctx.save_for_backward(x, y)
+    ctx.params = (win_size, sigma, c1, c2, backend)
+
+
+def _ssim_scale_bwd(ctx, g_s_mean, g_cs_mean, g_s_map, g_cs_map):
+    x, y = ctx.saved_tensors
+    win_size, sigma, c1, c2, backend = ctx.params
+    n, c = x.shape[:2]
+    zeros = x.new_zeros((n, c), dtype=ref.compute_dtype(x.dtype))
+    g_s_mean = zeros if g_s_mean is None else g_s_mean.contiguous()
+    g_cs_mean = zeros if g_cs_mean is None else g_cs_mean.contiguous()
+    empty = zeros.new_empty(0)
+    g_s_map = empty if g_s_map is None or g_s_map.numel() == 0 else g_s_map.contiguous()
+    g_cs_map = empty if g_cs_map is None or g_cs_map.numel() == 0 else g_cs_map.contiguous()
+    need_gx = ctx.needs_input_grad[0]
+    gx, gy = ssim_scale_backward(
+        x, y, win_size, sigma, c1, c2, g_s_mean, g_cs_mean, g_s_map, g_cs_map, need_gx, backend
+    )
+    return (gx if need_gx else None), gy, None, None, None, None, None, None
+
+
+ssim_scale.register_autograd(_ssim_scale_bwd, setup_context=_ssim_scale_setup)
+
+
+@torch.library.custom_op("igd_fast::combine_maps", mutates_args=())
+def combine_maps(
+    maps: list[Tensor], weights: list[float], out_h: int, out_w: int, win_size: int, backend: str
+) -> Tensor:
+    """Per-pixel MS-SSIM from the per-scale maps, N×C×out_h×out_w (see reference)."""
+    return impl(backend, "ssim").combine_maps(maps, weights, out_h, out_w, win_size)
+
+
+@combine_maps.register_fake
+def _(maps, weights, out_h, out_w, win_size, backend):
+    n, c = maps[0].shape[:2]
+    return maps[0].new_empty((n, c, out_h, out_w))
+
+
+def _combine_setup(ctx, inputs, output):
+    maps, weights, out_h, out_w, win_size, backend = inputs
+    ctx.save_for_backward(*maps)
+    ctx.params = (list(weights), out_h, out_w, win_size)
+
+
+def _combine_bwd(ctx, grad):
+    # The product's backward is cheap elementwise work: autograd of the reference.
+    maps = [m.detach().requires_grad_(True) for m in ctx.saved_tensors]
+    with torch.enable_grad():
+        out = ref.combine_maps(maps, *ctx.params)
+        grads = torch.autograd.grad(out, maps, grad)
+    return list(grads), None, None, None, None, None
+
+
+combine_maps.register_autograd(_combine_bwd, setup_context=_combine_setup)
+
+
+# ---------------------------------------------------------------- public functions
+
+
+def _scales(x: Tensor, y: Tensor, config: MSSSIMConfig, want_maps: bool, backend: str):
+    """Run every scale; yields (ssim_mean, cs_mean, ssim_map, cs_map) per scale."""
+    out = []
+    for j in range(config.scales):
+        out.append(
+            ssim_scale(x, y, config.win_size, config.sigma, config.c1, config.c2, want_maps, backend)
+        )
+        if j < config.scales - 1:
+            x, y = ref.downsample(x), ref.downsample(y)
+    return out
+
+
+def ms_ssim_per_channel(
+    x: Tensor, y: Tensor, config: MSSSIMConfig = GLOBAL, backend: str | None = None
+) -> Tensor:
+    """N×C MS-SSIM values."""
+    check_image_pair(x, y, config)
+    b = _backends.resolve(x.device, backend)
+    scales = _scales(x, y, config, False, b)
+    vals = [
+        ref.safe_pow(s_mean if j == config.scales - 1 else cs_mean, w)
+        for j, ((s_mean, cs_mean, _, _), w) in enumerate(zip(scales, config.weights))
+    ]
+    return torch.stack(vals, 0).prod(0)
+
+
+def ms_ssim(
+    x: Tensor,
+    y: Tensor,
+    config: MSSSIMConfig = GLOBAL,
+    reduction: str = "mean",
+    backend: str | None = None,
+) -> Tensor:
+    """MS-SSIM of two N×C×H×W batches, averaged over channels.
+
+    ``reduction``: ``"mean"`` (scalar), ``"sum"`` or ``"none"`` (one value per image).
+
+    >>> import torch, igd_fast
+    >>> x = torch.randn(2, 3, 256, 256)
+    >>> float(igd_fast.ms_ssim(x, x))
+    1.0
+    """
+    return ref.reduce(ms_ssim_per_channel(x, y, config, backend).mean(1), reduction)
+
+
+def ms_ssim_map(
+    x: Tensor, y: Tensor, config: MSSSIMConfig = GLOBAL, backend: str | None = None
+) -> Tensor:
+    """N×1×H×W per-pixel MS-SSIM: per-scale maps brought back to H×W and combined
+    as prod_j relu(map_j) ** w_j (see :func:`igd_fast.reference.ssim.combine_maps`)."""
+    check_image_pair(x, y, config)
+    b = _backends.resolve(x.device, backend)
+    scales = _scales(x, y, config, True, b)
+    maps = [s[2] if j == config.scales - 1 else s[3] for j, s in enumerate(scales)]
+    h, w = x.shape[-2:]
+    return combine_maps(maps, list(config.weights), h, w, config.win_size, b).mean(1, keepdim=True)
+
+
+def recon_loss(
+    x: Tensor,
+    x_hat: Tensor,
+    rho: float = 0.15,
+    config: MSSSIMConfig = GLOBAL,
+    reduction: str = "mean",
+    backend: str | None = None,
+) -> Tensor:
+    """IGD reconstruction loss rho * |x - x_hat| / L + (1 - rho) * (1 - MS-SSIM(x, x_hat)).
+
+    Per image, then reduced. Gradients flow to ``x_hat`` (and ``x``) through our kernels.
+    """
+    per_image_ms = ms_ssim(x, x_hat, config, "none", backend)
+    mae = ref.abs_error(x, x_hat).mean(dim=(1, 2, 3))
+    per_image = rho * mae / config.data_range + (1 - rho) * (1 - per_image_ms)
+    return ref.reduce(per_image, reduction)
+
+
+def recon_error_map(
+    x: Tensor,
+    x_hat: Tensor,
+    rho: float = 0.15,
+    config: MSSSIMConfig = GLOBAL,
+    backend: str | None = None,
+) -> Tensor:
+    """N×1×H×W per-pixel l_r: rho * mean_c |x - x_hat| / L + (1 - rho) * (1 - MS-SSIM map)."""
+    m = ms_ssim_map(x, x_hat, config, backend)
+    mae = ref.abs_error(x, x_hat).mean(1, keepdim=True)
+    return rho * mae / config.data_range + (1 - rho) * (1 - m)

@@ -1,0 +1,1 @@
+"""Pure-PyTorch references: readable, differentiable, and the `torch` backend."""
