@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import importlib
 import os
-from functools import lru_cache
+from functools import cache
 
 import torch
 
 NAMES = ("torch", "cpu", "cuda", "triton")
 
 
-@lru_cache(maxsize=None)
+@cache
 def extension() -> object | None:
     """The compiled extension module, or None when this install has none."""
     try:
@@ -31,7 +31,7 @@ def extension_has_cuda() -> bool:
     return bool(ext is not None and getattr(ext, "has_cuda", lambda: False)())
 
 
-@lru_cache(maxsize=None)
+@cache
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401
