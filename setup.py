@@ -30,7 +30,7 @@ def _want_cuda() -> bool:
 def _extension():
     cpp = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     cu = sorted(glob.glob("csrc/**/*.cu", recursive=True))
-    cxx = ["-O3", "-fopenmp", "-std=c++17"]
+    cxx = ["-O3", "-fopenmp", "-std=c++20"]
     if os.environ.get("IGD_FAST_PORTABLE", "0") in ("0", ""):
         cxx.append("-march=native")
     args = {"cxx": cxx}
@@ -43,7 +43,7 @@ def _extension():
             for d in glob.glob(os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), pattern)):
                 include.append(d)
         args["cxx"].append("-DIGD_FAST_WITH_CUDA")
-        args["nvcc"] = ["-O3", "-DIGD_FAST_WITH_CUDA", "--use_fast_math", "-lineinfo", "-std=c++17"]
+        args["nvcc"] = ["-O3", "-DIGD_FAST_WITH_CUDA", "--use_fast_math", "-lineinfo", "-std=c++20"]
         return cpp_extension.CUDAExtension(
             "igd_fast._C", cpp + cu, include_dirs=include, extra_compile_args=args,
             extra_link_args=["-fopenmp"],

@@ -21,6 +21,9 @@ mv "$OUT/pkg_igd_fast" "$OUT/igd_fast"
 (cd "$OUT" && "$VENV/bin/python" -c "
 import torch, igd_fast._C as C
 assert C.has_cuda(), 'extension built without CUDA'
-ops = [n for n in dir(torch.ops.igd_fast_C) if not n.startswith('_')]
-print('CUDA build OK; ops:', ops)
+ops = ['ssim_scale_fwd', 'ssim_scale_bwd', 'combine_maps', 'fold_patch_maps', 'anomaly_map']
+for op in ops:
+    for key in ('CPU', 'CUDA'):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key('igd_fast_C::' + op, key), (op, key)
+print('CUDA build OK: CPU and CUDA kernels registered for', ops)
 ")

@@ -13,4 +13,7 @@ TORCH_LIBRARY_FRAGMENT(igd_fast_C, m) {
       "Tensor g_ssim_mean, Tensor g_cs_mean, Tensor g_ssim_map, Tensor g_cs_map, bool need_gx) "
       "-> (Tensor, Tensor)");
   m.def("combine_maps(Tensor[] maps, float[] weights, int out_h, int out_w, int win_size) -> Tensor");
+  // 2×2 average pool between scales (reference.ssim.downsample) and its backward.
+  m.def("downsample(Tensor x) -> Tensor");
+  m.def("downsample_bwd(Tensor grad, int h, int w) -> Tensor");
 }

@@ -125,33 +125,74 @@ def _combine_bwd(ctx, grad):
 combine_maps.register_autograd(_combine_bwd, setup_context=_combine_setup)
 
 
+@torch.library.custom_op("igd_fast::downsample", mutates_args=())
+def downsample(x: Tensor, backend: str) -> Tensor:
+    """2×2 average pool between scales (odd sizes padded, as pytorch_msssim)."""
+    return getattr(impl(backend, "ssim"), "downsample", ref.downsample)(x)
+
+
+@downsample.register_fake
+def _(x, backend):
+    n, c, h, w = x.shape
+    return x.new_empty((n, c, (h + 1) // 2, (w + 1) // 2))
+
+
+def _downsample_setup(ctx, inputs, output):
+    x, backend = inputs
+    ctx.hw = tuple(x.shape[-2:])
+    ctx.backend = backend
+
+
+def _downsample_bwd(ctx, g):
+    bwd = getattr(impl(ctx.backend, "ssim"), "downsample_bwd", ref.downsample_bwd)
+    return bwd(g.contiguous(), *ctx.hw), None
+
+
+downsample.register_autograd(_downsample_bwd, setup_context=_downsample_setup)
+
+
 # ---------------------------------------------------------------- public functions
 
 
 def _scales(x: Tensor, y: Tensor, config: MSSSIMConfig, want_maps: bool, backend: str):
-    """Run every scale; yields (ssim_mean, cs_mean, ssim_map, cs_map) per scale."""
+    """Run every scale: a list of (ssim_mean, cs_mean, ssim_map, cs_map) per scale."""
     out = []
     for j in range(config.scales):
         out.append(
             ssim_scale(x, y, config.win_size, config.sigma, config.c1, config.c2, want_maps, backend)
         )
         if j < config.scales - 1:
-            x, y = ref.downsample(x), ref.downsample(y)
+            x, y = downsample(x, backend), downsample(y, backend)
     return out
+
+
+def ms_ssim_with_map(
+    x: Tensor,
+    y: Tensor,
+    config: MSSSIMConfig = GLOBAL,
+    want_map: bool = True,
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """N×C MS-SSIM values and (if ``want_map``) the N×1×H×W per-pixel map, from ONE pass
+    over the scales: the per-scale kernels give the pooled values and the maps together."""
+    check_image_pair(x, y, config)
+    b = _backends.resolve(x.device, backend)
+    scales = _scales(x, y, config, want_map, b)
+    last = config.scales - 1
+    vals = [ref.safe_pow(s[0] if j == last else s[1], w) for j, (s, w) in enumerate(zip(scales, config.weights))]
+    values = torch.stack(vals, 0).prod(0)
+    if not want_map:
+        return values, None
+    maps = [s[2] if j == last else s[3] for j, s in enumerate(scales)]
+    h, w = x.shape[-2:]
+    return values, combine_maps(maps, list(config.weights), h, w, config.win_size, b).mean(1, keepdim=True)
 
 
 def ms_ssim_per_channel(
     x: Tensor, y: Tensor, config: MSSSIMConfig = GLOBAL, backend: str | None = None
 ) -> Tensor:
     """N×C MS-SSIM values."""
-    check_image_pair(x, y, config)
-    b = _backends.resolve(x.device, backend)
-    scales = _scales(x, y, config, False, b)
-    vals = [
-        ref.safe_pow(s_mean if j == config.scales - 1 else cs_mean, w)
-        for j, ((s_mean, cs_mean, _, _), w) in enumerate(zip(scales, config.weights))
-    ]
-    return torch.stack(vals, 0).prod(0)
+    return ms_ssim_with_map(x, y, config, False, backend)[0]
 
 
 def ms_ssim(
@@ -178,12 +219,7 @@ def ms_ssim_map(
 ) -> Tensor:
     """N×1×H×W per-pixel MS-SSIM: per-scale maps brought back to H×W and combined
     as prod_j relu(map_j) ** w_j (see :func:`igd_fast.reference.ssim.combine_maps`)."""
-    check_image_pair(x, y, config)
-    b = _backends.resolve(x.device, backend)
-    scales = _scales(x, y, config, True, b)
-    maps = [s[2] if j == config.scales - 1 else s[3] for j, s in enumerate(scales)]
-    h, w = x.shape[-2:]
-    return combine_maps(maps, list(config.weights), h, w, config.win_size, b).mean(1, keepdim=True)
+    return ms_ssim_with_map(x, y, config, True, backend)[1]
 
 
 def recon_loss(
@@ -215,3 +251,4 @@ def recon_error_map(
     m = ms_ssim_map(x, x_hat, config, backend)
     mae = ref.abs_error(x, x_hat).mean(1, keepdim=True)
     return rho * mae / config.data_range + (1 - rho) * (1 - m)
+

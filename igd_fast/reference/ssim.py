@@ -120,6 +120,12 @@ def downsample(t: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(t, kernel_size=2, padding=pad)
 
 
+def downsample_bwd(grad: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Adjoint of :func:`downsample` for an input of h×w: each pixel lies in one window."""
+    up = grad.repeat_interleave(2, -2).repeat_interleave(2, -1) / 4
+    return up[..., h % 2 : h % 2 + h, w % 2 : w % 2 + w]
+
+
 def safe_pow(v: torch.Tensor, w: float) -> torch.Tensor:
     """relu(v) ** w with a zero (not NaN) gradient where v <= 0."""
     pos = v > 0

@@ -1,0 +1,98 @@
+"""Speed-up table from a pytest-benchmark JSON file.
+
+    pytest benchmarks --benchmark-json=out.json
+    python benchmarks/report.py out.json [--markdown]
+
+Generic over benchmark files: entries are grouped by ``benchmark.group``; in each group
+the entry with ``extra_info["role"] == "ours"`` (or ``"side"``) is compared with every other entry (the
+peers, each the baseline of one row): ratio = median peer / median ours. A peer's
+optional ``extra_info["target"]`` is the speed-up the SPEC asks for; the exit status
+is 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+
+
+def _role(bench: dict) -> str | None:
+    info = bench.get("extra_info", {})
+    return info.get("role", info.get("side"))  # "side" is the same tag in older files
+
+
+def _label(bench: dict) -> str:
+    return bench.get("extra_info", {}).get("entry") or bench.get("name", "?")
+
+
+def rows(data: dict) -> list[dict]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for b in data.get("benchmarks", []):
+        groups[b.get("group") or b.get("name", "?")].append(b)
+    out = []
+    for group, benches in groups.items():
+        ours = [b for b in benches if _role(b) == "ours"]
+        peers = [b for b in benches if _role(b) != "ours"]
+        if len(ours) != 1:
+            print(f"warning: group {group!r} has {len(ours)} 'ours' entries; skipped", file=sys.stderr)
+            continue
+        o = ours[0]
+        om = o["stats"]["median"]
+        for p in peers:
+            pm = p["stats"]["median"]
+            target = p.get("extra_info", {}).get("target")
+            ratio = pm / om
+            out.append({
+                "group": group,
+                "ours": _label(o),
+                "ours_median_s": om,
+                "peer": _label(p),
+                "peer_median_s": pm,
+                "ratio": ratio,
+                "target": target,
+                "met": None if target is None else ratio >= target,
+            })
+    return out
+
+
+def _fmt_time(s: float) -> str:
+    return f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def table(rs: list[dict], markdown: bool = False) -> str:
+    head = ["group", "ours (median)", "peer", "peer (median)", "speed-up", "target", "met"]
+    body = []
+    for r in rs:
+        tgt = "" if r["target"] is None else f">= {r['target']:g}x"
+        met = "" if r["met"] is None else ("yes" if r["met"] else "NO")
+        body.append([r["group"], _fmt_time(r["ours_median_s"]), r["peer"], _fmt_time(r["peer_median_s"]),
+                     f"{r['ratio']:.1f}x", tgt, met])
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+        return "\n".join(lines)
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*b) for b in body])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("json", help="file written by pytest --benchmark-json")
+    ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    args = ap.parse_args(argv)
+    with open(args.json) as f:
+        data = json.load(f)
+    rs = rows(data)
+    print(table(rs, args.markdown))
+    info = data.get("machine_info", {})
+    cpu = info.get("cpu", {}).get("brand_raw", "")
+    if cpu:
+        print(f"\n{cpu}; medians; ratio = median peer / median ours")
+    return 0 if all(r["met"] is not False for r in rs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+// c10::Half instantiation of the SSIM launchers (see ssim_kernel.cuh).
+#include "ssim_kernel.cuh"
+
+namespace igd_fast {
+namespace ssim_cuda {
+IGD_SSIM_DECLARE(c10::Half, )
+}  // namespace ssim_cuda
+}  // namespace igd_fast

@@ -1,0 +1,8 @@
+// float instantiation of the SSIM launchers (see ssim_kernel.cuh).
+#include "ssim_kernel.cuh"
+
+namespace igd_fast {
+namespace ssim_cuda {
+IGD_SSIM_DECLARE(float, )
+}  // namespace ssim_cuda
+}  // namespace igd_fast

@@ -1,0 +1,42 @@
+"""Data: the MVTec AD layout reader and a synthetic MVTec-layout generator.
+
+* :class:`MVTecDataset` (``split`` = train | val | train_all | test) yields dicts with
+  ``image`` (3×S×S, ImageNet-normalised), ``mask``, ``label``, ``path``, ``defect``.
+* :func:`list_train_files`, :func:`list_test_samples`, :func:`split_train_val` (deterministic
+  validation split of train/good), :func:`load_image`, :func:`load_mask`.
+* :func:`make_synthetic_mvtec` writes a tiny dataset of real PNG files.
+"""
+
+from .mvtec import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LAYOUT,
+    CorruptImageError,
+    DataLayoutError,
+    MVTecDataset,
+    Sample,
+    image_size_of,
+    list_test_samples,
+    list_train_files,
+    load_image,
+    load_mask,
+    split_train_val,
+)
+from .synthetic import make_synthetic_mvtec
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LAYOUT",
+    "CorruptImageError",
+    "DataLayoutError",
+    "MVTecDataset",
+    "Sample",
+    "image_size_of",
+    "load_image",
+    "load_mask",
+    "make_synthetic_mvtec",
+    "split_train_val",
+    "list_test_samples",
+    "list_train_files",
+]

@@ -1,0 +1,233 @@
+"""MVTec-AD layout reader.
+
+Layout (``root/category``)::
+
+    train/good/*.png                    training normals
+    test/<defect>/*.png                 test images, ``good`` = normal
+    ground_truth/<defect>/<name>_mask.png  masks of the anomalous test images
+
+Images are returned as float32 3×S×S tensors, resized to the model size and
+normalised with ImageNet mean/std (so values lie in [-2.1179, 2.6400], the data range
+4.7579 the MS-SSIM constants assume).
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+LAYOUT = (
+    "expected the MVTec AD layout: <root>/<category>/train/good/*.png, "
+    "<root>/<category>/test/<defect>/*.png (normal test images in test/good), "
+    "<root>/<category>/ground_truth/<defect>/<name>_mask.png"
+)
+
+
+class DataLayoutError(ValueError):
+    """The data folder is missing, empty or not laid out as MVTec AD."""
+
+
+class CorruptImageError(ValueError):
+    """An image file could not be decoded; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a split: its file, defect type ('good' = normal) and mask file."""
+
+    path: Path
+    defect: str = "good"
+    mask: Path | None = None
+
+    @property
+    def label(self) -> int:
+        return 0 if self.defect == "good" else 1
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _category_dir(root: str | Path, category: str) -> Path:
+    d = Path(root) / category
+    if not d.is_dir():
+        raise DataLayoutError(f"category folder {d} does not exist; {LAYOUT}")
+    return d
+
+
+def list_train_files(root: str | Path, category: str) -> list[Path]:
+    """Sorted image files of ``root/category/train/good``."""
+    d = _category_dir(root, category) / "train" / "good"
+    if not d.is_dir():
+        raise DataLayoutError(f"{d} does not exist; {LAYOUT}")
+    files = _images_in(d)
+    if not files:
+        raise DataLayoutError(f"{d} holds no image files ({', '.join(IMAGE_EXTENSIONS)}); {LAYOUT}")
+    return files
+
+
+def list_test_samples(root: str | Path, category: str, require_masks: bool = True) -> list[Sample]:
+    """Test images of every defect folder (sorted), with their masks for anomalous ones."""
+    cat = _category_dir(root, category)
+    tdir = cat / "test"
+    if not tdir.is_dir():
+        raise DataLayoutError(f"{tdir} does not exist; {LAYOUT}")
+    out: list[Sample] = []
+    for ddir in sorted(p for p in tdir.iterdir() if p.is_dir()):
+        for f in _images_in(ddir):
+            mask = None
+            if ddir.name != "good":
+                mask = cat / "ground_truth" / ddir.name / f"{f.stem}_mask.png"
+                if not mask.is_file():
+                    if require_masks:
+                        raise DataLayoutError(f"no mask {mask} for test image {f}; {LAYOUT}")
+                    mask = None
+            out.append(Sample(f, ddir.name, mask))
+    if not out:
+        raise DataLayoutError(f"{tdir} holds no image files in any <defect> sub-folder; {LAYOUT}")
+    return out
+
+
+def split_train_val(files: Sequence[Path], val_fraction: float = 0.1, seed: int = 0) -> tuple[list[Path], list[Path]]:
+    """Deterministic split of the training normals: the validation part depends only on
+    the sorted file names, ``val_fraction`` and ``seed``. At least one file stays in each
+    part when ``val_fraction > 0`` and there are two or more files."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    files = sorted(Path(f) for f in files)
+    n_val = int(round(val_fraction * len(files)))
+    if val_fraction > 0 and len(files) >= 2:
+        n_val = min(max(n_val, 1), len(files) - 1)
+    order = list(range(len(files)))
+    random.Random(seed).shuffle(order)
+    val_idx = set(order[:n_val])
+    train = [f for i, f in enumerate(files) if i not in val_idx]
+    val = [f for i, f in enumerate(files) if i in val_idx]
+    return train, val
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            im.load()
+            # RGBA / LA / P / L / I;16 all end up as 3-channel RGB
+            if im.mode in ("I;16", "I;16B", "I", "F"):
+                arr = np.asarray(im, dtype=np.float64)
+                arr = 255.0 * (arr - arr.min()) / max(float(arr.max() - arr.min()), 1e-12)
+                return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:
+        raise CorruptImageError(f"cannot read image file {path}: {e}") from e
+
+
+def load_image(path: str | Path, size: int | tuple[int, int] | None = 256) -> torch.Tensor:
+    """3×H×W float32 ImageNet-normalised image; resized (bilinear) to ``size`` unless None."""
+    im = _open_rgb(Path(path))
+    if size is not None:
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        if im.size != (hw[1], hw[0]):
+            im = im.resize((hw[1], hw[0]), Image.BILINEAR)
+    x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
+def load_mask(path: str | Path | None, size: int | tuple[int, int]) -> torch.Tensor:
+    """1×H×W float32 {0, 1} mask (nearest resize); zeros when ``path`` is None."""
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if path is None:
+        return torch.zeros(1, *hw)
+    try:
+        with Image.open(path) as im:
+            m = im.convert("L").resize((hw[1], hw[0]), Image.NEAREST)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise CorruptImageError(f"cannot read mask file {path}: {e}") from e
+    return torch.from_numpy((np.asarray(m) > 127).astype(np.float32))[None]
+
+
+def image_size_of(path: str | Path) -> tuple[int, int]:
+    """(H, W) of an image file without decoding the pixels."""
+    with Image.open(path) as im:
+        return im.size[1], im.size[0]
+
+
+def _readable(path: Path) -> bool:
+    try:
+        _open_rgb(path)
+        return True
+    except CorruptImageError as e:
+        warnings.warn(f"skipping {e}", stacklevel=3)
+        return False
+
+
+class MVTecDataset(Dataset):
+    """Images of one split of an MVTec-layout category.
+
+    ``split``: ``"train"`` / ``"val"`` (the deterministic split of ``train/good`` by
+    ``val_fraction`` and ``seed``), ``"train_all"`` (all of train/good) or ``"test"``.
+    ``files`` overrides the file list of a train/val split (e.g. from ``run.json``).
+    Items are dicts: ``image`` 3×S×S, ``mask`` 1×S×S, ``label`` (0 normal, 1 anomalous),
+    ``path`` (str), ``defect`` (str), ``index``.
+    A corrupt image raises :class:`CorruptImageError` naming the file when it is read;
+    with ``skip_corrupt=True`` every file is decoded once up front and unreadable ones
+    are dropped with a warning.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        category: str,
+        split: str = "train",
+        image_size: int = 256,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        files: Sequence[str | Path] | None = None,
+        skip_corrupt: bool = False,
+    ) -> None:
+        if split not in ("train", "val", "train_all", "test"):
+            raise ValueError(f"split must be train, val, train_all or test, got {split!r}")
+        self.root, self.category, self.split, self.image_size = Path(root), category, split, image_size
+        if split == "test":
+            samples = list_test_samples(root, category)
+        elif files is not None:
+            samples = [Sample(Path(f)) for f in files]
+        else:
+            all_files = list_train_files(root, category)
+            tr, va = split_train_val(all_files, val_fraction, seed)
+            samples = [Sample(f) for f in {"train": tr, "val": va, "train_all": all_files}[split]]
+        if skip_corrupt:
+            samples = [s for s in samples if _readable(s.path)]
+            if not samples and split != "val":
+                raise DataLayoutError(f"no readable images left in the {split} split of {root}/{category}")
+        self.samples: list[Sample] = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def files(self) -> list[Path]:
+        return [s.path for s in self.samples]
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.samples[i]
+        return {
+            "image": load_image(s.path, self.image_size),
+            "mask": load_mask(s.mask, self.image_size),
+            "label": s.label,
+            "path": str(s.path),
+            "defect": s.defect,
+            "index": i,
+        }

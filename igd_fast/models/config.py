@@ -1,0 +1,98 @@
+"""ModelConfig: the one config object per model, from the CLI to the checkpoint and back."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from ..config import DATA_RANGE, GLOBAL, LOCAL, MSSSIMConfig
+
+KINDS = ("global", "local")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture, loss and optimiser settings of one IGD model (SPEC section 1).
+
+    ``kind="global"`` trains on whole images resized to ``image_size``; ``"local"`` on
+    ``patch_size`` patches taken every ``patch_stride`` pixels of ``image_size`` images.
+    MS-SSIM fields left as None take the kind's default (GLOBAL: 11×11, 5 scales;
+    LOCAL: 3×3, 4 scales). ``gamma=None`` draws γ ~ U(0, 1) per sample (the paper);
+    a float fixes it (the published code used 0.2).
+    """
+
+    kind: str = "global"
+    image_size: int = 256
+    patch_size: int = 32
+    patch_stride: int = 16
+    latent: int = 128
+    width: int = 64
+    blocks: tuple[int, ...] = (2, 2, 2, 2)
+    critic_width: int | None = None
+    win_size: int | None = None
+    sigma: float | None = None
+    weights: tuple[float, ...] | None = None
+    data_range: float = DATA_RANGE
+    rho: float = 0.15
+    lambda3: float = 0.1
+    gamma: float | None = 0.2
+    lr: float = 1e-4
+    weight_decay: float = 1e-6
+    estep_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        base = GLOBAL if self.kind == "global" else LOCAL
+        self.win_size = base.win_size if self.win_size is None else int(self.win_size)
+        self.sigma = base.sigma if self.sigma is None else float(self.sigma)
+        self.weights = tuple(base.weights if self.weights is None else (float(w) for w in self.weights))
+        self.blocks = tuple(int(b) for b in self.blocks)
+        if len(self.blocks) != 4:
+            raise ValueError(f"blocks must name 4 stages, got {self.blocks}")
+        if self.critic_width is None:
+            self.critic_width = self.width
+        if self.gamma is not None and not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1] or None, got {self.gamma}")
+        if self.estep_every < 1:
+            raise ValueError(f"estep_every must be >= 1, got {self.estep_every}")
+        s = self.input_size
+        # The encoder halves the size 5 times (ResNet-18 stem + 3 strided stages).
+        if s % 32 != 0:
+            raise ValueError(f"{self.kind} model input size must be a multiple of 32, got {s}")
+        if self.kind == "local" and (self.patch_size > self.image_size or self.patch_stride < 1):
+            raise ValueError(
+                f"patch_size {self.patch_size} / stride {self.patch_stride} do not fit image_size {self.image_size}"
+            )
+        ms = self.msssim()
+        if s < ms.min_size:
+            raise ValueError(
+                f"{self.kind} model input of {s}×{s} is too small for MS-SSIM with {ms.scales} scales "
+                f"and a {ms.win_size}×{ms.win_size} window (needs >= {ms.min_size}); use fewer scales, "
+                f"a smaller window or a larger size"
+            )
+
+    @property
+    def input_size(self) -> int:
+        """Side of the model's input: the image (global) or the patch (local)."""
+        return self.image_size if self.kind == "global" else self.patch_size
+
+    def msssim(self) -> MSSSIMConfig:
+        return MSSSIMConfig(win_size=self.win_size, sigma=self.sigma, weights=self.weights, data_range=self.data_range)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["blocks"] = list(self.blocks)
+        d["weights"] = list(self.weights)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields {sorted(unknown)}")
+        d = dict(d)
+        for k in ("blocks", "weights"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)

@@ -1,0 +1,132 @@
+"""Reading images for scoring and writing what a person looks at (heat-map overlays).
+
+Scoring must survive bad files: the dataset never raises on an unreadable image, it
+returns the error, and the collate function keeps those apart from the batch.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ..data import image_size_of, load_image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(spec: str | Path) -> list[Path]:
+    """Image files named by a folder (searched recursively) or a glob pattern, sorted.
+
+    A folder yields every file with an image extension; a glob yields every file it
+    matches (whatever its extension: a file named explicitly is scored, and reported
+    if it cannot be read).
+    """
+    p = Path(spec)
+    if p.is_dir():
+        files = [f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+    elif p.is_file():
+        files = [p]
+    else:
+        files = [Path(f) for f in glob.glob(str(spec), recursive=True) if Path(f).is_file()]
+    return sorted(files)
+
+
+@dataclass
+class Item:
+    """One image read for scoring (``image`` None and ``error`` set when unreadable)."""
+
+    index: int
+    path: str
+    image: Tensor | None
+    orig_size: tuple[int, int]
+    error: str | None = None
+
+
+class ScoreDataset(Dataset):
+    """Images resized to the model size and ImageNet-normalised, with their original
+    (H, W); any size, grayscale / RGB / RGBA / 16-bit (see ``igd_fast.data.load_image``)."""
+
+    def __init__(self, paths: list[str | Path], size: int, indices: list[int] | None = None) -> None:
+        self.paths = [str(p) for p in paths]
+        self.size = size
+        self.indices = list(range(len(self.paths))) if indices is None else list(indices)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Item:
+        path = self.paths[i]
+        try:
+            hw = image_size_of(path)
+            img = load_image(path, self.size)
+        except Exception as e:  # any decoder failure is reported, never fatal
+            return Item(self.indices[i], path, None, (0, 0), f"{type(e).__name__}: {e}")
+        return Item(self.indices[i], path, img, hw)
+
+
+@dataclass
+class Batch:
+    """Readable images stacked (N×3×S×S) plus the ones that failed to read."""
+
+    images: Tensor | None
+    items: list[Item]
+    failed: list[Item]
+
+    def pin_memory(self) -> Batch:
+        """Called by DataLoader(pin_memory=True): page-locked pixels for async GPU copies."""
+        if self.images is not None:
+            self.images = self.images.pin_memory()
+        return self
+
+
+def collate(items: list[Item]) -> Batch:
+    ok = [it for it in items if it.error is None]
+    bad = [it for it in items if it.error is not None]
+    images = torch.stack([it.image for it in ok]) if ok else None
+    for it in ok:
+        it.image = None  # the stacked tensor holds the pixels; don't ship them twice
+    return Batch(images, ok, bad)
+
+
+def jet(values: np.ndarray) -> np.ndarray:
+    """The jet colormap (matplotlib's piecewise-linear definition) of values in [0, 1] -> uint8 RGB."""
+    v = np.clip(values, 0.0, 1.0)[..., None]
+    centres = np.array([0.75, 0.5, 0.25], np.float32)  # red, green, blue peaks
+    rgb = np.clip(1.5 - np.abs(4.0 * (v - centres)), 0.0, 1.0)
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
+
+
+def normalise_map(amap: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
+    """Map values to [0, 1] on a fixed scale (so colours compare across images)."""
+    return (amap - vmin) / max(vmax - vmin, 1e-12)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """H×W×3 uint8 of an image file at its original size (any mode)."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I", "F"):
+            a = np.asarray(im, dtype=np.float64)
+            a = 255.0 * (a - a.min()) / max(float(a.max() - a.min()), 1e-12)
+            return np.repeat(a.astype(np.uint8)[..., None], 3, axis=2)
+        return np.asarray(im.convert("RGB"))
+
+
+def overlay(rgb: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, alpha: float = 0.5) -> np.ndarray:
+    """Jet heat-map of ``amap`` (H×W, same size as ``rgb``) blended over the image."""
+    if rgb.shape[:2] != amap.shape:
+        raise ValueError(f"image {rgb.shape[:2]} and map {amap.shape} differ in size")
+    heat = jet(normalise_map(amap, vmin, vmax)).astype(np.float32)
+    out = (1.0 - alpha) * rgb.astype(np.float32) + alpha * heat
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def save_overlay(path: str | Path, image_path: str | Path, amap: np.ndarray, vmin: float, vmax: float) -> None:
+    Image.fromarray(overlay(read_rgb(image_path), amap, vmin, vmax)).save(path)

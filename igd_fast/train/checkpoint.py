@@ -1,0 +1,157 @@
+"""The one checkpoint format: a dict of tensors and plain Python values, written
+atomically (temp file in the same folder + ``os.replace``) and read back with
+``torch.load(weights_only=True)``.
+
+Keys: ``format``, ``config`` (ModelConfig.to_dict), ``model`` (state_dict, includes the
+descriptor's mu/sigma2 buffers), ``mu``, ``sigma2``, ``opt_ae``, ``opt_critic``,
+``epoch`` (epochs completed), ``global_step``, ``rng`` (torch/numpy/python/cuda states),
+``history`` (per-epoch log rows), ``run`` (data root, category, seed, options).
+A model directory holds ``global.pt``, ``local.pt`` and ``run.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..models import IGD, ModelConfig
+
+FORMAT = "igd_fast.checkpoint/1"
+RUN_JSON = "run.json"
+
+
+def rng_state() -> dict[str, Any]:
+    """torch, numpy, python (and CUDA) RNG states in weights_only-loadable types."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    py = random.getstate()
+    st: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": [py[0], list(py[1]), py[2]],
+    }
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    n = st["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = st["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def atomic_write_bytes(path: str | Path, write) -> None:
+    """Call ``write(file_object)`` on a temp file next to ``path``, fsync, then rename
+    over ``path``: readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: IGD,
+    opt_ae: torch.optim.Optimizer | None = None,
+    opt_critic: torch.optim.Optimizer | None = None,
+    epoch: int = 0,
+    global_step: int = 0,
+    history: list[dict] | None = None,
+    run: dict | None = None,
+    rng: dict | None = None,
+) -> None:
+    """Write a checkpoint of ``model`` (and training state) atomically to ``path``."""
+    ckpt = {
+        "format": FORMAT,
+        "config": model.config.to_dict(),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "mu": model.descriptor.mu.detach().cpu().clone(),
+        "sigma2": model.descriptor.sigma2.detach().cpu().clone(),
+        "opt_ae": opt_ae.state_dict() if opt_ae is not None else None,
+        "opt_critic": opt_critic.state_dict() if opt_critic is not None else None,
+        "epoch": int(epoch),
+        "global_step": int(global_step),
+        "rng": rng if rng is not None else rng_state(),
+        "history": list(history or []),
+        "run": dict(run or {}),
+    }
+    atomic_write_bytes(path, lambda f: torch.save(ckpt, f))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu") -> dict:
+    """The checkpoint dict, loaded with ``weights_only=True``."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {p} does not exist")
+    ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{p} is not an igd_fast checkpoint (format {FORMAT})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> IGD:
+    model = IGD(ModelConfig.from_dict(ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+def load_model(path: str | Path, map_location: str | torch.device | None = "cpu") -> IGD:
+    """The IGD model stored in a checkpoint, in eval mode, on ``map_location``."""
+    ckpt = load_checkpoint(path, map_location)
+    model = model_from_checkpoint(ckpt)
+    if map_location is not None:
+        model = model.to(map_location)
+    return model.eval()
+
+
+def read_run(model_dir: str | Path) -> dict:
+    """The ``run.json`` of a model directory (data root, category, seed, the
+    validation files carved from train/good, per-model configs)."""
+    p = Path(model_dir) / RUN_JSON
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} does not exist: not a trained model directory")
+    return json.loads(p.read_text())
+
+
+def validation_files(model_dir: str | Path) -> list[Path]:
+    """Absolute paths of the validation normals recorded in ``run.json``."""
+    run = read_run(model_dir)
+    base = Path(run["data_root"]) / run["category"]
+    return [base / f for f in run["val_files"]]
+
+
+def write_run(model_dir: str | Path, run: dict) -> None:
+    """Write ``run.json`` atomically, merging the ``models`` entries of an existing one."""
+    p = Path(model_dir) / RUN_JSON
+    if p.is_file():
+        old = json.loads(p.read_text())
+        models = {**old.get("models", {}), **run.get("models", {})}
+        run = {**old, **run, "models": models}
+    data = json.dumps(run, indent=2, sort_keys=True).encode()
+    atomic_write_bytes(p, lambda f: f.write(data))

@@ -1,0 +1,291 @@
+"""Scorer, ``igd-fast score`` and ``igd-fast eval`` on generated data with a tiny trained model."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from igd_fast import recon_error_map, recon_loss
+from igd_fast.cli import main
+from igd_fast.data import load_image, make_synthetic_mvtec
+from igd_fast.models import ModelConfig
+from igd_fast.score import Failure, Scorer, conformal_threshold
+from igd_fast.score.threshold import THRESHOLD_JSON, read_threshold
+from igd_fast.train import train
+
+CAT = "synth"
+SIZE = 64
+# 3 global scales fit 64² with the 11×11 window; tiny widths keep training to seconds
+GLOBAL_CFG = dict(kind="global", image_size=SIZE, width=8, latent=16, blocks=(1, 1, 1, 1), weights=(0.3, 0.3, 0.4))
+LOCAL_CFG = dict(kind="local", image_size=SIZE, width=8, latent=16, blocks=(1, 1, 1, 1))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("igd_score")
+    data = root / "data"
+    make_synthetic_mvtec(data, CAT, n_train=12, n_test_good=3, n_test_bad=3, size=80, seed=1)
+    model = root / "model"
+    for kw in (GLOBAL_CFG, LOCAL_CFG):
+        train(
+            ModelConfig(**kw),
+            data,
+            CAT,
+            model,
+            epochs=1,
+            batch_size=4,
+            workers=0,
+            seed=0,
+            val_fraction=0.25,
+            progress=False,
+            patches_per_image=4,
+        )
+    # an input folder with other sizes and modes than the training data
+    inp = root / "input"
+    (inp / "sub").mkdir(parents=True)
+    for f in sorted((data / CAT / "test").rglob("*.png")):
+        Image.open(f).save(inp / f"{f.parent.name}_{f.name}")
+    rgb = np.asarray(Image.open(data / CAT / "test" / "good" / "000.png"))
+    Image.fromarray(rgb).convert("L").resize((70, 50)).save(inp / "gray.png")
+    Image.fromarray(rgb).convert("RGBA").resize((60, 90)).save(inp / "sub" / "rgba.png")
+    Image.fromarray(rgb).save(inp / "good_000.jpg")  # same stem as good_000.png: outputs must not collide
+    return {"root": root, "data": data, "model": model, "input": inp}
+
+
+def _read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_scorer_composes_global_and_local_scores(trained):
+    scorer = Scorer(trained["model"], device="cpu", batch_size=4)
+    x = torch.stack([load_image(p, SIZE) for p in sorted((trained["data"] / CAT / "test").rglob("*.png"))[:3]])
+    out = scorer.score_batch(x)
+    g, loc = scorer.global_model, scorer.local_model
+    with torch.no_grad():
+        z, xh = g(x)
+        s_g = recon_loss(x, xh, g.config.rho, g.config.msssim(), "none") + g.descriptor.l_h(z)
+        map_g = recon_error_map(x, xh, g.config.rho, g.config.msssim())
+        # local: every 32×32 patch at stride 16 (64² -> 3×3 grid), cut out by hand
+        starts = [(r, c) for r in (0, 16, 32) for c in (0, 16, 32)]
+        p = torch.cat([x[:, :, r : r + 32, c : c + 32] for r, c in starts])  # patch-major: 9N
+        zp, ph = loc(p)
+        cfg = loc.config.msssim()
+        s_p = recon_loss(p, ph, loc.config.rho, cfg, "none") + loc.descriptor.l_h(zp)
+        s_l = s_p.view(len(starts), -1).amax(0)
+        pm = recon_error_map(p, ph, loc.config.rho, cfg).view(len(starts), x.shape[0], 1, 32, 32)
+        map_l, cover = torch.zeros_like(map_g), torch.zeros_like(map_g)
+        for k, (r, c) in enumerate(starts):
+            map_l[:, :, r : r + 32, c : c + 32] += pm[k]
+            cover[:, :, r : r + 32, c : c + 32] += 1
+    torch.testing.assert_close(out.s_global, s_g, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.s_local, s_l, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.score, s_g + s_l, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.maps, map_g + map_l / cover, rtol=1e-4, atol=1e-5)
+
+
+def test_maps_come_back_at_original_resolution_and_failures_are_reported(trained, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    files = [trained["input"] / "gray.png", bad, trained["input"] / "sub" / "rgba.png"]
+    scorer = Scorer(trained["model"], device="cpu", batch_size=2)
+    res = list(scorer.score_paths(files))
+    assert [type(r).__name__ for r in res] == ["Failure", "ScoredImage", "ScoredImage"]
+    by_path = {r.path: r for r in res}
+    assert isinstance(by_path[str(bad)], Failure) and "broken.png" in by_path[str(bad)].error
+    assert by_path[str(files[0])].map.shape == (50, 70)
+    assert by_path[str(files[2])].map.shape == (90, 60)
+    assert all(np.isfinite(r.map).all() for r in res if not isinstance(r, Failure))
+    assert scorer.images_per_second > 0
+
+
+def test_conformal_threshold_rule():
+    s = list(range(1, 101))  # 100 validation scores 1..100
+    assert conformal_threshold(s, 0.05) == 96  # k = ceil(101 * 0.95) = 96
+    assert conformal_threshold(s, 0.5) == 51
+    assert conformal_threshold([3.0, 1.0, 2.0], 0.05) == 3.0  # too few: the maximum
+    with pytest.raises(ValueError):
+        conformal_threshold([], 0.05)
+
+
+def test_threshold_is_calibrated_on_validation_normals_and_cached(trained, tmp_path):
+    model = tmp_path / "model"  # a copy: this test rewrites threshold.json
+    shutil.copytree(trained["model"], model)
+    (model / THRESHOLD_JSON).unlink(missing_ok=True)
+    scorer = Scorer(model, device="cpu")
+    cal = scorer.calibration()
+    run = json.loads((model / "run.json").read_text())
+    assert cal["n_validation"] == len(run["val_files"]) == 3
+    assert cal["threshold"] == max(cal["validation_scores"].values())  # n = 3 < 19: the max
+    assert cal["map_low"] <= cal["map_high"]
+    cached = json.loads((model / THRESHOLD_JSON).read_text())
+    assert cached["threshold"] == cal["threshold"]
+    # a second scorer reads the cache: poison it to prove no rescoring happened
+    (model / THRESHOLD_JSON).write_text(json.dumps({**cached, "threshold": 123.0}))
+    assert Scorer(model, device="cpu").threshold == 123.0
+    # another alpha, or changed model weights, make the cache stale
+    assert Scorer(model, device="cpu", alpha=0.5).calibration()["alpha"] == 0.5
+    with open(model / "local.pt", "ab") as f:
+        f.write(b"\0")
+    assert read_threshold(model, 0.5) is None
+
+
+def test_score_cli_outputs(trained, tmp_path):
+    out = tmp_path / "out"
+    code = main(
+        [
+            "score",
+            "--model",
+            str(trained["model"]),
+            "--input",
+            str(trained["input"]),
+            "--output",
+            str(out),
+            "--save-maps",
+            "--batch-size",
+            "3",
+            "--workers",
+            "2",
+        ]
+    )
+    assert code == 0
+    rows = _read_csv(out / "scores.csv")
+    inputs = sorted(str(p) for p in trained["input"].rglob("*") if p.is_file())
+    assert [r["path"] for r in rows] == inputs
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_scored"] == len(inputs) and summary["n_skipped"] == 0 and summary["skipped"] == []
+    thr = summary["threshold"]
+    assert thr == json.loads((trained["model"] / THRESHOLD_JSON).read_text())["threshold"]
+    for r in rows:
+        s = float(r["score"])
+        assert np.isfinite(s) and s == pytest.approx(float(r["s_global"]) + float(r["s_local"]), abs=2e-6)
+        assert r["label"] == str(int(s > thr))
+    assert summary["n_anomalous"] == sum(int(r["label"]) for r in rows)
+    # one overlay and one map per image, each at the image's own size
+    assert len(list((out / "overlays").iterdir())) == len(list((out / "maps").iterdir())) == len(inputs)
+    for p in inputs:
+        name = "__".join(Path(p).relative_to(trained["input"]).parts)
+        with Image.open(p) as im:
+            w, h = im.size
+        with Image.open(out / "overlays" / f"{name}.png") as ov:
+            assert ov.size == (w, h) and ov.mode == "RGB"
+            assert np.asarray(ov).std() > 0
+        m = np.load(out / "maps" / f"{name}.npy")
+        assert m.shape == (h, w) and m.dtype == np.float32 and np.isfinite(m).all()
+
+
+def test_score_cli_skips_and_reports_corrupt_files(trained, tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for p in sorted(trained["input"].glob("good_*.png")):
+        (inp / p.name).write_bytes(p.read_bytes())
+    (inp / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
+    (inp / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+    code = main(
+        ["score", "--model", str(trained["model"]), "--input", str(inp / "*"), "--output", str(out), "--workers", "0"]
+    )
+    assert code == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_skipped"] == 2 and summary["exit_code"] == 3
+    assert sorted(Path(s["path"]).name for s in summary["skipped"]) == ["corrupt.png", "empty.jpg"]
+    assert all(s["error"] for s in summary["skipped"])
+    rows = _read_csv(out / "scores.csv")
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(p.name for p in inp.glob("good_*.png"))
+    assert len(list((out / "overlays").iterdir())) == len(rows)
+
+
+def test_score_cli_nothing_to_score(trained, tmp_path):
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(trained["model"]),
+                "--input",
+                str(tmp_path / "*.png"),
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
+
+
+def test_torchrun_two_processes_give_the_same_csv(trained, tmp_path):
+    args = [
+        "--model",
+        str(trained["model"]),
+        "--input",
+        str(trained["input"]),
+        "--workers",
+        "0",
+        "--batch-size",
+        "2",
+        "--no-overlays",
+    ]
+    assert main(["score", *args, "--output", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "igd_fast",
+        "score",
+        *args,
+        "--output",
+        str(tmp_path / "two"),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=170)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = _read_csv(tmp_path / "one" / "scores.csv"), _read_csv(tmp_path / "two" / "scores.csv")
+    assert [(r["path"], r["label"]) for r in one] == [(r["path"], r["label"]) for r in two]
+    for a, b in zip(one, two, strict=True):
+        for k in ("score", "s_global", "s_local"):
+            assert float(a[k]) == pytest.approx(float(b[k]), abs=1e-5)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["n_scored"] == len(one)
+
+
+def test_eval_cli_report(trained, tmp_path):
+    out = tmp_path / "eval"
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(trained["model"]),
+            "--data",
+            str(trained["data"]),
+            "--category",
+            CAT,
+            "--output",
+            str(out),
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert (rep["n_test"], rep["n_normal"], rep["n_anomalous"], rep["n_skipped"]) == (6, 3, 3, 0)
+    for k in ("image_auroc", "accuracy", "pixel_auroc", "pixel_auroc_per_anomalous_image", "aupro_0.3"):
+        assert 0.0 <= rep[k] <= 1.0, k
+    assert rep["threshold"] == json.loads((trained["model"] / THRESHOLD_JSON).read_text())["threshold"]
+    assert rep["images_per_second"] > 0 and set(rep["per_defect"]) == {"blob", "scratch"}
+    preds = [i["predicted"] for i in rep["images"]]
+    labels = [i["label"] for i in rep["images"]]
+    assert rep["accuracy"] == pytest.approx(np.mean(np.array(preds) == np.array(labels)))
+    with Image.open(out / "report.png") as fig:
+        assert fig.size[0] > 400 and fig.size[1] > 300
