@@ -7,6 +7,18 @@ from .ops.ssim import ms_ssim, ms_ssim_map, recon_error_map, recon_loss
 
 __version__ = "0.1.0"
 
+# Higher layers load on first use so `import igd_fast` stays a kernels-only import.
+_LAZY = {"Scorer": "igd_fast.score", "load_model": "igd_fast.train"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'igd_fast' has no attribute {name!r}")
+
+
 __all__ = [
     "AnomalyMap",
     "DATA_RANGE",
@@ -14,10 +26,12 @@ __all__ = [
     "LOCAL",
     "MSSSIMConfig",
     "PatchGrid",
+    "Scorer",
     "anomaly_map",
     "backends",
     "extract_patches",
     "fold_patch_maps",
+    "load_model",
     "ms_ssim",
     "ms_ssim_map",
     "patch_scores",

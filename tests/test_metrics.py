@@ -86,11 +86,7 @@ def test_pixel_aurocs_match_sklearn(seed, n, h, w):
     masks[0, 0, 0], masks[0, 0, 1] = True, False
     maps = np.round(rng.random((n, h, w)) + 0.3 * masks, 2).astype(np.float32)  # ties
     assert pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-9)
-    want = [
-        roc_auc_score(masks[i].ravel(), maps[i].ravel())
-        for i in range(n)
-        if 0 < masks[i].sum() < masks[i].size
-    ]
+    want = [roc_auc_score(masks[i].ravel(), maps[i].ravel()) for i in range(n) if 0 < masks[i].sum() < masks[i].size]
     assert per_image_pixel_auroc(torch.from_numpy(maps)[:, None], masks) == pytest.approx(np.mean(want))
 
 
@@ -105,9 +101,7 @@ def test_per_image_pixel_auroc_skips_normal_images():
 
 
 @settings(max_examples=25, deadline=None)
-@given(
-    st.integers(0, 2**31 - 1), st.integers(1, 3), st.integers(1, 40), st.integers(1, 40), st.floats(0.2, 0.8)
-)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 3), st.integers(1, 40), st.integers(1, 40), st.floats(0.2, 0.8))
 def test_label_components_matches_scipy(seed, n, h, w, p):
     rng = np.random.default_rng(seed)
     masks = rng.random((n, h, w)) < p

@@ -7,6 +7,8 @@ import argparse
 import importlib
 import sys
 
+from .._malloc import tune_malloc
+
 COMMANDS = {
     "train": "train IGD models (global, local or both) on an MVTec-layout folder",
     "score": "score images with a trained model: scores.csv, heat-map overlays, raw maps",
@@ -35,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_malloc()
     return int(args._run(args) or 0)
 
 

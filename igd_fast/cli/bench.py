@@ -1,0 +1,120 @@
+"""``igd-fast bench``: quick side-by-side timing of the fused MS-SSIM kernels.
+
+For the full, recorded benchmark suite use ``pytest benchmarks`` (see README); this is
+the one-command check a user runs on their own machine or GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+
+import torch
+
+import igd_fast
+from igd_fast import GLOBAL, LOCAL
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", choices=["global", "local"], default="global",
+                   help="MS-SSIM configuration (global: 11×11, 5 scales; local: 3×3, 4 scales)")
+    p.add_argument("--shape", type=int, nargs=4, metavar=("N", "C", "H", "W"), default=None,
+                   help="input shape (default 16 3 256 256 for global, 3600 3 32 32 for local)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    p.add_argument("--backends", nargs="+", default=None,
+                   help="backends to time (default: every available one, the torch reference included)")
+    p.add_argument("--no-peer", action="store_true", help="skip pytorch_msssim even if installed")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per entry; the median is reported")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+
+def _median_time(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    fn()  # warm-up (Triton compiles, caches fill)
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = GLOBAL if args.config == "global" else LOCAL
+    shape = args.shape or ((16, 3, 256, 256) if args.config == "global" else (3600, 3, 32, 32))
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g).to(device, dtype)
+    y = (x.float() + 0.3 * torch.randn(*shape, generator=g).to(device)).to(dtype)
+    avail = igd_fast.backends()
+    names = args.backends or [b for b in ("cpu", "cuda", "triton", "torch") if avail[b]]
+    if device.type == "cpu" and args.backends is None:
+        names = [b for b in names if b != "cuda" and not (b == "triton" and not torch.cuda.is_available())]
+
+    entries: dict[str, dict[str, Callable[[], object]]] = {}
+    for b in names:
+        def fwd(b=b):
+            with torch.no_grad():
+                return igd_fast.ms_ssim(x, y, config=config, backend=b)
+
+        def fwd_bwd(b=b):
+            yr = y.detach().requires_grad_(True)
+            igd_fast.ms_ssim(x, yr, config=config, backend=b).backward()
+
+        def pixel_map(b=b):
+            with torch.no_grad():
+                return igd_fast.ms_ssim_map(x, y, config=config, backend=b)
+
+        entries[b] = {"forward": fwd, "forward+backward": fwd_bwd, "map": pixel_map}
+    if not args.no_peer and config is GLOBAL:
+        try:
+            import pytorch_msssim
+        except ImportError:
+            pytorch_msssim = None
+        if pytorch_msssim is not None:
+            kw = dict(data_range=config.data_range, win_size=config.win_size, win_sigma=config.sigma,
+                      weights=list(config.weights), K=(config.k1, config.k2))
+
+            def pm_fwd():
+                with torch.no_grad():
+                    return pytorch_msssim.ms_ssim(x, y, **kw)
+
+            def pm_fwd_bwd():
+                yr = y.detach().requires_grad_(True)
+                pytorch_msssim.ms_ssim(x, yr, **kw).backward()
+
+            entries["pytorch_msssim"] = {"forward": pm_fwd, "forward+backward": pm_fwd_bwd}
+
+    results = []
+    print(f"MS-SSIM {args.config} config, {tuple(shape)} {args.dtype} on {device}, "
+          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+    for name, ops in entries.items():
+        for what, fn in ops.items():
+            results.append({"entry": name, "op": what, "median_s": _median_time(fn, args.repeats, device)})
+    fastest = {}
+    for r in results:
+        if r["entry"] != "pytorch_msssim" and r["entry"] != "torch":
+            fastest[r["op"]] = min(fastest.get(r["op"], float("inf")), r["median_s"])
+    print(f"{'entry':<16}{'op':<18}{'median':>12}{'× slower than best kernel':>28}")
+    for r in results:
+        best = fastest.get(r["op"])
+        ratio = f"{r['median_s'] / best:.1f}×" if best else "-"
+        print(f"{r['entry']:<16}{r['op']:<18}{r['median_s'] * 1e3:>10.2f}ms{ratio:>28}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": args.config, "shape": list(shape), "device": str(device),
+                       "dtype": args.dtype, "threads": torch.get_num_threads(), "results": results}, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
