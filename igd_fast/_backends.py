@@ -66,6 +66,7 @@ def _device_ok(name: str, device: torch.device) -> bool:
     return False
 
 
+@torch.compiler.assume_constant_result  # a pure function of its arguments: no graph break
 def resolve(device: torch.device, backend: str | None = None) -> str:
     """Pick the backend for tensors on ``device``; explicit choices are checked, never ignored."""
     requested = backend or os.environ.get("IGD_FAST_BACKEND") or None

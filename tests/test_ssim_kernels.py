@@ -356,8 +356,7 @@ def test_torch_compile_uses_fake_impls():
         seen.extend(str(n.target) for n in gm.graph.nodes)
         return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
 
-    # Not fullgraph: backend resolution (igd_fast._backends) graph-breaks on its import.
-    compiled = torch.compile(loss, backend=backend)
+    compiled = torch.compile(loss, backend=backend, fullgraph=True)
     yc = y.clone().requires_grad_(True)
     out = compiled(x, yc)
     out.backward()

@@ -137,6 +137,17 @@ def _(x, backend):
     return x.new_empty((n, c, (h + 1) // 2, (w + 1) // 2))
 
 
+@torch.library.custom_op("igd_fast::downsample_backward", mutates_args=())
+def downsample_backward(grad: Tensor, h: int, w: int, backend: str) -> Tensor:
+    """Adjoint of :func:`downsample` for an h×w input."""
+    return getattr(impl(backend, "ssim"), "downsample_bwd", ref.downsample_bwd)(grad.contiguous(), h, w)
+
+
+@downsample_backward.register_fake
+def _(grad, h, w, backend):
+    return grad.new_empty((*grad.shape[:-2], h, w))
+
+
 def _downsample_setup(ctx, inputs, output):
     x, backend = inputs
     ctx.hw = tuple(x.shape[-2:])
@@ -144,8 +155,7 @@ def _downsample_setup(ctx, inputs, output):
 
 
 def _downsample_bwd(ctx, g):
-    bwd = getattr(impl(ctx.backend, "ssim"), "downsample_bwd", ref.downsample_bwd)
-    return bwd(g.contiguous(), *ctx.hw), None
+    return downsample_backward(g, *ctx.hw, ctx.backend), None
 
 
 downsample.register_autograd(_downsample_bwd, setup_context=_downsample_setup)
