@@ -83,6 +83,10 @@ def _bench(benchmark, group, side, fn, rounds, sync=False):
     step()  # warm-up: allocator, Triton compilation
     benchmark.group = group
     benchmark.extra_info["side"] = side
+    benchmark.extra_info["role"] = "peer" if side == "peer" else "ours"
+    benchmark.extra_info["entry"] = "unfold/fold reference" if side == "peer" else f"igd_fast ({side})"
+    if side == "peer" and group.startswith("patches_pipeline"):
+        benchmark.extra_info["target"] = 30.0
     benchmark.extra_info["images"] = BATCH["cuda" if sync else "cpu"]
     benchmark.pedantic(step, rounds=rounds, iterations=1)
     MEDIANS[(group, side)] = benchmark.stats.stats.median
