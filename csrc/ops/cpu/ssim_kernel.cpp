@@ -164,6 +164,69 @@ IGD_NO_CONTRACT void vpass_ssim(const A* const* rows, int64_t Wo, const A* __res
   csum += c_acc;
 }
 
+// Two consecutive output rows from K + 1 ring rows (rows[0..K]): each ring row is
+// loaded once for both. Per pixel the same operations as vpass_ssim.
+template <int K, bool MAPS, typename A>
+IGD_NO_CONTRACT void vpass_ssim2(const A* const* rows, int64_t Wo, const A* __restrict win, A c1,
+                                 A c2, A* __restrict srow, A* __restrict crow, double& ssum,
+                                 double& csum) {
+  const A* r[K + 1];
+  A w[K];
+  for (int t = 0; t <= K; ++t) r[t] = rows[t];
+  for (int t = 0; t < K; ++t) w[t] = win[t];
+  A s_acc0 = 0, c_acc0 = 0, s_acc1 = 0, c_acc1 = 0;
+#pragma omp simd reduction(+ : s_acc0, c_acc0, s_acc1, c_acc1)
+  for (int64_t j = 0; j < Wo; ++j) {
+    A m[2][5] = {{0, 0, 0, 0, 0}, {0, 0, 0, 0, 0}};
+#pragma GCC unroll 16
+    for (int t = 0; t <= K; ++t) {
+      const A v0 = r[t][j], v1 = r[t][Wo + j], v2 = r[t][2 * Wo + j], v3 = r[t][3 * Wo + j],
+              v4 = r[t][4 * Wo + j];
+      if (t < K) {
+        m[0][0] = std::fma(w[t], v0, m[0][0]);
+        m[0][1] = std::fma(w[t], v1, m[0][1]);
+        m[0][2] = std::fma(w[t], v2, m[0][2]);
+        m[0][3] = std::fma(w[t], v3, m[0][3]);
+        m[0][4] = std::fma(w[t], v4, m[0][4]);
+      }
+      if (t > 0) {
+        m[1][0] = std::fma(w[t - 1], v0, m[1][0]);
+        m[1][1] = std::fma(w[t - 1], v1, m[1][1]);
+        m[1][2] = std::fma(w[t - 1], v2, m[1][2]);
+        m[1][3] = std::fma(w[t - 1], v3, m[1][3]);
+        m[1][4] = std::fma(w[t - 1], v4, m[1][4]);
+      }
+    }
+    A so[2], co[2];
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const A mx = m[h][0], my = m[h][1], exx = m[h][2], eyy = m[h][3], exy = m[h][4];
+      const A sxx = exx - mx * mx;
+      const A syy = eyy - my * my;
+      const A sxy = exy - mx * my;
+      const A a1 = A(2) * mx * my + c1, b1 = mx * mx + my * my + c1;
+      const A a2 = A(2) * sxy + c2, b2 = sxx + syy + c2;
+      const A inv = A(1) / (b1 * b2);
+      co[h] = a2 * b1 * inv;
+      so[h] = a1 * a2 * inv;
+    }
+    if constexpr (MAPS) {
+      srow[j] = so[0];
+      crow[j] = co[0];
+      srow[Wo + j] = so[1];
+      crow[Wo + j] = co[1];
+    }
+    s_acc0 += so[0];
+    c_acc0 += co[0];
+    s_acc1 += so[1];
+    c_acc1 += co[1];
+  }
+  ssum += s_acc0;
+  csum += c_acc0;
+  ssum += s_acc1;
+  csum += c_acc1;
+}
+
 // Row tiling: one tile per plane when there are enough planes to feed the threads,
 // otherwise split rows (not below min_rows per tile, halos make small tiles costly).
 int64_t tiles_per_plane(int64_t planes, int64_t rows, int64_t min_rows) {
@@ -200,18 +263,129 @@ void parallel_tasks(int64_t n, const F& body) {
 
 // ------------------------------------------------------------------ forward
 
+// Small planes (whole plane in L1): both passes run over the plane as one flat
+// array with row stride W, so there is no per-row loop overhead. Flat hpass index
+// q = i*W + j reads q + t (columns j >= Wo mix two rows and are never used); flat
+// vpass index q = p*W + j reads q + t*W. Same per-pixel operation order as the row
+// kernels above. buf: 8*H*W + 2*H*W values.
+template <int K, bool MAPS, typename A>
+IGD_NO_CONTRACT void ssim_plane_flat(const A* __restrict x, const A* __restrict y, int64_t H,
+                                     int64_t W, const A* __restrict win, A c1, A c2,
+                                     const unsigned char* __restrict valid, A* __restrict buf,
+                                     A* __restrict s_map, A* __restrict c_map, double& ssum,
+                                     double& csum) {
+  const int64_t HW = H * W, Ho = H - K + 1, Wo = W - K + 1;
+  A* __restrict xx = buf;
+  A* __restrict yy = buf + HW;
+  A* __restrict xy = buf + 2 * HW;
+  A* __restrict m0 = buf + 3 * HW;
+  A* __restrict m1 = buf + 4 * HW;
+  A* __restrict m2 = buf + 5 * HW;
+  A* __restrict m3 = buf + 6 * HW;
+  A* __restrict m4 = buf + 7 * HW;
+  A* __restrict st = buf + 8 * HW;
+  A* __restrict ct = buf + 9 * HW;
+  A w[K];
+  for (int t = 0; t < K; ++t) w[t] = win[t];
+#pragma omp simd
+  for (int64_t j = 0; j < HW; ++j) {
+    xx[j] = x[j] * x[j];
+    yy[j] = y[j] * y[j];
+    xy[j] = x[j] * y[j];
+  }
+  const int64_t nh = HW - K + 1;
+#pragma omp simd
+  for (int64_t j = 0; j < nh; ++j) {
+    A a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0;
+#pragma GCC unroll 16
+    for (int t = 0; t < K; ++t) {
+      a0 = std::fma(w[t], x[j + t], a0);
+      a1 = std::fma(w[t], y[j + t], a1);
+      a2 = std::fma(w[t], xx[j + t], a2);
+      a3 = std::fma(w[t], yy[j + t], a3);
+      a4 = std::fma(w[t], xy[j + t], a4);
+    }
+    m0[j] = a0;
+    m1[j] = a1;
+    m2[j] = a2;
+    m3[j] = a3;
+    m4[j] = a4;
+  }
+  const int64_t nv = (Ho - 1) * W + Wo;
+#pragma omp simd
+  for (int64_t j = 0; j < nv; ++j) {
+    A mx = 0, my = 0, exx = 0, eyy = 0, exy = 0;
+#pragma GCC unroll 16
+    for (int t = 0; t < K; ++t) {
+      mx = std::fma(w[t], m0[j + t * W], mx);
+      my = std::fma(w[t], m1[j + t * W], my);
+      exx = std::fma(w[t], m2[j + t * W], exx);
+      eyy = std::fma(w[t], m3[j + t * W], eyy);
+      exy = std::fma(w[t], m4[j + t * W], exy);
+    }
+    const A sxx = exx - mx * mx;
+    const A syy = eyy - my * my;
+    const A sxy = exy - mx * my;
+    const A a1 = A(2) * mx * my + c1, b1 = mx * mx + my * my + c1;
+    const A a2 = A(2) * sxy + c2, b2 = sxx + syy + c2;
+    const A inv = A(1) / (b1 * b2);
+    const A cs = a2 * b1 * inv;
+    const A s = a1 * a2 * inv;
+    st[j] = s;
+    ct[j] = cs;
+  }
+  (void)valid;
+  for (int64_t p = 0; p < Ho; ++p) {
+    const A* __restrict sr = st + p * W;
+    const A* __restrict cr = ct + p * W;
+    A s_acc = 0, c_acc = 0;
+#pragma omp simd reduction(+ : s_acc, c_acc)
+    for (int64_t j = 0; j < Wo; ++j) {
+      s_acc += sr[j];
+      c_acc += cr[j];
+    }
+    ssum += s_acc;
+    csum += c_acc;
+    if constexpr (MAPS) {
+      std::copy(sr, sr + Wo, s_map + p * Wo);
+      std::copy(cr, cr + Wo, c_map + p * Wo);
+    }
+  }
+}
+
 template <int K, bool MAPS, typename T, typename A>
 void ssim_fwd_impl(const T* x, const T* y, int64_t planes, int64_t H, int64_t W, double sigma,
                    double c1d, double c2d, A* s_mean, A* c_mean, A* s_map, A* c_map) {
   const int64_t Ho = H - K + 1, Wo = W - K + 1;
   const std::vector<A> win = gaussian_window<A>(K, sigma);
   const A c1 = static_cast<A>(c1d), c2 = static_cast<A>(c2d);
+  if constexpr (std::is_same_v<T, A>) {
+    if (W <= 64 && H * W <= 4096 && planes >= 4 * static_cast<int64_t>(at::get_num_threads())) {
+      std::vector<unsigned char> valid(H * W);
+      for (int64_t q = 0; q < H * W; ++q) valid[q] = (q % W) < Wo;
+      const double npix = static_cast<double>(Ho * Wo);
+      parallel_tasks(planes, [&](int64_t begin, int64_t end) {
+        std::vector<A> buf(10 * H * W + 64);
+        for (int64_t pl = begin; pl < end; ++pl) {
+          double ssum = 0, csum = 0;
+          ssim_plane_flat<K, MAPS, A>(x + pl * H * W, y + pl * H * W, H, W, win.data(), c1, c2,
+                                      valid.data(), buf.data(),
+                                      MAPS ? s_map + pl * Ho * Wo : nullptr,
+                                      MAPS ? c_map + pl * Ho * Wo : nullptr, ssum, csum);
+          s_mean[pl] = static_cast<A>(ssum / npix);
+          c_mean[pl] = static_cast<A>(csum / npix);
+        }
+      });
+      return;
+    }
+  }
   const int64_t tiles = tiles_per_plane(planes, Ho, 16);
   std::vector<double> partial(planes * tiles * 2, 0.0);
 
   parallel_tasks(planes * tiles, [&](int64_t begin, int64_t end) {
-    std::vector<A> xbuf(W), ybuf(W), prod(3 * W), ring(K * 5 * Wo);
-    const A* rows[K];
+    constexpr int R = K + 1;  // ring slots: two output rows per vertical sweep
+    std::vector<A> xbuf(W), ybuf(W), prod(3 * W), ring(R * 5 * Wo);
+    const A* rows[R];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t pl = task / tiles, tl = task % tiles;
       const auto [p0, p1] = tile_range(Ho, tiles, tl);
@@ -219,13 +393,20 @@ void ssim_fwd_impl(const T* x, const T* y, int64_t planes, int64_t H, int64_t W,
       double ssum = 0, csum = 0;
       for (int64_t i = p0; i < p1 + K - 1; ++i) {
         hpass_moments<K, A>(px.row(i, xbuf.data()), py.row(i, ybuf.data()), prod.data(), W,
-                            win.data(), ring.data() + (i % K) * 5 * Wo);
+                            win.data(), ring.data() + (i % R) * 5 * Wo);
         const int64_t p = i - K + 1;
         if (p < p0) continue;
-        for (int t = 0; t < K; ++t) rows[t] = ring.data() + ((p + t) % K) * 5 * Wo;
-        A* srow = MAPS ? s_map + (pl * Ho + p) * Wo : nullptr;
-        A* crow = MAPS ? c_map + (pl * Ho + p) * Wo : nullptr;
-        vpass_ssim<K, MAPS, A>(rows, Wo, win.data(), c1, c2, srow, crow, ssum, csum);
+        if ((p - p0) % 2 == 1) {  // rows p - 1 and p
+          for (int t = 0; t < R; ++t) rows[t] = ring.data() + ((p - 1 + t) % R) * 5 * Wo;
+          A* srow = MAPS ? s_map + (pl * Ho + p - 1) * Wo : nullptr;
+          A* crow = MAPS ? c_map + (pl * Ho + p - 1) * Wo : nullptr;
+          vpass_ssim2<K, MAPS, A>(rows, Wo, win.data(), c1, c2, srow, crow, ssum, csum);
+        } else if (p == p1 - 1) {  // last row of an odd count
+          for (int t = 0; t < K; ++t) rows[t] = ring.data() + ((p + t) % R) * 5 * Wo;
+          A* srow = MAPS ? s_map + (pl * Ho + p) * Wo : nullptr;
+          A* crow = MAPS ? c_map + (pl * Ho + p) * Wo : nullptr;
+          vpass_ssim<K, MAPS, A>(rows, Wo, win.data(), c1, c2, srow, crow, ssum, csum);
+        }
       }
       partial[task * 2] = ssum;
       partial[task * 2 + 1] = csum;
@@ -666,6 +847,22 @@ at::Tensor combine_maps_cpu(at::TensorList maps_in, at::ArrayRef<double> weights
 template <typename T, typename A>
 void downsample_impl(const T* x, T* out, int64_t planes, int64_t H, int64_t W) {
   const int64_t ho = (H + 1) / 2, wo = (W + 1) / 2, ph = H % 2, pw = W % 2;
+  if constexpr (std::is_same_v<T, A>) {
+    if (ph == 0 && pw == 0) {  // no padding: read the rows in place
+      parallel_tasks(planes * ho, [&](int64_t begin, int64_t end) {
+        for (int64_t task = begin; task < end; ++task) {
+          const A* __restrict a = x + 2 * task * W;  // rows 2i, 2i+1 of plane task / ho
+          const A* __restrict b = a + W;
+          A* __restrict o = out + task * wo;
+#pragma omp simd
+          for (int64_t j = 0; j < wo; ++j) {
+            o[j] = (((a[2 * j] + a[2 * j + 1]) + b[2 * j]) + b[2 * j + 1]) / A(4);
+          }
+        }
+      });
+      return;
+    }
+  }
   parallel_tasks(planes * ho, [&](int64_t begin, int64_t end) {
     std::vector<A> p0(2 * wo, A(0)), p1(2 * wo, A(0));  // rows with the front padding
     for (int64_t task = begin; task < end; ++task) {
