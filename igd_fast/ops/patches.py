@@ -16,11 +16,10 @@ import torch
 from torch import Tensor
 
 from .. import _backends
-from .._validate import check_image_pair
 from ..config import LOCAL, MSSSIMConfig
 from ..reference import patches as ref
 from ._impls import impl
-from .ssim import ms_ssim_with_map
+from .ssim import recon_terms
 
 _MODES = ("mean", "sum", "max")
 
@@ -152,24 +151,12 @@ def patch_scores(
     False): rho·mean_c|x - x_hat|/L + (1 - rho)(1 - MS-SSIM map). Both come from one
     pass of the SSIM kernels; gradients flow to ``recon`` (and ``patches``).
     """
-    check_image_pair(patches, recon, config, what="patches and recon")
-    values, ms_map = ms_ssim_with_map(patches, recon, config, want_maps, backend)
-    dt = values.dtype
-    diff = patches.to(dt) - recon.to(dt)
-    # sum_c |x - x_hat|; every channel has s×s pixels, so the patch MAE is the mean of this
-    # map / C (1/C folded into the scale). linalg.vector_norm over dim 1 is ~20x slower.
-    err = (diff.abs() if diff.requires_grad else diff.abs_()).sum(1, keepdim=True)
-    scale = rho / config.data_range / diff.shape[1]
-    scores = scale * err.mean(dim=(1, 2, 3)) + (1 - rho) * (1 - values.mean(1))
+    scores, maps = recon_terms(patches, recon, rho, config, want_maps, backend, what="patches and recon")
     if extra is not None:
         if extra.shape != scores.shape:
             raise ValueError(f"extra must have one value per patch {tuple(scores.shape)}, got {tuple(extra.shape)}")
         scores = scores + extra
-    if not want_maps:
-        return scores, None
-    # in place on a tensor autograd does not need: no extra map-sized allocations
-    maps = err.mul_(scale) if not err.requires_grad else err * scale
-    return scores, maps.sub_(ms_map, alpha=1 - rho).add_(1 - rho)
+    return scores, maps
 
 
 # ---------------------------------------------------------------- fold
