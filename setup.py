@@ -32,7 +32,7 @@ def _extension():
     cu = sorted(glob.glob("csrc/**/*.cu", recursive=True))
     cxx = ["-O3", "-fopenmp", "-std=c++20"]
     if os.environ.get("IGD_FAST_PORTABLE", "0") in ("0", ""):
-        cxx.append("-march=native")
+        cxx += ["-march=native", "-mprefer-vector-width=512"]
     args = {"cxx": cxx}
     include = [os.path.join(ROOT, "csrc")]
     if _want_cuda() and cu:

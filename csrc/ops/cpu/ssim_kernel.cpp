@@ -2,7 +2,7 @@
 // combine_maps, downsample(_bwd). Semantics: igd_fast/reference/ssim.py (the contract).
 //
 // Forward, per (n, c) plane and tile of output rows: each input row is filtered
-// horizontally once into a ring of K rows × 5 moments; each output row is then one
+// horizontally once into a ring of K+1 rows × 4 moments; each pair of output rows is one
 // vertical pass over the ring fused with the SSIM/cs formula and the mean. No
 // full-size moment tensors are written. Backward recomputes the moments the same
 // way, forms the per-pixel moment gradients of one output row, applies the
@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -58,173 +59,213 @@ void store_row(const A* src, T* dst, int64_t n) {
   for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<T>(src[j]);
 }
 
-// A plane of input type T read as rows of A: fp32/f64 rows in place, fp16/bf16 rows
-// converted into a scratch row.
+// The row kernels loop over whole vectors: every row buffer is padded to a multiple
+// of kLanes columns (zeros past the data), so no scalar tail remains (at 246 output
+// columns a 16-lane loop otherwise ends in 6 scalar iterations of a 55-FMA body).
+// Padding lanes compute finite garbage that is masked out of stores and sums.
+constexpr int64_t kLanes = 16;
+inline int64_t round_up(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
+
+// Zero-filled, 64-byte aligned scratch: with kLanes-aligned rows the compiler knows
+// every row start is aligned (__builtin_assume_aligned) and peels no scalar prologue.
+template <typename A>
+class Scratch {
+ public:
+  explicit Scratch(int64_t n)
+      : p_(static_cast<A*>(std::aligned_alloc(64, (round_up(n) * sizeof(A) + 63) / 64 * 64))) {
+    TORCH_CHECK(p_ != nullptr, "igd_fast: out of memory for a ", n, "-value scratch buffer");
+    std::fill(p_, p_ + round_up(n), A(0));
+  }
+  ~Scratch() { std::free(p_); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  A* data() { return p_; }
+
+ private:
+  A* p_;
+};
+
+template <typename A>
+inline A* aligned(A* p) {
+  return static_cast<A*>(__builtin_assume_aligned(p, 64));
+}
+
+// lane_mask()[j] = 1 for j < n, else 0, for j < round_up(n). Padding lanes are
+// selected away with a loaded mask: a `j < n` test in the loop made GCC split it
+// into a vector part and a scalar part.
+inline const int32_t* lane_mask(std::vector<int32_t>& buf, int64_t n) {
+  buf.assign(round_up(n), 0);
+  std::fill(buf.begin(), buf.begin() + n, 1);
+  return buf.data();
+}
+
+// Padded widths of the row path for a W-wide plane and a K-wide window.
+struct RowGeom {
+  int64_t W, Wo;
+  int64_t Wv;  // output (moment / map) rows
+  int64_t Wg;  // input-resolution rows of the backward
+  int64_t Wi;  // input rows: read by the K taps of Wv outputs and by Wg-wide loops
+  RowGeom(int64_t W, int K)
+      : W(W), Wo(W - K + 1), Wv(round_up(W - K + 1)), Wg(round_up(W)),
+        Wi(round_up(std::max(round_up(W - K + 1) + K - 1, round_up(W)))) {}
+};
+
+// A plane of input type T read as rows of A, copied (converted) into a padded row
+// whose tail stays zero: all W columns, or n columns from column c0.
 template <typename T, typename A>
 struct Plane {
   const T* p;
   int64_t W;
-  const A* row(int64_t i, A* scratch) const {
-    if constexpr (std::is_same_v<T, A>) {
-      (void)scratch;
-      return p + i * W;
-    } else {
-      convert_row<T, A>(p + i * W, scratch, W);
-      return scratch;
-    }
+  const A* row(int64_t i, A* padded) const { return row(i, padded, 0, W); }
+  const A* row(int64_t i, A* padded, int64_t c0, int64_t n) const {
+    convert_row<T, A>(p + i * W + c0, padded, n);
+    return padded;
   }
 };
 
-// Horizontal pass of one input row: the five moments (x, y, x², y², xy) filtered
-// to Wo = W - K + 1 columns, written to out[0..5*Wo).
-template <int K, typename A>
+// Column strips of at most kStripCols output columns keep the forward's ring
+// (K+1 rows × 4 moments × strip) in L1.
+constexpr int64_t kStripCols = 64;
+
+// The kernels filter four moments per pixel, x, y, d² and xy with d = x - y (see
+// ssim_pixel), stored as kMoments rows.
+constexpr int kMoments = 4;
+
+// SSIM and cs of one pixel from its filtered moments mx, my, E[d²], E[xy]. The
+// reference's variance sum sxx + syy equals (E[d²] - (mx - my)²) + 2 sxy: one moment
+// fewer, and it cancels exactly where the reference does (1×1 window, x == y).
+// Compiled without FMA contraction (the callers too), so those cancellations stay exact.
+#define IGD_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+
+template <typename A>
+IGD_NO_CONTRACT inline void ssim_pixel(A mx, A my, A edd, A exy, A c1, A c2, A& s, A& cs) {
+  const A md = mx - my;
+  const A sxy = exy - mx * my;
+  const A a1 = A(2) * mx * my + c1, b1 = mx * mx + my * my + c1;
+  const A a2 = A(2) * sxy + c2, b2 = (edd - md * md) + a2;
+  // One division instead of two (divisions bound the small-window loops).
+  const A inv = A(1) / (b1 * b2);
+  cs = a2 * b1 * inv;
+  s = a1 * a2 * inv;
+}
+
+// Horizontal pass of one padded input row: the moments filtered to Wv columns,
+// moment m at out[m*ms ..] (and at out2[m*ms ..] when DUP). prod: scratch of 2*Wi values.
+template <int K, bool DUP = false, typename A>
 inline void hpass_moments(const A* __restrict x, const A* __restrict y, A* __restrict prod,
-                          int64_t W, const A* __restrict win, A* __restrict out) {
-  A* __restrict xx = prod;
-  A* __restrict yy = prod + W;
-  A* __restrict xy = prod + 2 * W;
+                          int64_t Wv, int64_t Wi, const A* __restrict win, A* __restrict out,
+                          int64_t ms, A* __restrict out2 = nullptr) {
+  x = aligned(x);
+  y = aligned(y);
+  out = aligned(out);
+  if constexpr (DUP) out2 = aligned(out2);
+  A* __restrict dd = aligned(prod);
+  A* __restrict xy = aligned(prod + Wi);
+  const int64_t n = round_up(Wv + K - 1);  // <= Wi: whole vectors, no scalar tail
 #pragma omp simd
-  for (int64_t j = 0; j < W; ++j) {
-    xx[j] = x[j] * x[j];
-    yy[j] = y[j] * y[j];
+  for (int64_t j = 0; j < n; ++j) {
+    const A d = x[j] - y[j];
+    dd[j] = d * d;
     xy[j] = x[j] * y[j];
   }
   A w[K];
   for (int t = 0; t < K; ++t) w[t] = win[t];
-  const int64_t Wo = W - K + 1;
-  A* __restrict o0 = out;
-  A* __restrict o1 = out + Wo;
-  A* __restrict o2 = out + 2 * Wo;
-  A* __restrict o3 = out + 3 * Wo;
-  A* __restrict o4 = out + 4 * Wo;
 #pragma omp simd
-  for (int64_t j = 0; j < Wo; ++j) {
-    A a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0;
+  for (int64_t j = 0; j < Wv; ++j) {
+    A a0 = 0, a1 = 0, a2 = 0, a3 = 0;
 #pragma GCC unroll 16
     for (int t = 0; t < K; ++t) {
       a0 += w[t] * x[j + t];
       a1 += w[t] * y[j + t];
-      a2 += w[t] * xx[j + t];
-      a3 += w[t] * yy[j + t];
-      a4 += w[t] * xy[j + t];
+      a2 += w[t] * dd[j + t];
+      a3 += w[t] * xy[j + t];
     }
-    o0[j] = a0;
-    o1[j] = a1;
-    o2[j] = a2;
-    o3[j] = a3;
-    o4[j] = a4;
+    out[j] = a0;
+    out[ms + j] = a1;
+    out[2 * ms + j] = a2;
+    out[3 * ms + j] = a3;
+    if constexpr (DUP) {
+      out2[j] = a0;
+      out2[ms + j] = a1;
+      out2[2 * ms + j] = a2;
+      out2[3 * ms + j] = a3;
+    }
   }
 }
 
-// Vertical pass over K ring rows for one output row, fused with SSIM / cs and the
-// row sums. rows[t] points at the 5 moment rows of input row p + t.
-// The SSIM formula is compiled without FMA contraction: the variances E[x²] - mu²
-// then cancel exactly as in the reference (e.g. to 0 for a 1×1 window); the filter
-// taps use explicit fma.
-#define IGD_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+// Forward ring: slot k holds the moments of one input row of a column strip,
+// moment m at slot + m*kStripCols. Row i goes to slots i % R and i % R + R, so rows
+// p..p+K are consecutive slots and every load of the vertical pass is one base
+// pointer plus a compile-time offset (a pointer per ring row and moment spilled
+// registers and made the loop several times slower).
+constexpr int64_t kSlot = kMoments * kStripCols;
 
-template <int K, bool MAPS, typename A>
-IGD_NO_CONTRACT void vpass_ssim(const A* const* rows, int64_t Wo, const A* __restrict win, A c1, A c2,
-                       A* __restrict srow, A* __restrict crow, double& ssum, double& csum) {
-  const A* r[K];
-  A w[K];
-  for (int t = 0; t < K; ++t) {
-    r[t] = rows[t];
-    w[t] = win[t];
-  }
-  A s_acc = 0, c_acc = 0;
-#pragma omp simd reduction(+ : s_acc, c_acc)
-  for (int64_t j = 0; j < Wo; ++j) {
-    A mx = 0, my = 0, exx = 0, eyy = 0, exy = 0;
+// Vertical taps of one moment column for NR output rows: a0 over slots 0..K-1,
+// a1 over slots 1..K.
+template <int K, int NR, typename A>
+IGD_NO_CONTRACT inline void vtaps(const A* __restrict col, const A* __restrict w, A& a0, A& a1) {
 #pragma GCC unroll 16
-    for (int t = 0; t < K; ++t) {
-      mx = std::fma(w[t], r[t][j], mx);
-      my = std::fma(w[t], r[t][Wo + j], my);
-      exx = std::fma(w[t], r[t][2 * Wo + j], exx);
-      eyy = std::fma(w[t], r[t][3 * Wo + j], eyy);
-      exy = std::fma(w[t], r[t][4 * Wo + j], exy);
-    }
-    const A sxx = exx - mx * mx;
-    const A syy = eyy - my * my;
-    const A sxy = exy - mx * my;
-    const A a1 = A(2) * mx * my + c1, b1 = mx * mx + my * my + c1;
-    const A a2 = A(2) * sxy + c2, b2 = sxx + syy + c2;
-    // One division instead of two (divisions bound the small-window loops).
-    const A inv = A(1) / (b1 * b2);
-    const A cs = a2 * b1 * inv;
-    const A s = a1 * a2 * inv;
-    if constexpr (MAPS) {
-      srow[j] = s;
-      crow[j] = cs;
-    }
-    s_acc += s;
-    c_acc += cs;
+  for (int t = 0; t < K + NR - 1; ++t) {
+    const A v = col[t * kSlot];
+    if (t < K) a0 = std::fma(w[t], v, a0);
+    if (NR == 2 && t > 0) a1 = std::fma(w[t - 1], v, a1);
   }
-  ssum += s_acc;
-  csum += c_acc;
 }
 
-// Two consecutive output rows from K + 1 ring rows (rows[0..K]): each ring row is
-// loaded once for both. Per pixel the same operations as vpass_ssim.
-template <int K, bool MAPS, typename A>
-IGD_NO_CONTRACT void vpass_ssim2(const A* const* rows, int64_t Wo, const A* __restrict win, A c1,
-                                 A c2, A* __restrict srow, A* __restrict crow, double& ssum,
-                                 double& csum) {
-  const A* r[K + 1];
+// Vertical pass for NR (1 or 2) consecutive output rows over K + NR - 1 ring slots
+// from base, fused with SSIM / cs and the row sums; columns >= Ws are padding.
+// MAPS: output row h goes to srow/crow + h*map_stride, through the padded rows
+// stage[0..4*kStripCols) (masked stores in the loop kept it scalar).
+template <int K, int NR, bool MAPS, typename A>
+IGD_NO_CONTRACT void vpass_ssim(const A* __restrict base, int64_t Ws, const int32_t* __restrict valid,
+                                A* __restrict stage, int64_t map_stride,
+                                const A* __restrict win, A c1, A c2, A* __restrict srow,
+                                A* __restrict crow, double& ssum, double& csum) {
   A w[K];
-  for (int t = 0; t <= K; ++t) r[t] = rows[t];
   for (int t = 0; t < K; ++t) w[t] = win[t];
+  const int64_t Wv = round_up(Ws);
+  base = aligned(base);
+  stage = aligned(stage);
   A s_acc0 = 0, c_acc0 = 0, s_acc1 = 0, c_acc1 = 0;
+  // Named scalars, no arrays: arrays inside the simd loop became per-lane stack
+  // arrays and a scalar fallback loop.
 #pragma omp simd reduction(+ : s_acc0, c_acc0, s_acc1, c_acc1)
-  for (int64_t j = 0; j < Wo; ++j) {
-    A m[2][5] = {{0, 0, 0, 0, 0}, {0, 0, 0, 0, 0}};
-#pragma GCC unroll 16
-    for (int t = 0; t <= K; ++t) {
-      const A v0 = r[t][j], v1 = r[t][Wo + j], v2 = r[t][2 * Wo + j], v3 = r[t][3 * Wo + j],
-              v4 = r[t][4 * Wo + j];
-      if (t < K) {
-        m[0][0] = std::fma(w[t], v0, m[0][0]);
-        m[0][1] = std::fma(w[t], v1, m[0][1]);
-        m[0][2] = std::fma(w[t], v2, m[0][2]);
-        m[0][3] = std::fma(w[t], v3, m[0][3]);
-        m[0][4] = std::fma(w[t], v4, m[0][4]);
-      }
-      if (t > 0) {
-        m[1][0] = std::fma(w[t - 1], v0, m[1][0]);
-        m[1][1] = std::fma(w[t - 1], v1, m[1][1]);
-        m[1][2] = std::fma(w[t - 1], v2, m[1][2]);
-        m[1][3] = std::fma(w[t - 1], v3, m[1][3]);
-        m[1][4] = std::fma(w[t - 1], v4, m[1][4]);
-      }
-    }
-    A so[2], co[2];
-#pragma GCC unroll 2
-    for (int h = 0; h < 2; ++h) {
-      const A mx = m[h][0], my = m[h][1], exx = m[h][2], eyy = m[h][3], exy = m[h][4];
-      const A sxx = exx - mx * mx;
-      const A syy = eyy - my * my;
-      const A sxy = exy - mx * my;
-      const A a1 = A(2) * mx * my + c1, b1 = mx * mx + my * my + c1;
-      const A a2 = A(2) * sxy + c2, b2 = sxx + syy + c2;
-      const A inv = A(1) / (b1 * b2);
-      co[h] = a2 * b1 * inv;
-      so[h] = a1 * a2 * inv;
-    }
+  for (int64_t j = 0; j < Wv; ++j) {
+    A mx0 = 0, my0 = 0, dd0 = 0, xy0 = 0, mx1 = 0, my1 = 0, dd1 = 0, xy1 = 0;
+    vtaps<K, NR>(base + j, w, mx0, mx1);
+    vtaps<K, NR>(base + kStripCols + j, w, my0, my1);
+    vtaps<K, NR>(base + 2 * kStripCols + j, w, dd0, dd1);
+    vtaps<K, NR>(base + 3 * kStripCols + j, w, xy0, xy1);
+    const bool in = valid[j] != 0;
+    A s0, cs0, s1 = 0, cs1 = 0;
+    ssim_pixel(mx0, my0, dd0, xy0, c1, c2, s0, cs0);
+    if constexpr (NR == 2) ssim_pixel(mx1, my1, dd1, xy1, c1, c2, s1, cs1);
+    s0 = in ? s0 : A(0);
+    cs0 = in ? cs0 : A(0);
+    s1 = in ? s1 : A(0);
+    cs1 = in ? cs1 : A(0);
     if constexpr (MAPS) {
-      srow[j] = so[0];
-      crow[j] = co[0];
-      srow[Wo + j] = so[1];
-      crow[Wo + j] = co[1];
+      stage[j] = s0;
+      stage[kStripCols + j] = cs0;
+      stage[2 * kStripCols + j] = s1;
+      stage[3 * kStripCols + j] = cs1;
     }
-    s_acc0 += so[0];
-    c_acc0 += co[0];
-    s_acc1 += so[1];
-    c_acc1 += co[1];
+    s_acc0 += s0;
+    c_acc0 += cs0;
+    s_acc1 += s1;
+    c_acc1 += cs1;
   }
   ssum += s_acc0;
   csum += c_acc0;
   ssum += s_acc1;
   csum += c_acc1;
+  if constexpr (MAPS) {
+    for (int h = 0; h < NR; ++h) {
+      std::copy(stage + 2 * h * kStripCols, stage + 2 * h * kStripCols + Ws, srow + h * map_stride);
+      std::copy(stage + (2 * h + 1) * kStripCols, stage + (2 * h + 1) * kStripCols + Ws,
+                crow + h * map_stride);
+    }
+  }
 }
 
 // Row tiling: one tile per plane when there are enough planes to feed the threads,
@@ -267,7 +308,7 @@ void parallel_tasks(int64_t n, const F& body) {
 // array with row stride W, so there is no per-row loop overhead. Flat hpass index
 // q = i*W + j reads q + t (columns j >= Wo mix two rows and are never used); flat
 // vpass index q = p*W + j reads q + t*W. Same per-pixel operation order as the row
-// kernels above. buf: 8*H*W + 2*H*W values.
+// kernels above. buf: 8*H*W values.
 template <int K, bool MAPS, typename A>
 IGD_NO_CONTRACT void ssim_plane_flat(const A* __restrict x, const A* __restrict y, int64_t H,
                                      int64_t W, const A* __restrict win, A c1, A c2,
@@ -275,64 +316,50 @@ IGD_NO_CONTRACT void ssim_plane_flat(const A* __restrict x, const A* __restrict 
                                      A* __restrict s_map, A* __restrict c_map, double& ssum,
                                      double& csum) {
   const int64_t HW = H * W, Ho = H - K + 1, Wo = W - K + 1;
-  A* __restrict xx = buf;
-  A* __restrict yy = buf + HW;
-  A* __restrict xy = buf + 2 * HW;
-  A* __restrict m0 = buf + 3 * HW;
-  A* __restrict m1 = buf + 4 * HW;
-  A* __restrict m2 = buf + 5 * HW;
-  A* __restrict m3 = buf + 6 * HW;
-  A* __restrict m4 = buf + 7 * HW;
-  A* __restrict st = buf + 8 * HW;
-  A* __restrict ct = buf + 9 * HW;
+  A* __restrict dd = buf;
+  A* __restrict xy = buf + HW;
+  A* __restrict m0 = buf + 2 * HW;
+  A* __restrict m1 = buf + 3 * HW;
+  A* __restrict m2 = buf + 4 * HW;
+  A* __restrict m3 = buf + 5 * HW;
+  A* __restrict st = buf + 6 * HW;
+  A* __restrict ct = buf + 7 * HW;
   A w[K];
   for (int t = 0; t < K; ++t) w[t] = win[t];
 #pragma omp simd
   for (int64_t j = 0; j < HW; ++j) {
-    xx[j] = x[j] * x[j];
-    yy[j] = y[j] * y[j];
+    const A d = x[j] - y[j];
+    dd[j] = d * d;
     xy[j] = x[j] * y[j];
   }
   const int64_t nh = HW - K + 1;
 #pragma omp simd
   for (int64_t j = 0; j < nh; ++j) {
-    A a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0;
+    A a0 = 0, a1 = 0, a2 = 0, a3 = 0;
 #pragma GCC unroll 16
     for (int t = 0; t < K; ++t) {
       a0 = std::fma(w[t], x[j + t], a0);
       a1 = std::fma(w[t], y[j + t], a1);
-      a2 = std::fma(w[t], xx[j + t], a2);
-      a3 = std::fma(w[t], yy[j + t], a3);
-      a4 = std::fma(w[t], xy[j + t], a4);
+      a2 = std::fma(w[t], dd[j + t], a2);
+      a3 = std::fma(w[t], xy[j + t], a3);
     }
     m0[j] = a0;
     m1[j] = a1;
     m2[j] = a2;
     m3[j] = a3;
-    m4[j] = a4;
   }
   const int64_t nv = (Ho - 1) * W + Wo;
 #pragma omp simd
   for (int64_t j = 0; j < nv; ++j) {
-    A mx = 0, my = 0, exx = 0, eyy = 0, exy = 0;
+    A mx = 0, my = 0, edd = 0, exy = 0;
 #pragma GCC unroll 16
     for (int t = 0; t < K; ++t) {
       mx = std::fma(w[t], m0[j + t * W], mx);
       my = std::fma(w[t], m1[j + t * W], my);
-      exx = std::fma(w[t], m2[j + t * W], exx);
-      eyy = std::fma(w[t], m3[j + t * W], eyy);
-      exy = std::fma(w[t], m4[j + t * W], exy);
+      edd = std::fma(w[t], m2[j + t * W], edd);
+      exy = std::fma(w[t], m3[j + t * W], exy);
     }
-    const A sxx = exx - mx * mx;
-    const A syy = eyy - my * my;
-    const A sxy = exy - mx * my;
-    const A a1 = A(2) * mx * my + c1, b1 = mx * mx + my * my + c1;
-    const A a2 = A(2) * sxy + c2, b2 = sxx + syy + c2;
-    const A inv = A(1) / (b1 * b2);
-    const A cs = a2 * b1 * inv;
-    const A s = a1 * a2 * inv;
-    st[j] = s;
-    ct[j] = cs;
+    ssim_pixel(mx, my, edd, exy, c1, c2, st[j], ct[j]);
   }
   (void)valid;
   for (int64_t p = 0; p < Ho; ++p) {
@@ -365,7 +392,7 @@ void ssim_fwd_impl(const T* x, const T* y, int64_t planes, int64_t H, int64_t W,
       for (int64_t q = 0; q < H * W; ++q) valid[q] = (q % W) < Wo;
       const double npix = static_cast<double>(Ho * Wo);
       parallel_tasks(planes, [&](int64_t begin, int64_t end) {
-        std::vector<A> buf(10 * H * W + 64);
+        std::vector<A> buf(8 * H * W + 64);
         for (int64_t pl = begin; pl < end; ++pl) {
           double ssum = 0, csum = 0;
           ssim_plane_flat<K, MAPS, A>(x + pl * H * W, y + pl * H * W, H, W, win.data(), c1, c2,
@@ -379,33 +406,43 @@ void ssim_fwd_impl(const T* x, const T* y, int64_t planes, int64_t H, int64_t W,
       return;
     }
   }
-  const int64_t tiles = tiles_per_plane(planes, Ho, 16);
+  const int64_t strips = (Wo + kStripCols - 1) / kStripCols;
+  const int64_t row_tiles = tiles_per_plane(planes * strips, Ho, 16);
+  const int64_t tiles = row_tiles * strips;
   std::vector<double> partial(planes * tiles * 2, 0.0);
 
   parallel_tasks(planes * tiles, [&](int64_t begin, int64_t end) {
-    constexpr int R = K + 1;  // ring slots: two output rows per vertical sweep
-    std::vector<A> xbuf(W), ybuf(W), prod(3 * W), ring(R * 5 * Wo);
-    const A* rows[R];
+    constexpr int R = K + 1;  // ring rows: two output rows per vertical sweep
+    const int64_t Wi = RowGeom(kStripCols + K - 1, K).Wi;
+    Scratch<A> xbuf(Wi), ybuf(Wi), prod(2 * Wi), ring(2 * R * kSlot), stage(4 * kStripCols);
+    std::vector<int32_t> mask;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t pl = task / tiles, tl = task % tiles;
-      const auto [p0, p1] = tile_range(Ho, tiles, tl);
+      const auto [p0, p1] = tile_range(Ho, row_tiles, tl / strips);
+      const auto [q0, q1] = tile_range(Wo, strips, tl % strips);  // output columns
+      const int64_t Ws = q1 - q0, Wv = round_up(Ws);
+      const int32_t* valid = lane_mask(mask, Ws);
       const Plane<T, A> px{x + pl * H * W, W}, py{y + pl * H * W, W};
       double ssum = 0, csum = 0;
       for (int64_t i = p0; i < p1 + K - 1; ++i) {
-        hpass_moments<K, A>(px.row(i, xbuf.data()), py.row(i, ybuf.data()), prod.data(), W,
-                            win.data(), ring.data() + (i % R) * 5 * Wo);
+        A* slot = ring.data() + (i % R) * kSlot;
+        hpass_moments<K, true, A>(px.row(i, xbuf.data(), q0, Ws + K - 1),
+                                  py.row(i, ybuf.data(), q0, Ws + K - 1), prod.data(), Wv, Wi,
+                                  win.data(), slot, kStripCols, slot + R * kSlot);
         const int64_t p = i - K + 1;
         if (p < p0) continue;
         if ((p - p0) % 2 == 1) {  // rows p - 1 and p
-          for (int t = 0; t < R; ++t) rows[t] = ring.data() + ((p - 1 + t) % R) * 5 * Wo;
-          A* srow = MAPS ? s_map + (pl * Ho + p - 1) * Wo : nullptr;
-          A* crow = MAPS ? c_map + (pl * Ho + p - 1) * Wo : nullptr;
-          vpass_ssim2<K, MAPS, A>(rows, Wo, win.data(), c1, c2, srow, crow, ssum, csum);
+          const A* base = ring.data() + ((p - 1) % R) * kSlot;
+          A* srow = MAPS ? s_map + (pl * Ho + p - 1) * Wo + q0 : nullptr;
+          A* crow = MAPS ? c_map + (pl * Ho + p - 1) * Wo + q0 : nullptr;
+          vpass_ssim<K, 2, MAPS, A>(base, Ws, valid, stage.data(), Wo, win.data(), c1, c2, srow,
+                                    crow, ssum, csum);
         } else if (p == p1 - 1) {  // last row of an odd count
-          for (int t = 0; t < K; ++t) rows[t] = ring.data() + ((p + t) % R) * 5 * Wo;
-          A* srow = MAPS ? s_map + (pl * Ho + p) * Wo : nullptr;
-          A* crow = MAPS ? c_map + (pl * Ho + p) * Wo : nullptr;
-          vpass_ssim<K, MAPS, A>(rows, Wo, win.data(), c1, c2, srow, crow, ssum, csum);
+          const A* base = ring.data() + (p % R) * kSlot;
+          A* srow = MAPS ? s_map + (pl * Ho + p) * Wo + q0 : nullptr;
+          A* crow = MAPS ? c_map + (pl * Ho + p) * Wo + q0 : nullptr;
+          vpass_ssim<K, 1, MAPS, A>(base, Ws, valid, stage.data(), Wo, win.data(), c1, c2, srow,
+                                    crow, ssum, csum);
         }
       }
       partial[task * 2] = ssum;
@@ -494,12 +531,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ssim_scale_fwd_cpu(
 // ------------------------------------------------------------------ backward
 
 // Per output row: the moment gradients (reference ssim_scale_bwd) into zero-padded
-// rows gp[m] (K-1 zeros each side), m = 0 var, 1 cov, 2 mu_y, 3 mu_x.
+// rows gp[m] (K-1 zeros in front), m = 0 var, 1 cov, 2 mu_y, 3 mu_x; padding columns
+// (>= Wo) get 0. gsmap / gcmap: padded rows of Wv values, zero rows when the map
+// has no gradient (a null pointer made the masked loads fault-suppressing assists).
 template <int K, bool GX, typename A>
-IGD_NO_CONTRACT void grad_row(const A* const* rows, int64_t Wo, const A* __restrict win, A c1, A c2,
-                     A gs0, A gc0, const A* __restrict gsmap, const A* __restrict gcmap,
-                     A* __restrict gvar, A* __restrict gcov, A* __restrict gmuy,
-                     A* __restrict gmux) {
+IGD_NO_CONTRACT void grad_row(const A* const* rows, const int32_t* __restrict valid, int64_t Wv,
+                              const A* __restrict win,
+                              A c1, A c2, A gs0, A gc0, const A* __restrict gsmap,
+                              const A* __restrict gcmap, A* __restrict gvar, A* __restrict gcov,
+                              A* __restrict gmuy, A* __restrict gmux) {
   const A* r[K];
   A w[K];
   for (int t = 0; t < K; ++t) {
@@ -507,25 +547,25 @@ IGD_NO_CONTRACT void grad_row(const A* const* rows, int64_t Wo, const A* __restr
     w[t] = win[t];
   }
 #pragma omp simd
-  for (int64_t j = 0; j < Wo; ++j) {
-    A mx = 0, my = 0, exx = 0, eyy = 0, exy = 0;
+  for (int64_t j = 0; j < Wv; ++j) {
+    A mx = 0, my = 0, edd = 0, exy = 0;
 #pragma GCC unroll 16
     for (int t = 0; t < K; ++t) {
       mx = std::fma(w[t], r[t][j], mx);
-      my = std::fma(w[t], r[t][Wo + j], my);
-      exx = std::fma(w[t], r[t][2 * Wo + j], exx);
-      eyy = std::fma(w[t], r[t][3 * Wo + j], eyy);
-      exy = std::fma(w[t], r[t][4 * Wo + j], exy);
+      my = std::fma(w[t], r[t][Wv + j], my);
+      edd = std::fma(w[t], r[t][2 * Wv + j], edd);
+      exy = std::fma(w[t], r[t][3 * Wv + j], exy);
     }
-    const A sxx = exx - mx * mx;
-    const A syy = eyy - my * my;
+    // as ssim_pixel; the gradient is taken w.r.t. E[x²] + E[y²] (var) and E[xy] (cov)
+    const A md = mx - my;
     const A sxy = exy - mx * my;
     const A a1 = A(2) * mx * my + c1, b1 = mx * mx + my * my + c1;
-    const A a2 = A(2) * sxy + c2, b2 = sxx + syy + c2;
+    const A a2 = A(2) * sxy + c2, b2 = (edd - md * md) + a2;
     const A ib1 = A(1) / b1, ib2 = A(1) / b2;
     const A lum = a1 * ib1, cs = a2 * ib2;
-    const A gs = gs0 + (gsmap ? gsmap[j] : A(0));
-    const A gc = gc0 + (gcmap ? gcmap[j] : A(0));
+    const A in = valid[j] != 0 ? A(1) : A(0);
+    const A gs = in * (gs0 + gsmap[j]);
+    const A gc = in * (gc0 + gcmap[j]);
     const A g_lum = gs * cs;
     const A g_cs = gs * lum + gc;
     const A g_var = -g_cs * cs * ib2;
@@ -537,15 +577,15 @@ IGD_NO_CONTRACT void grad_row(const A* const* rows, int64_t Wo, const A* __restr
   }
 }
 
-// Horizontal adjoint (full correlation with the reversed window): padded Wo + 2(K-1)
-// values -> W values.
+// Horizontal adjoint (full correlation with the reversed window): zero-padded
+// gradient row -> Wg values (columns >= W are padding).
 template <int K, typename A>
-inline void hadjoint(const A* __restrict gp, int64_t W, const A* __restrict win,
+inline void hadjoint(const A* __restrict gp, int64_t Wg, const A* __restrict win,
                      A* __restrict out) {
   A wr[K];
   for (int t = 0; t < K; ++t) wr[t] = win[K - 1 - t];
 #pragma omp simd
-  for (int64_t j = 0; j < W; ++j) {
+  for (int64_t j = 0; j < Wg; ++j) {
     A a = 0;
 #pragma GCC unroll 16
     for (int t = 0; t < K; ++t) a += wr[t] * gp[j + t];
@@ -558,15 +598,21 @@ void ssim_bwd_impl(const T* x, const T* y, int64_t planes, int64_t H, int64_t W,
                    double c1d, double c2d, const A* g_s_mean, const A* g_c_mean,
                    const A* g_s_map, const A* g_c_map, T* gx, T* gy) {
   constexpr int NG = GX ? 4 : 3;
-  const int64_t Ho = H - K + 1, Wo = W - K + 1, Wp = W + K - 1;
+  const int64_t Ho = H - K + 1, Wo = W - K + 1;
+  const RowGeom geo(W, K);
+  const int64_t Wv = geo.Wv, Wg = geo.Wg, Wi = geo.Wi;
+  // gradient rows: K-1 zeros, Wv values, zeros up to what the Wg-wide adjoint reads
+  const int64_t Wp = std::max(Wg, Wv + K - 1) + K - 1;
   const std::vector<A> win = gaussian_window<A>(K, sigma);
   const A c1 = static_cast<A>(c1d), c2 = static_cast<A>(c2d);
   const A npix = static_cast<A>(Ho * Wo);
   const int64_t tiles = tiles_per_plane(planes, H, std::max<int64_t>(16, 4 * K));
 
   parallel_tasks(planes * tiles, [&](int64_t begin, int64_t end) {
-    std::vector<A> xbuf(W), ybuf(W), prod(3 * W), ring(K * 5 * Wo);
-    std::vector<A> gp(NG * Wp), gring(K * NG * W), zero(NG * W, A(0)), out(2 * W);
+    Scratch<A> xbuf(Wi), ybuf(Wi), prod(2 * Wi), ring(K * kMoments * Wv);
+    Scratch<A> gp(NG * Wp), gring(K * NG * Wg), zero(NG * Wg), out(2 * Wg), gsrow(Wv), gcrow(Wv);
+    std::vector<int32_t> mask;
+    const int32_t* valid = lane_mask(mask, Wo);
     const A* rows[K];
     const A* grows[K];
     for (int64_t task = begin; task < end; ++task) {
@@ -576,29 +622,29 @@ void ssim_bwd_impl(const T* x, const T* y, int64_t planes, int64_t H, int64_t W,
       const Plane<T, A> px{x + pl * H * W, W}, py{y + pl * H * W, W};
       const A gs0 = g_s_mean[pl] / npix, gc0 = g_c_mean[pl] / npix;
       const int64_t p0 = std::max<int64_t>(0, i0 - K + 1), p1 = std::min(Ho, i1);
-      std::fill(gp.begin(), gp.end(), A(0));
+      std::fill(gp.data(), gp.data() + NG * Wp, A(0));
 
       // Input row i is final once Gh rows i-K+1..i (within [0, Ho)) exist.
       auto finish_row = [&](int64_t i) {
         for (int t = 0; t < K; ++t) {
           const int64_t p = i - t;  // weight win[t] = win[i - p]
-          grows[t] = (p >= 0 && p < Ho) ? gring.data() + (p % K) * NG * W : zero.data();
+          grows[t] = (p >= 0 && p < Ho) ? gring.data() + (p % K) * NG * Wg : zero.data();
         }
         A wk[K];
         for (int t = 0; t < K; ++t) wk[t] = win[t];
         const A* xr = px.row(i, xbuf.data());
         const A* yr = py.row(i, ybuf.data());
         A* oy = out.data();
-        A* ox = out.data() + W;
+        A* ox = out.data() + Wg;
 #pragma omp simd
-        for (int64_t j = 0; j < W; ++j) {
+        for (int64_t j = 0; j < Wg; ++j) {
           A avar = 0, acov = 0, amuy = 0, amux = 0;
 #pragma GCC unroll 16
           for (int t = 0; t < K; ++t) {
             avar += wk[t] * grows[t][j];
-            acov += wk[t] * grows[t][W + j];
-            amuy += wk[t] * grows[t][2 * W + j];
-            if constexpr (GX) amux += wk[t] * grows[t][3 * W + j];
+            acov += wk[t] * grows[t][Wg + j];
+            amuy += wk[t] * grows[t][2 * Wg + j];
+            if constexpr (GX) amux += wk[t] * grows[t][3 * Wg + j];
           }
           oy[j] = amuy + A(2) * yr[j] * avar + xr[j] * acov;
           if constexpr (GX) ox[j] = amux + A(2) * xr[j] * avar + yr[j] * acov;
@@ -613,18 +659,20 @@ void ssim_bwd_impl(const T* x, const T* y, int64_t planes, int64_t H, int64_t W,
       };
 
       for (int64_t i = p0; i < p1 + K - 1; ++i) {
-        hpass_moments<K, A>(px.row(i, xbuf.data()), py.row(i, ybuf.data()), prod.data(), W,
-                            win.data(), ring.data() + (i % K) * 5 * Wo);
+        hpass_moments<K, false, A>(px.row(i, xbuf.data()), py.row(i, ybuf.data()), prod.data(), Wv,
+                                   Wi, win.data(), ring.data() + (i % K) * kMoments * Wv, Wv);
         const int64_t p = i - K + 1;
         if (p < p0) continue;
-        for (int t = 0; t < K; ++t) rows[t] = ring.data() + ((p + t) % K) * 5 * Wo;
+        for (int t = 0; t < K; ++t) rows[t] = ring.data() + ((p + t) % K) * kMoments * Wv;
         const int64_t off = (pl * Ho + p) * Wo;
+        if (g_s_map) std::copy(g_s_map + off, g_s_map + off + Wo, gsrow.data());
+        if (g_c_map) std::copy(g_c_map + off, g_c_map + off + Wo, gcrow.data());
         A* g = gp.data() + (K - 1);
-        grad_row<K, GX, A>(rows, Wo, win.data(), c1, c2, gs0, gc0,
-                           g_s_map ? g_s_map + off : nullptr, g_c_map ? g_c_map + off : nullptr,
+        grad_row<K, GX, A>(rows, valid, Wv, win.data(), c1, c2, gs0, gc0,
+                           gsrow.data(), gcrow.data(),
                            g, g + Wp, g + 2 * Wp, GX ? g + 3 * Wp : nullptr);
-        A* gh = gring.data() + (p % K) * NG * W;
-        for (int m = 0; m < NG; ++m) hadjoint<K, A>(gp.data() + m * Wp, W, win.data(), gh + m * W);
+        A* gh = gring.data() + (p % K) * NG * Wg;
+        for (int m = 0; m < NG; ++m) hadjoint<K, A>(gp.data() + m * Wp, Wg, win.data(), gh + m * Wg);
         if (p >= i0) finish_row(p);
       }
       for (int64_t i = std::max(i0, p1); i < i1; ++i) finish_row(i);
