@@ -90,6 +90,24 @@ inline A* aligned(A* p) {
   return static_cast<A*>(__builtin_assume_aligned(p, 64));
 }
 
+// dst[0..n) = src[0..n) in whole vectors (the last one overlapping): a memcpy call
+// per short map row cost more than the row's SSIM.
+template <typename A>
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) inline void copy_row(
+    const A* __restrict src, A* __restrict dst, int64_t n) {
+  if (n < kLanes) {
+    for (int64_t j = 0; j < n; ++j) dst[j] = src[j];
+    return;
+  }
+  auto block = [&](int64_t j) {
+#pragma GCC unroll 16
+    for (int l = 0; l < kLanes; ++l) dst[j + l] = src[j + l];
+  };
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) block(j);
+  if (j < n) block(n - kLanes);
+}
+
 // lane_mask()[j] = 1 for j < n, else 0, for j < round_up(n). Padding lanes are
 // selected away with a loaded mask: a `j < n` test in the loop made GCC split it
 // into a vector part and a scalar part.
@@ -261,9 +279,8 @@ IGD_NO_CONTRACT void vpass_ssim(const A* __restrict base, int64_t Ws, const int3
   csum += c_acc1;
   if constexpr (MAPS) {
     for (int h = 0; h < NR; ++h) {
-      std::copy(stage + 2 * h * kStripCols, stage + 2 * h * kStripCols + Ws, srow + h * map_stride);
-      std::copy(stage + (2 * h + 1) * kStripCols, stage + (2 * h + 1) * kStripCols + Ws,
-                crow + h * map_stride);
+      copy_row(stage + 2 * h * kStripCols, srow + h * map_stride, Ws);
+      copy_row(stage + (2 * h + 1) * kStripCols, crow + h * map_stride, Ws);
     }
   }
 }
@@ -307,32 +324,40 @@ void parallel_tasks(int64_t n, const F& body) {
 // Small planes (whole plane in L1): both passes run over the plane as one flat
 // array with row stride W, so there is no per-row loop overhead. Flat hpass index
 // q = i*W + j reads q + t (columns j >= Wo mix two rows and are never used); flat
-// vpass index q = p*W + j reads q + t*W. Same per-pixel operation order as the row
-// kernels above. buf: 8*H*W values.
+// vpass index q = p*W + j reads q + t*W; valid[q] selects the real outputs. The
+// planes are copied into aligned, zero-padded scratch (stride P) so every loop runs
+// over whole vectors and the padding lanes stay finite.
+inline int64_t flat_stride(int64_t H, int64_t W) { return round_up(H * W + 2 * kLanes); }
+
 template <int K, bool MAPS, typename A>
-IGD_NO_CONTRACT void ssim_plane_flat(const A* __restrict x, const A* __restrict y, int64_t H,
+IGD_NO_CONTRACT void ssim_plane_flat(const A* __restrict x_in, const A* __restrict y_in, int64_t H,
                                      int64_t W, const A* __restrict win, A c1, A c2,
-                                     const unsigned char* __restrict valid, A* __restrict buf,
+                                     const int32_t* __restrict valid, A* __restrict buf,
                                      A* __restrict s_map, A* __restrict c_map, double& ssum,
                                      double& csum) {
-  const int64_t HW = H * W, Ho = H - K + 1, Wo = W - K + 1;
-  A* __restrict dd = buf;
-  A* __restrict xy = buf + HW;
-  A* __restrict m0 = buf + 2 * HW;
-  A* __restrict m1 = buf + 3 * HW;
-  A* __restrict m2 = buf + 4 * HW;
-  A* __restrict m3 = buf + 5 * HW;
-  A* __restrict st = buf + 6 * HW;
-  A* __restrict ct = buf + 7 * HW;
+  const int64_t HW = H * W, Ho = H - K + 1, Wo = W - K + 1, P = flat_stride(H, W);
+  A* __restrict x = aligned(buf);
+  A* __restrict y = aligned(buf + P);
+  A* __restrict dd = aligned(buf + 2 * P);
+  A* __restrict xy = aligned(buf + 3 * P);
+  A* __restrict m0 = aligned(buf + 4 * P);
+  A* __restrict m1 = aligned(buf + 5 * P);
+  A* __restrict m2 = aligned(buf + 6 * P);
+  A* __restrict m3 = aligned(buf + 7 * P);
+  A* __restrict st = aligned(buf + 8 * P);
+  A* __restrict ct = aligned(buf + 9 * P);
+  copy_row(x_in, x, HW);
+  copy_row(y_in, y, HW);
   A w[K];
   for (int t = 0; t < K; ++t) w[t] = win[t];
+  const int64_t n = round_up(HW);
 #pragma omp simd
-  for (int64_t j = 0; j < HW; ++j) {
+  for (int64_t j = 0; j < n; ++j) {
     const A d = x[j] - y[j];
     dd[j] = d * d;
     xy[j] = x[j] * y[j];
   }
-  const int64_t nh = HW - K + 1;
+  const int64_t nh = round_up(HW - K + 1);
 #pragma omp simd
   for (int64_t j = 0; j < nh; ++j) {
     A a0 = 0, a1 = 0, a2 = 0, a3 = 0;
@@ -348,8 +373,9 @@ IGD_NO_CONTRACT void ssim_plane_flat(const A* __restrict x, const A* __restrict 
     m2[j] = a2;
     m3[j] = a3;
   }
-  const int64_t nv = (Ho - 1) * W + Wo;
-#pragma omp simd
+  const int64_t nv = round_up((Ho - 1) * W + Wo);
+  A s_acc = 0, c_acc = 0;
+#pragma omp simd reduction(+ : s_acc, c_acc)
   for (int64_t j = 0; j < nv; ++j) {
     A mx = 0, my = 0, edd = 0, exy = 0;
 #pragma GCC unroll 16
@@ -359,23 +385,22 @@ IGD_NO_CONTRACT void ssim_plane_flat(const A* __restrict x, const A* __restrict 
       edd = std::fma(w[t], m2[j + t * W], edd);
       exy = std::fma(w[t], m3[j + t * W], exy);
     }
-    ssim_pixel(mx, my, edd, exy, c1, c2, st[j], ct[j]);
-  }
-  (void)valid;
-  for (int64_t p = 0; p < Ho; ++p) {
-    const A* __restrict sr = st + p * W;
-    const A* __restrict cr = ct + p * W;
-    A s_acc = 0, c_acc = 0;
-#pragma omp simd reduction(+ : s_acc, c_acc)
-    for (int64_t j = 0; j < Wo; ++j) {
-      s_acc += sr[j];
-      c_acc += cr[j];
-    }
-    ssum += s_acc;
-    csum += c_acc;
+    A sv, cv;
+    ssim_pixel(mx, my, edd, exy, c1, c2, sv, cv);
     if constexpr (MAPS) {
-      std::copy(sr, sr + Wo, s_map + p * Wo);
-      std::copy(cr, cr + Wo, c_map + p * Wo);
+      st[j] = sv;
+      ct[j] = cv;
+    }
+    const bool in = valid[j] != 0;
+    s_acc += in ? sv : A(0);
+    c_acc += in ? cv : A(0);
+  }
+  ssum += s_acc;
+  csum += c_acc;
+  if constexpr (MAPS) {
+    for (int64_t p = 0; p < Ho; ++p) {
+      copy_row(st + p * W, s_map + p * Wo, Wo);
+      copy_row(ct + p * W, c_map + p * Wo, Wo);
     }
   }
 }
@@ -388,11 +413,12 @@ void ssim_fwd_impl(const T* x, const T* y, int64_t planes, int64_t H, int64_t W,
   const A c1 = static_cast<A>(c1d), c2 = static_cast<A>(c2d);
   if constexpr (std::is_same_v<T, A>) {
     if (W <= 64 && H * W <= 4096 && planes >= 4 * static_cast<int64_t>(at::get_num_threads())) {
-      std::vector<unsigned char> valid(H * W);
-      for (int64_t q = 0; q < H * W; ++q) valid[q] = (q % W) < Wo;
+      const int64_t nv = (Ho - 1) * W + Wo;
+      std::vector<int32_t> valid(round_up(nv), 0);
+      for (int64_t q = 0; q < nv; ++q) valid[q] = (q % W) < Wo;
       const double npix = static_cast<double>(Ho * Wo);
       parallel_tasks(planes, [&](int64_t begin, int64_t end) {
-        std::vector<A> buf(8 * H * W + 64);
+        Scratch<A> buf(10 * flat_stride(H, W));
         for (int64_t pl = begin; pl < end; ++pl) {
           double ssum = 0, csum = 0;
           ssim_plane_flat<K, MAPS, A>(x + pl * H * W, y + pl * H * W, H, W, win.data(), c1, c2,
