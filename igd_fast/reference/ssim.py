@@ -162,6 +162,24 @@ def combine_maps(maps, weights, out_h, out_w, win_size):
     return out
 
 
+def ms_ssim_map_small(x, y, win_size, sigma, c1, c2, weights):
+    """Backend entry point of the fused inference op: (ssim means N×C×S, cs means N×C×S,
+    channel-mean map N×1×H×W) = every scale of ssim_scale_fwd, the pools between them,
+    combine_maps and the mean over channels."""
+    h, w = x.shape[-2:]
+    s_means, c_means, maps = [], [], []
+    for j in range(len(weights)):
+        s, cs, s_map, cs_map = ssim_scale_fwd(x, y, win_size, sigma, c1, c2, True)
+        last = j == len(weights) - 1
+        s_means.append(s)
+        c_means.append(cs)
+        maps.append(s_map if last else cs_map)
+        if not last:
+            x, y = downsample(x), downsample(y)
+    out = combine_maps(maps, weights, h, w, win_size).mean(1, keepdim=True)
+    return torch.stack(s_means, -1), torch.stack(c_means, -1), out
+
+
 def ms_ssim_per_channel(x: torch.Tensor, y: torch.Tensor, config: MSSSIMConfig) -> torch.Tensor:
     """N×C MS-SSIM values (no channel average)."""
     vals = []

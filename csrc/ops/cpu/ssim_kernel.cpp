@@ -397,7 +397,7 @@ IGD_NO_CONTRACT void ssim_plane_flat(const A* __restrict x_in, const A* __restri
   }
   ssum += s_acc;
   csum += c_acc;
-  if constexpr (MAPS) {
+  if (MAPS && s_map != nullptr) {  // null: the caller reads st / ct in buf
     for (int64_t p = 0; p < Ho; ++p) {
       copy_row(st + p * W, s_map + p * Wo, Wo);
       copy_row(ct + p * W, c_map + p * Wo, Wo);
@@ -806,6 +806,45 @@ inline double log_acc(double acc, double w, double v) {
 inline float exp_of(float v) { return fast_expf(v); }
 inline double exp_of(double v) { return std::exp(v); }
 
+// One scale of the combination, output rows [o0, o1) of out_w columns:
+// a += w * log(v), v the map (mw columns, row stride ms) replicate-padded by r and
+// resized by the axes (-inf once v <= 0 or NaN: relu(v)^w = 0). u: scratch rows.
+template <typename A>
+void log_accumulate(const A* m, int64_t mw, int64_t ms, const Axis<A>& ah, const Axis<A>& aw,
+                    int64_t r, A wt, int64_t o0, int64_t o1, int64_t out_w, std::vector<A>& hbuf,
+                    A* __restrict u, A* __restrict a) {
+  // Horizontal pass first (PyTorch's order), on the few source rows these output rows
+  // read: the column gathers then run on the coarse rows only.
+  const int64_t r0 = ah.i0[o0], rows = ah.i1[o1 - 1] - r0 + 1;
+  hbuf.resize(rows * out_w);
+  for (int64_t i = 0; i < rows; ++i) {
+    const A* __restrict src = m + (r0 + i) * ms;
+    A* __restrict dst = hbuf.data() + i * out_w;
+    if (aw.identity) {  // replicate padding only
+      std::fill(dst, dst + r, src[0]);
+      std::copy(src, src + mw, dst + r);
+      std::fill(dst + r + mw, dst + out_w, src[mw - 1]);
+    } else {
+      const int32_t* __restrict c0 = aw.i0.data();
+      const int32_t* __restrict c1 = aw.i1.data();
+      const A* __restrict l1 = aw.l1.data();
+#pragma omp simd
+      for (int64_t j = 0; j < out_w; ++j) dst[j] = (A(1) - l1[j]) * src[c0[j]] + l1[j] * src[c1[j]];
+    }
+  }
+  for (int64_t oy = o0; oy < o1; ++oy) {
+    const A* __restrict ra = hbuf.data() + (ah.i0[oy] - r0) * out_w;
+    const A* __restrict rb = hbuf.data() + (ah.i1[oy] - r0) * out_w;
+    const A lb = ah.l1[oy], la = A(1) - lb;
+    A* __restrict ur = u + (oy - o0) * out_w;
+#pragma omp simd
+    for (int64_t j = 0; j < out_w; ++j) ur[j] = la * ra[j] + lb * rb[j];
+  }
+  const int64_t n = (o1 - o0) * out_w;
+#pragma omp simd
+  for (int64_t q = 0; q < n; ++q) a[q] = log_acc(a[q], wt, u[q]);
+}
+
 template <typename A>
 void combine_impl(const std::vector<at::Tensor>& maps, const std::vector<double>& weights,
                   int64_t planes, int64_t out_h, int64_t out_w, int64_t r, A* out) {
@@ -835,39 +874,8 @@ void combine_impl(const std::vector<at::Tensor>& maps, const std::vector<double>
       A* __restrict u = val.data();
       std::fill(a, a + n, A(0));
       for (size_t s = 0; s < M; ++s) {
-        const Axis<A>& ah = ax_h[s];
-        const Axis<A>& aw = ax_w[s];
-        const A* m = base[s] + pl * mh[s] * mw[s];
-        // Horizontal pass first (PyTorch's order), on the few source rows this tile
-        // reads: the column gathers then run on the coarse rows only.
-        const int64_t r0 = ah.i0[o0], rows = ah.i1[o1 - 1] - r0 + 1;
-        hbuf.resize(rows * out_w);
-        for (int64_t i = 0; i < rows; ++i) {
-          const A* __restrict src = m + (r0 + i) * mw[s];
-          A* __restrict dst = hbuf.data() + i * out_w;
-          if (aw.identity) {  // replicate padding only
-            std::fill(dst, dst + r, src[0]);
-            std::copy(src, src + mw[s], dst + r);
-            std::fill(dst + r + mw[s], dst + out_w, src[mw[s] - 1]);
-          } else {
-            const int32_t* __restrict c0 = aw.i0.data();
-            const int32_t* __restrict c1 = aw.i1.data();
-            const A* __restrict l1 = aw.l1.data();
-#pragma omp simd
-            for (int64_t j = 0; j < out_w; ++j) dst[j] = (A(1) - l1[j]) * src[c0[j]] + l1[j] * src[c1[j]];
-          }
-        }
-        for (int64_t oy = o0; oy < o1; ++oy) {
-          const A* __restrict ra = hbuf.data() + (ah.i0[oy] - r0) * out_w;
-          const A* __restrict rb = hbuf.data() + (ah.i1[oy] - r0) * out_w;
-          const A lb = ah.l1[oy], la = A(1) - lb;
-          A* __restrict ur = u + (oy - o0) * out_w;
-#pragma omp simd
-          for (int64_t j = 0; j < out_w; ++j) ur[j] = la * ra[j] + lb * rb[j];
-        }
-        const A wt = static_cast<A>(weights[s]);
-#pragma omp simd
-        for (int64_t q = 0; q < n; ++q) a[q] = log_acc(a[q], wt, u[q]);
+        log_accumulate(base[s] + pl * mh[s] * mw[s], mw[s], mw[s], ax_h[s], ax_w[s], r,
+                       static_cast<A>(weights[s]), o0, o1, out_w, hbuf, u, a);
       }
       A* __restrict o = out + (pl * out_h + o0) * out_w;
 #pragma omp simd
@@ -918,20 +926,39 @@ at::Tensor combine_maps_cpu(at::TensorList maps_in, at::ArrayRef<double> weights
 
 // reference.ssim.downsample: 2×2 average pool, odd sizes zero-padded by one in front
 // (avg_pool2d with padding = size % 2, zeros counted). Sums in avg_pool2d's order.
+// One output row from the two padded input rows a, b (2*wo values each).
+template <typename A, typename T>
+inline void downsample_row(const A* __restrict a, const A* __restrict b, int64_t wo, T* __restrict o) {
+#pragma omp simd
+  for (int64_t j = 0; j < wo; ++j) {
+    o[j] = static_cast<T>((((a[2 * j] + a[2 * j + 1]) + b[2 * j]) + b[2 * j + 1]) / A(4));
+  }
+}
+
+// Output row i of an H×W plane of A: rows 2i+1-ph and the one above it (zeros when
+// it is the padding), columns shifted by pw into p0 / p1 (2*wo values, p*[0] = 0).
+template <typename T, typename A>
+inline void downsample_plane_row(const T* xp, int64_t H, int64_t W, int64_t i, A* __restrict p0,
+                                 A* __restrict p1, T* __restrict o) {
+  const int64_t ph = H % 2, pw = W % 2, wo = (W + 1) / 2;
+  const int64_t r1 = 2 * i + 1 - ph, r0 = r1 - 1;  // r1 < H always; r0 may be -1
+  p0[0] = p1[0] = A(0);  // the front padding column when pw = 1
+  for (int64_t c = 0; c < W; ++c) {
+    p0[pw + c] = r0 >= 0 ? static_cast<A>(xp[r0 * W + c]) : A(0);
+    p1[pw + c] = static_cast<A>(xp[r1 * W + c]);
+  }
+  downsample_row<A, T>(p0, p1, wo, o);
+}
+
 template <typename T, typename A>
 void downsample_impl(const T* x, T* out, int64_t planes, int64_t H, int64_t W) {
-  const int64_t ho = (H + 1) / 2, wo = (W + 1) / 2, ph = H % 2, pw = W % 2;
+  const int64_t ho = (H + 1) / 2, wo = (W + 1) / 2;
   if constexpr (std::is_same_v<T, A>) {
-    if (ph == 0 && pw == 0) {  // no padding: read the rows in place
+    if (H % 2 == 0 && W % 2 == 0) {  // no padding: read the rows in place
       parallel_tasks(planes * ho, [&](int64_t begin, int64_t end) {
         for (int64_t task = begin; task < end; ++task) {
-          const A* __restrict a = x + 2 * task * W;  // rows 2i, 2i+1 of plane task / ho
-          const A* __restrict b = a + W;
-          A* __restrict o = out + task * wo;
-#pragma omp simd
-          for (int64_t j = 0; j < wo; ++j) {
-            o[j] = (((a[2 * j] + a[2 * j + 1]) + b[2 * j]) + b[2 * j + 1]) / A(4);
-          }
+          const A* a = x + 2 * task * W;  // rows 2i, 2i+1 of plane task / ho
+          downsample_row<A, A>(a, a + W, wo, out + task * wo);
         }
       });
       return;
@@ -941,18 +968,8 @@ void downsample_impl(const T* x, T* out, int64_t planes, int64_t H, int64_t W) {
     std::vector<A> p0(2 * wo, A(0)), p1(2 * wo, A(0));  // rows with the front padding
     for (int64_t task = begin; task < end; ++task) {
       const int64_t pl = task / ho, i = task % ho;
-      const int64_t r1 = 2 * i + 1 - ph, r0 = r1 - 1;  // r1 < H always; r0 may be -1
-      const T* xp = x + pl * H * W;
-      for (int64_t c = 0; c < W; ++c) {
-        p0[pw + c] = r0 >= 0 ? static_cast<A>(xp[r0 * W + c]) : A(0);
-        p1[pw + c] = static_cast<A>(xp[r1 * W + c]);
-      }
-      T* o = out + (pl * ho + i) * wo;
-      const A* __restrict a = p0.data();
-      const A* __restrict b = p1.data();
-      for (int64_t j = 0; j < wo; ++j) {
-        o[j] = static_cast<T>((((a[2 * j] + a[2 * j + 1]) + b[2 * j]) + b[2 * j + 1]) / A(4));
-      }
+      downsample_plane_row<T, A>(x + pl * H * W, H, W, i, p0.data(), p1.data(),
+                                 out + (pl * ho + i) * wo);
     }
   });
 }
@@ -1005,6 +1022,119 @@ at::Tensor downsample_bwd_cpu(const at::Tensor& g_in, int64_t H, int64_t W) {
   return out;
 }
 
+// ------------------------------------------------------------------ fused small-plane map
+
+// MS-SSIM values and the channel-averaged map of small planes (the flat path's size
+// limit), one image per task: every scale (ssim_plane_flat), the pooling between
+// scales and the log-domain combination stay in per-thread scratch, and only the
+// per-scale means and the N×1×H×W map are written. Same arithmetic as ssim_scale_fwd
+// + downsample + combine_maps + mean over channels, which it replaces for inference
+// on the local model's patches (four passes over memory become one).
+bool small_planes(int64_t H, int64_t W) { return W <= 64 && H * W <= 4096; }
+
+template <int K, typename A>
+void ms_ssim_map_small_impl(const A* x, const A* y, int64_t N, int64_t C, int64_t H, int64_t W,
+                            double sigma, double c1d, double c2d,
+                            const std::vector<double>& weights, A* s_mean, A* c_mean, A* map) {
+  const int64_t S = static_cast<int64_t>(weights.size()), r = K / 2, HW = H * W;
+  const std::vector<A> win = gaussian_window<A>(K, sigma);
+  const A c1 = static_cast<A>(c1d), c2 = static_cast<A>(c2d);
+  std::vector<int64_t> hs(S), ws(S);
+  std::vector<std::vector<int32_t>> valid(S);
+  std::vector<Axis<A>> ax_h, ax_w;
+  for (int64_t s = 0; s < S; ++s) {
+    hs[s] = s == 0 ? H : (hs[s - 1] + 1) / 2;
+    ws[s] = s == 0 ? W : (ws[s - 1] + 1) / 2;
+    TORCH_CHECK(hs[s] >= K && ws[s] >= K, "ms_ssim_map_small: scale ", s, " is ", hs[s], "×",
+                ws[s], ", smaller than the ", K, "×", K, " window");
+    const int64_t ho = hs[s] - K + 1, wo = ws[s] - K + 1, nv = (ho - 1) * ws[s] + wo;
+    valid[s].assign(round_up(nv), 0);
+    for (int64_t q = 0; q < nv; ++q) valid[s][q] = (q % ws[s]) < wo;
+    ax_h.emplace_back(ho, r, H);
+    ax_w.emplace_back(wo, r, W);
+  }
+  const A inv_c = A(1) / static_cast<A>(C);
+  parallel_tasks(N, [&](int64_t begin, int64_t end) {
+    const int64_t P = flat_stride(H, W);
+    Scratch<A> buf(10 * P), next(2 * P), acc(HW), a(HW), u(HW);
+    std::vector<A> hbuf, p0(2 * W + 2, A(0)), p1(2 * W + 2, A(0));
+    for (int64_t n = begin; n < end; ++n) {
+      std::fill(acc.data(), acc.data() + HW, A(0));
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t pl = n * C + c;
+        const A* xs = x + pl * HW;
+        const A* ys = y + pl * HW;
+        std::fill(a.data(), a.data() + HW, A(0));
+        for (int64_t s = 0; s < S; ++s) {
+          const int64_t h = hs[s], w = ws[s], Ps = flat_stride(h, w);
+          double ssum = 0, csum = 0;
+          ssim_plane_flat<K, true, A>(xs, ys, h, w, win.data(), c1, c2, valid[s].data(),
+                                      buf.data(), nullptr, nullptr, ssum, csum);
+          const double npix = static_cast<double>((h - K + 1) * (w - K + 1));
+          s_mean[pl * S + s] = static_cast<A>(ssum / npix);
+          c_mean[pl * S + s] = static_cast<A>(csum / npix);
+          // the last scale contributes its SSIM map, the others their cs maps
+          const A* m = buf.data() + (s == S - 1 ? 8 : 9) * Ps;
+          log_accumulate(m, w - K + 1, w, ax_h[s], ax_w[s], r, static_cast<A>(weights[s]), 0, H,
+                         W, hbuf, u.data(), a.data());
+          if (s + 1 < S) {  // pool the plane copies in buf (x at 0, y at Ps) into next
+            const int64_t ho = (h + 1) / 2, wo = (w + 1) / 2;
+            for (int64_t i = 0; i < ho; ++i) {
+              downsample_plane_row<A, A>(buf.data(), h, w, i, p0.data(), p1.data(),
+                                         next.data() + i * wo);
+              downsample_plane_row<A, A>(buf.data() + Ps, h, w, i, p0.data(), p1.data(),
+                                         next.data() + P + i * wo);
+            }
+            xs = next.data();
+            ys = next.data() + P;
+          }
+        }
+        A* __restrict ac = acc.data();
+        const A* __restrict av = a.data();
+#pragma omp simd
+        for (int64_t q = 0; q < HW; ++q) ac[q] += exp_of(av[q]);
+      }
+      A* __restrict o = map + n * HW;
+      const A* __restrict ac = acc.data();
+#pragma omp simd
+      for (int64_t q = 0; q < HW; ++q) o[q] = ac[q] * inv_c;
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_ssim_map_small_cpu(
+    const at::Tensor& x_in, const at::Tensor& y_in, int64_t win_size, double sigma, double c1,
+    double c2, at::ArrayRef<double> weights) {
+  check_pair(x_in, y_in, win_size, sigma, "ms_ssim_map_small");
+  TORCH_CHECK(!weights.empty(), "ms_ssim_map_small: weights must hold at least one scale");
+  const int64_t N = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  TORCH_CHECK(small_planes(H, W), "ms_ssim_map_small: planes of ", H, "×", W,
+              " are too large (at most 64 columns and 4096 pixels)");
+  TORCH_CHECK(C >= 1, "ms_ssim_map_small: x must have at least one channel");
+  // fp16 / bf16 pool between scales in their own precision (the reference's
+  // contract); this kernel pools in float, so it takes float32 / float64 only.
+  const auto dt = x_in.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble,
+              "ms_ssim_map_small: x and y must be float32 or float64, got ", dt);
+  const auto x = x_in.contiguous(), y = y_in.contiguous();
+  const int64_t S = static_cast<int64_t>(weights.size());
+  const auto opts = x.options();
+  at::Tensor s_mean = at::empty({N, C, S}, opts), c_mean = at::empty({N, C, S}, opts);
+  at::Tensor map = at::empty({N, 1, H, W}, opts);
+  if (N == 0) return {s_mean, c_mean, map};
+  const std::vector<double> w(weights.begin(), weights.end());
+  AT_DISPATCH_FLOATING_TYPES(dt, "ms_ssim_map_small", [&] {
+    dispatch_window(win_size, [&](auto kc) {
+      constexpr int K = decltype(kc)::value;
+      ms_ssim_map_small_impl<K, scalar_t>(x.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(),
+                                          N, C, H, W, sigma, c1, c2, w,
+                                          s_mean.data_ptr<scalar_t>(), c_mean.data_ptr<scalar_t>(),
+                                          map.data_ptr<scalar_t>());
+    });
+  });
+  return {s_mean, c_mean, map};
+}
+
 }  // namespace
 }  // namespace igd_fast
 
@@ -1014,4 +1144,5 @@ TORCH_LIBRARY_IMPL(igd_fast_C, CPU, m) {
   m.impl("combine_maps", &igd_fast::combine_maps_cpu);
   m.impl("downsample", &igd_fast::downsample_cpu);
   m.impl("downsample_bwd", &igd_fast::downsample_bwd_cpu);
+  m.impl("ms_ssim_map_small", &igd_fast::ms_ssim_map_small_cpu);
 }
