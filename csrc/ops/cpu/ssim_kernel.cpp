@@ -808,11 +808,12 @@ inline double exp_of(double v) { return std::exp(v); }
 
 // One scale of the combination, output rows [o0, o1) of out_w columns:
 // a += w * log(v), v the map (mw columns, row stride ms) replicate-padded by r and
-// resized by the axes (-inf once v <= 0 or NaN: relu(v)^w = 0).
+// resized by the axes (-inf once v <= 0 or NaN: relu(v)^w = 0). u: scratch of the
+// tile's size.
 template <typename A>
 void log_accumulate(const A* m, int64_t mw, int64_t ms, const Axis<A>& ah, const Axis<A>& aw,
                     int64_t r, A wt, int64_t o0, int64_t o1, int64_t out_w, std::vector<A>& hbuf,
-                    A* __restrict a) {
+                    A* __restrict u, A* __restrict a) {
   // Horizontal pass first (PyTorch's order), on the few source rows these output rows
   // read: the column gathers then run on the coarse rows only.
   const int64_t r0 = ah.i0[o0], rows = ah.i1[o1 - 1] - r0 + 1;
@@ -832,15 +833,19 @@ void log_accumulate(const A* m, int64_t mw, int64_t ms, const Axis<A>& ah, const
       for (int64_t j = 0; j < out_w; ++j) dst[j] = (A(1) - l1[j]) * src[c0[j]] + l1[j] * src[c1[j]];
     }
   }
-  // vertical pass fused with the log accumulation (no intermediate row)
   for (int64_t oy = o0; oy < o1; ++oy) {
     const A* __restrict ra = hbuf.data() + (ah.i0[oy] - r0) * out_w;
     const A* __restrict rb = hbuf.data() + (ah.i1[oy] - r0) * out_w;
     const A lb = ah.l1[oy], la = A(1) - lb;
-    A* __restrict ar = a + (oy - o0) * out_w;
+    A* __restrict ur = u + (oy - o0) * out_w;
 #pragma omp simd
-    for (int64_t j = 0; j < out_w; ++j) ar[j] = log_acc(ar[j], wt, la * ra[j] + lb * rb[j]);
+    for (int64_t j = 0; j < out_w; ++j) ur[j] = la * ra[j] + lb * rb[j];
   }
+  // The log in one long loop over the whole tile: per-row loops of a narrow map (2
+  // vectors at 32 columns) left the log's dependent polynomial chain exposed.
+  const int64_t n = (o1 - o0) * out_w;
+#pragma omp simd
+  for (int64_t q = 0; q < n; ++q) a[q] = log_acc(a[q], wt, u[q]);
 }
 
 template <typename A>
@@ -861,7 +866,7 @@ void combine_impl(const std::vector<at::Tensor>& maps, const std::vector<double>
   const int64_t tiles = tiles_per_plane(planes, out_h, 8);
   const int64_t max_rows = (out_h + tiles - 1) / tiles;
   parallel_tasks(planes * tiles, [&](int64_t begin, int64_t end) {
-    std::vector<A> acc(max_rows * out_w), hbuf;
+    std::vector<A> acc(max_rows * out_w), val(max_rows * out_w), hbuf;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t pl = task / tiles, tl = task % tiles;
       const auto [o0, o1] = tile_range(out_h, tiles, tl);
@@ -872,7 +877,7 @@ void combine_impl(const std::vector<at::Tensor>& maps, const std::vector<double>
       std::fill(a, a + n, A(0));
       for (size_t s = 0; s < M; ++s) {
         log_accumulate(base[s] + pl * mh[s] * mw[s], mw[s], mw[s], ax_h[s], ax_w[s], r,
-                       static_cast<A>(weights[s]), o0, o1, out_w, hbuf, a);
+                       static_cast<A>(weights[s]), o0, o1, out_w, hbuf, val.data(), a);
       }
       A* __restrict o = out + (pl * out_h + o0) * out_w;
 #pragma omp simd
@@ -1061,7 +1066,7 @@ void ms_ssim_map_small_impl(const A* x, const A* y, int64_t N, int64_t C, int64_
   const A inv_c = A(1) / static_cast<A>(C);
   parallel_tasks(N, [&](int64_t begin, int64_t end) {
     const int64_t P = flat_stride(H, W);
-    Scratch<A> buf(10 * P), next(2 * P), acc(HW), a(HW);
+    Scratch<A> buf(10 * P), next(2 * P), acc(HW), a(HW), u(HW);
     std::vector<A> hbuf, p0(2 * W + 2, A(0)), p1(2 * W + 2, A(0));
     for (int64_t n = begin; n < end; ++n) {
       std::fill(acc.data(), acc.data() + HW, A(0));
@@ -1081,7 +1086,7 @@ void ms_ssim_map_small_impl(const A* x, const A* y, int64_t N, int64_t C, int64_
           // the last scale contributes its SSIM map, the others their cs maps
           const A* m = buf.data() + (s == S - 1 ? 8 : 9) * Ps;
           log_accumulate(m, w - K + 1, w, ax_h[s], ax_w[s], r, static_cast<A>(weights[s]), 0, H,
-                         W, hbuf, a.data());
+                         W, hbuf, u.data(), a.data());
           if (s + 1 < S) {  // pool the plane copies in buf (x at 0, y at Ps) into next
             const int64_t ho = (h + 1) / 2, wo = (w + 1) / 2;
             for (int64_t i = 0; i < ho; ++i) {
