@@ -458,3 +458,23 @@ def test_fused_small_map_rejects_bad_arguments(shape, weights, match):
     x = torch.randn(shape[:4]).to(torch.float16 if len(shape) > 4 else torch.float32)
     with pytest.raises(RuntimeError, match=match):
         torch.ops.igd_fast_C.ms_ssim_map_small(x, x, 5, 1.5, 0.1, 0.1, weights)
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="no C++ extension")
+@pytest.mark.parametrize("k,h,w", [(11, 24, 300), (3, 21, 513), (15, 30, 129), (1, 5, 257)])
+def test_cpu_scale_kernels_on_wide_rows(k, h, w):
+    """Rows wider than one 128-column strip (several strips, a short last one) and
+    rows past 256 columns: one scale forward (means and maps) and backward vs the
+    reference."""
+    from igd_fast.ops._ext import ssim as ext
+
+    x, y = _pair((2, 2, h, w), "noisy", k + w, "cpu")
+    args = (k, 1.5, GLOBAL.c1, GLOBAL.c2)
+    for got, want in zip(ext.ssim_scale_fwd(x, y, *args, True), ref.ssim_scale_fwd(x, y, *args, True)):
+        _close_values(got, want)
+    g_mean = torch.randn(2, 2, dtype=torch.float32)
+    g_map = torch.randn(2, 2, h - k + 1, w - k + 1)
+    got = ext.ssim_scale_bwd(x, y, *args, g_mean, g_mean, g_map, torch.empty(0), True)
+    want = ref.ssim_scale_bwd(x, y, *args, g_mean, g_mean, g_map, torch.empty(0), True)
+    for a, b in zip(got, want):
+        _close_grad(a, b)
