@@ -183,8 +183,9 @@ SMALL_PLANE_MAX_W, SMALL_PLANE_MAX_PIXELS = 64, 4096
 
 
 def _fused_small_map(x: Tensor, y: Tensor, want_map: bool, backend: str) -> bool:
-    """Whether the one-pass map kernel applies: a map without gradients, small CPU planes,
-    and a backend that has the kernel (the compiled CPU one)."""
+    """Whether the one-pass map op applies: a map without gradients, small float32/64
+    CPU planes, and a backend that implements it (the C++ kernel; the ``torch`` backend's
+    implementation is the reference composition of the per-scale ops)."""
     h, w = x.shape[-2:]
     return (
         want_map

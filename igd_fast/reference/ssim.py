@@ -208,15 +208,8 @@ def ms_ssim(x, y, config: MSSSIMConfig, reduction: str = "mean") -> torch.Tensor
 
 def ms_ssim_map(x, y, config: MSSSIMConfig) -> torch.Tensor:
     """N×1×H×W per-pixel MS-SSIM (channel mean of the per-channel maps)."""
-    h, w = x.shape[-2:]
-    maps = []
-    for j in range(config.scales):
-        s, cs = ssim_maps(x, y, config.win_size, config.sigma, config.c1, config.c2)
-        last = j == config.scales - 1
-        maps.append(s if last else cs)
-        if not last:
-            x, y = downsample(x), downsample(y)
-    return combine_maps(maps, config.weights, h, w, config.win_size).mean(1, keepdim=True)
+    c = config
+    return ms_ssim_map_small(x, y, c.win_size, c.sigma, c.c1, c.c2, list(c.weights))[2]
 
 
 def abs_error(x, x_hat) -> torch.Tensor:

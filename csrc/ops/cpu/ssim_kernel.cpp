@@ -61,7 +61,7 @@ void store_row(const A* src, T* dst, int64_t n) {
 
 // The row kernels loop over whole vectors: every row buffer is padded to a multiple
 // of kLanes columns (zeros past the data), so no scalar tail remains (at 246 output
-// columns a 16-lane loop otherwise ends in 6 scalar iterations of a 55-FMA body).
+// columns a 16-lane loop otherwise ends in 6 scalar iterations of a 44-FMA body).
 // Padding lanes compute finite garbage that is masked out of stores and sums.
 constexpr int64_t kLanes = 16;
 inline int64_t round_up(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
@@ -119,13 +119,11 @@ inline const int32_t* lane_mask(std::vector<int32_t>& buf, int64_t n) {
 
 // Padded widths of the row path for a W-wide plane and a K-wide window.
 struct RowGeom {
-  int64_t W, Wo;
   int64_t Wv;  // output (moment / map) rows
   int64_t Wg;  // input-resolution rows of the backward
   int64_t Wi;  // input rows: read by the K taps of Wv outputs and by Wg-wide loops
   RowGeom(int64_t W, int K)
-      : W(W), Wo(W - K + 1), Wv(round_up(W - K + 1)), Wg(round_up(W)),
-        Wi(round_up(std::max(round_up(W - K + 1) + K - 1, round_up(W)))) {}
+      : Wv(round_up(W - K + 1)), Wg(round_up(W)), Wi(round_up(std::max(Wv + K - 1, Wg))) {}
 };
 
 // A plane of input type T read as rows of A, copied (converted) into a padded row
@@ -328,6 +326,9 @@ void parallel_tasks(int64_t n, const F& body) {
 // planes are copied into aligned, zero-padded scratch (stride P) so every loop runs
 // over whole vectors and the padding lanes stay finite.
 inline int64_t flat_stride(int64_t H, int64_t W) { return round_up(H * W + 2 * kLanes); }
+// Slots of the flat scratch (each flat_stride values): x, y, (x-y)², xy, the four
+// moments, then the SSIM and cs maps (row stride W) that the fused map kernel reads.
+constexpr int kFlatSlots = 10, kFlatSsim = 8, kFlatCs = 9;
 
 template <int K, bool MAPS, typename A>
 IGD_NO_CONTRACT void ssim_plane_flat(const A* __restrict x_in, const A* __restrict y_in, int64_t H,
@@ -344,8 +345,8 @@ IGD_NO_CONTRACT void ssim_plane_flat(const A* __restrict x_in, const A* __restri
   A* __restrict m1 = aligned(buf + 5 * P);
   A* __restrict m2 = aligned(buf + 6 * P);
   A* __restrict m3 = aligned(buf + 7 * P);
-  A* __restrict st = aligned(buf + 8 * P);
-  A* __restrict ct = aligned(buf + 9 * P);
+  A* __restrict st = aligned(buf + kFlatSsim * P);
+  A* __restrict ct = aligned(buf + kFlatCs * P);
   copy_row(x_in, x, HW);
   copy_row(y_in, y, HW);
   A w[K];
@@ -418,7 +419,7 @@ void ssim_fwd_impl(const T* x, const T* y, int64_t planes, int64_t H, int64_t W,
       for (int64_t q = 0; q < nv; ++q) valid[q] = (q % W) < Wo;
       const double npix = static_cast<double>(Ho * Wo);
       parallel_tasks(planes, [&](int64_t begin, int64_t end) {
-        Scratch<A> buf(10 * flat_stride(H, W));
+        Scratch<A> buf(kFlatSlots * flat_stride(H, W));
         for (int64_t pl = begin; pl < end; ++pl) {
           double ssum = 0, csum = 0;
           ssim_plane_flat<K, MAPS, A>(x + pl * H * W, y + pl * H * W, H, W, win.data(), c1, c2,
@@ -436,18 +437,22 @@ void ssim_fwd_impl(const T* x, const T* y, int64_t planes, int64_t H, int64_t W,
   const int64_t row_tiles = tiles_per_plane(planes * strips, Ho, 16);
   const int64_t tiles = row_tiles * strips;
   std::vector<double> partial(planes * tiles * 2, 0.0);
+  std::vector<std::vector<int32_t>> strip_mask(strips);
+  for (int64_t sp = 0; sp < strips; ++sp) {
+    const auto [q0, q1] = tile_range(Wo, strips, sp);
+    lane_mask(strip_mask[sp], q1 - q0);
+  }
 
   parallel_tasks(planes * tiles, [&](int64_t begin, int64_t end) {
     constexpr int R = K + 1;  // ring rows: two output rows per vertical sweep
     const int64_t Wi = RowGeom(kStripCols + K - 1, K).Wi;
     Scratch<A> xbuf(Wi), ybuf(Wi), prod(2 * Wi), ring(2 * R * kSlot), stage(4 * kStripCols);
-    std::vector<int32_t> mask;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t pl = task / tiles, tl = task % tiles;
       const auto [p0, p1] = tile_range(Ho, row_tiles, tl / strips);
       const auto [q0, q1] = tile_range(Wo, strips, tl % strips);  // output columns
       const int64_t Ws = q1 - q0, Wv = round_up(Ws);
-      const int32_t* valid = lane_mask(mask, Ws);
+      const int32_t* valid = strip_mask[tl % strips].data();
       const Plane<T, A> px{x + pl * H * W, W}, py{y + pl * H * W, W};
       double ssum = 0, csum = 0;
       for (int64_t i = p0; i < p1 + K - 1; ++i) {
@@ -629,6 +634,8 @@ void ssim_bwd_impl(const T* x, const T* y, int64_t planes, int64_t H, int64_t W,
   const int64_t Wv = geo.Wv, Wg = geo.Wg, Wi = geo.Wi;
   // gradient rows: K-1 zeros, Wv values, zeros up to what the Wg-wide adjoint reads
   const int64_t Wp = std::max(Wg, Wv + K - 1) + K - 1;
+  std::vector<int32_t> mask;
+  const int32_t* valid = lane_mask(mask, Wo);
   const std::vector<A> win = gaussian_window<A>(K, sigma);
   const A c1 = static_cast<A>(c1d), c2 = static_cast<A>(c2d);
   const A npix = static_cast<A>(Ho * Wo);
@@ -637,8 +644,6 @@ void ssim_bwd_impl(const T* x, const T* y, int64_t planes, int64_t H, int64_t W,
   parallel_tasks(planes * tiles, [&](int64_t begin, int64_t end) {
     Scratch<A> xbuf(Wi), ybuf(Wi), prod(2 * Wi), ring(K * kMoments * Wv);
     Scratch<A> gp(NG * Wp), gring(K * NG * Wg), zero(NG * Wg), out(2 * Wg), gsrow(Wv), gcrow(Wv);
-    std::vector<int32_t> mask;
-    const int32_t* valid = lane_mask(mask, Wo);
     const A* rows[K];
     const A* grows[K];
     for (int64_t task = begin; task < end; ++task) {
@@ -1066,7 +1071,7 @@ void ms_ssim_map_small_impl(const A* x, const A* y, int64_t N, int64_t C, int64_
   const A inv_c = A(1) / static_cast<A>(C);
   parallel_tasks(N, [&](int64_t begin, int64_t end) {
     const int64_t P = flat_stride(H, W);
-    Scratch<A> buf(10 * P), next(2 * P), acc(HW), a(HW), u(HW);
+    Scratch<A> buf(kFlatSlots * P), next(2 * P), acc(HW), a(HW), u(HW);
     std::vector<A> hbuf, p0(2 * W + 2, A(0)), p1(2 * W + 2, A(0));
     for (int64_t n = begin; n < end; ++n) {
       std::fill(acc.data(), acc.data() + HW, A(0));
@@ -1084,7 +1089,7 @@ void ms_ssim_map_small_impl(const A* x, const A* y, int64_t N, int64_t C, int64_
           s_mean[pl * S + s] = static_cast<A>(ssum / npix);
           c_mean[pl * S + s] = static_cast<A>(csum / npix);
           // the last scale contributes its SSIM map, the others their cs maps
-          const A* m = buf.data() + (s == S - 1 ? 8 : 9) * Ps;
+          const A* m = buf.data() + (s == S - 1 ? kFlatSsim : kFlatCs) * Ps;
           log_accumulate(m, w - K + 1, w, ax_h[s], ax_w[s], r, static_cast<A>(weights[s]), 0, H,
                          W, hbuf, u.data(), a.data());
           if (s + 1 < S) {  // pool the plane copies in buf (x at 0, y at Ps) into next
