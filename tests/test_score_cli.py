@@ -5,12 +5,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _cli import torchrun
 from PIL import Image
 
 from igd_fast import recon_error_map, recon_loss
@@ -234,20 +234,7 @@ def test_torchrun_two_processes_give_the_same_csv(trained, tmp_path):
     ]
     assert main(["score", *args, "--output", str(tmp_path / "one")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "igd_fast",
-        "score",
-        *args,
-        "--output",
-        str(tmp_path / "two"),
-    ]
+    cmd = torchrun("score", *args, "--output", str(tmp_path / "two"))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=170)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = _read_csv(tmp_path / "one" / "scores.csv"), _read_csv(tmp_path / "two" / "scores.csv")

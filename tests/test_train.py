@@ -7,11 +7,11 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from _cli import TINY_MODEL_ARGS, torchrun
 
 from igd_fast.cli import main as cli_main
 from igd_fast.data import CorruptImageError, MVTecDataset, make_synthetic_mvtec
@@ -144,22 +144,9 @@ def test_cli_bad_inputs_give_their_messages(root, tmp_path, capsys):
         "1",
         "--workers",
         "0",
-        "--image-size",
-        "64",
-        "--width",
-        "8",
-        "--blocks",
-        "1",
-        "1",
-        "1",
-        "1",
-        "--latent",
-        "16",
         "--model",
         "local",
-        "--no-progress",
-        "--device",
-        "cpu",
+        *TINY_MODEL_ARGS,
     ]
     assert cli_main([*args, "--category", "empty"]) == 2
     err = capsys.readouterr().err
@@ -196,39 +183,14 @@ def test_torchrun_two_processes_same_mu_sigma_as_one(root, tmp_path):
         "1",
         "--batch-size",
         "2",
-        "--image-size",
-        "64",
-        "--width",
-        "8",
-        "--blocks",
-        "1",
-        "1",
-        "1",
-        "1",
-        "--latent",
-        "16",
         "--workers",
         "1",
-        "--no-progress",
-        "--device",
-        "cpu",
+        *TINY_MODEL_ARGS,
     ]
     assert cli_main([*args, "--out", str(tmp_path / "one")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "igd_fast",
-            *args,
-            "--out",
-            str(tmp_path / "two"),
-        ],
+        torchrun(*args, "--out", str(tmp_path / "two")),
         env=env,
         capture_output=True,
         text=True,
