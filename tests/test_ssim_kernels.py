@@ -397,28 +397,49 @@ def test_cpu_downsample_matches_reference(dtype, h, w):
     st.sampled_from([1, 3, 5, 15]),
     st.integers(1, 4),
     st.integers(0, 40),
-    st.integers(0, 40),
+    st.integers(0, 90),
     st.sampled_from([1, 3]),
     st.sampled_from([torch.float32, torch.float64]),
     st.sampled_from(["noisy", "identical", "anti"]),
     st.integers(0, 2**31 - 1),
 )
-def test_fused_small_map_matches_reference(k, scales, dh, dw, c, dtype, relation, seed):
-    """ms_ssim_map_small (all scales, pools, combination and channel mean in one pass)
-    == the reference's per-scale ops composed, from the minimum size up to 64 wide."""
+def test_fused_map_matches_reference(k, scales, dh, dw, c, dtype, relation, seed):
+    """ms_ssim_map_fused (all scales, pools, combination and channel mean in one op) ==
+    the reference's per-scale ops composed, from the minimum size up to 130 wide: both
+    the one-pass path of small planes (<= 64 wide) and the per-scale path above it."""
     from igd_fast.ops._ext import ssim as ext
 
     weights = [1.0 / scales] * scales
     lo = 2 ** (scales - 1) * (k - 1) + 1  # smallest size that keeps every scale >= k
     assume(lo <= 64)
-    h, w = min(lo + dh, 64), min(lo + dw, 64)
+    h, w = min(lo + dh, 64), lo + dw
     x, y = _pair((2, c, h, w), relation, seed, "cpu", dtype)
     args = (k, 1.5, LOCAL.c1, LOCAL.c2, weights)
-    got = ext.ms_ssim_map_small(_layout(x, "transposed"), y, *args)
-    want = ref.ms_ssim_map_small(x, y, *args)
+    got = ext.ms_ssim_map_fused(_layout(x, "transposed"), y, *args)
+    want = ref.ms_ssim_map_fused(x, y, *args)
     for g, wnt in zip(got, want):
         assert g.shape == wnt.shape and g.dtype == dtype
         _close_values(g, wnt)
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="no C++ extension")
+@pytest.mark.parametrize(
+    "cfg,shape,layout",
+    [(GLOBAL, (2, 3, 161, 200), "channels_last"), (GLOBAL, (1, 1, 256, 256), "contiguous"),
+     (LOCAL, (3, 3, 65, 97), "transposed")],
+)
+def test_fused_map_of_the_paper_configs(cfg, shape, layout):
+    """The fused op on both SPEC configurations above the small-plane limit, against the
+    reference composition and against the public map with gradients (per-scale ops)."""
+    from igd_fast.ops._ext import ssim as ext
+
+    x, y = _pair(shape, "noisy", 3, "cpu")
+    args = (cfg.win_size, cfg.sigma, cfg.c1, cfg.c2, list(cfg.weights))
+    got = ext.ms_ssim_map_fused(_layout(x, layout), y, *args)
+    for g, wnt in zip(got, ref.ms_ssim_map_fused(x, y, *args)):
+        _close_values(g, wnt)
+    per_scale = igd_fast.ms_ssim_map(x, y.clone().requires_grad_(True), cfg, backend="cpu")
+    _close_values(got[2], per_scale.detach(), atol=1e-6)
 
 
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="no C++ extension")
@@ -426,8 +447,8 @@ def test_public_map_takes_the_fused_kernel_only_without_gradients(monkeypatch):
     from igd_fast.ops import ssim as ops_ssim
 
     calls = []
-    real = ops_ssim.ms_ssim_map_small
-    monkeypatch.setattr(ops_ssim, "ms_ssim_map_small", lambda *a: calls.append(1) or real(*a))
+    real = ops_ssim.ms_ssim_map_fused
+    monkeypatch.setattr(ops_ssim, "ms_ssim_map_fused", lambda *a: calls.append(1) or real(*a))
     x, y = _pair((3, 3, 32, 32), "noisy", 5, "cpu")
     with torch.no_grad():
         fused = igd_fast.ms_ssim_map(x, y, LOCAL, backend="cpu")
@@ -436,28 +457,29 @@ def test_public_map_takes_the_fused_kernel_only_without_gradients(monkeypatch):
     unfused = igd_fast.ms_ssim_map(x, yr, LOCAL, backend="cpu")
     assert calls == [1] and unfused.requires_grad
     _close_values(fused, unfused.detach(), atol=1e-6)
-    big_x, big_y = _pair((1, 1, 17, 80), "noisy", 6, "cpu")  # wider than the fused limit
+    big_x, big_y = _pair((1, 1, 17, 80), "noisy", 6, "cpu")  # the per-scale path inside
     with torch.no_grad():
         igd_fast.ms_ssim_map(big_x, big_y, LOCAL, backend="cpu")
-    assert calls == [1]
+        igd_fast.ms_ssim_map(big_x.half(), big_y.half(), LOCAL, backend="cpu")  # pools in fp16
+    assert calls == [1, 1]
 
 
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="no C++ extension")
 @pytest.mark.parametrize(
     "shape,weights,match",
     [
-        ((2, 3, 16, 80), [1.0], "too large"),
+        ((2, 3, 16, 80), [0.3, 0.3, 0.4], "scale 2 is 4×20, smaller than the 5×5 window"),
         ((2, 3, 16, 16), [], "at least one scale"),
         ((2, 3, 8, 8), [0.5, 0.5], "smaller than the 5×5 window"),
         ((2, 3, 16, 16, "half"), [1.0], "float32 or float64"),
     ],
 )
-def test_fused_small_map_rejects_bad_arguments(shape, weights, match):
+def test_fused_map_rejects_bad_arguments(shape, weights, match):
     import igd_fast.ops._ext.ssim  # noqa: F401  (registers the ops)
 
     x = torch.randn(shape[:4]).to(torch.float16 if len(shape) > 4 else torch.float32)
     with pytest.raises(RuntimeError, match=match):
-        torch.ops.igd_fast_C.ms_ssim_map_small(x, x, 5, 1.5, 0.1, 0.1, weights)
+        torch.ops.igd_fast_C.ms_ssim_map_fused(x, x, 5, 1.5, 0.1, 0.1, weights)
 
 
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="no C++ extension")

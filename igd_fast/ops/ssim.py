@@ -161,16 +161,16 @@ def _downsample_bwd(ctx, g):
 downsample.register_autograd(_downsample_bwd, setup_context=_downsample_setup)
 
 
-@torch.library.custom_op("igd_fast::ms_ssim_map_small", mutates_args=())
-def ms_ssim_map_small(
+@torch.library.custom_op("igd_fast::ms_ssim_map_fused", mutates_args=())
+def ms_ssim_map_fused(
     x: Tensor, y: Tensor, win_size: int, sigma: float, c1: float, c2: float, weights: list[float], backend: str
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Inference on small planes in one pass: (ssim means N×C×S, cs means N×C×S,
-    channel-mean map N×1×H×W). No autograd: used only when no gradient is needed."""
-    return tuple(impl(backend, "ssim").ms_ssim_map_small(x, y, win_size, sigma, c1, c2, weights))
+    """Inference in one op: (ssim means N×C×S, cs means N×C×S, channel-mean map
+    N×1×H×W). No autograd: used only when no gradient is needed."""
+    return tuple(impl(backend, "ssim").ms_ssim_map_fused(x, y, win_size, sigma, c1, c2, weights))
 
 
-@ms_ssim_map_small.register_fake
+@ms_ssim_map_fused.register_fake
 def _(x, y, win_size, sigma, c1, c2, weights, backend):
     n, c, h, w = x.shape
     dt = ref.compute_dtype(x.dtype)
@@ -178,23 +178,16 @@ def _(x, y, win_size, sigma, c1, c2, weights, backend):
     return means, means.clone(), x.new_empty((n, 1, h, w), dtype=dt)
 
 
-# Planes the fused small-plane kernel takes (its scratch stays in L1).
-SMALL_PLANE_MAX_W, SMALL_PLANE_MAX_PIXELS = 64, 4096
-
-
-def _fused_small_map(x: Tensor, y: Tensor, want_map: bool, backend: str) -> bool:
-    """Whether the one-pass map op applies: a map without gradients, small float32/64
-    CPU planes, and a backend that implements it (the C++ kernel; the ``torch`` backend's
+def _fused_map(x: Tensor, want_map: bool, backend: str, needs_grad: bool) -> bool:
+    """Whether the one-op map applies: a map without gradients of float32/64 CPU
+    images, and a backend that implements it (the C++ kernel; the ``torch`` backend's
     implementation is the reference composition of the per-scale ops)."""
-    h, w = x.shape[-2:]
     return (
         want_map
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)  # fp16/bf16 pool in their own precision
-        and not (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad))
-        and w <= SMALL_PLANE_MAX_W
-        and h * w <= SMALL_PLANE_MAX_PIXELS
-        and hasattr(impl(backend, "ssim"), "ms_ssim_map_small")
+        and not needs_grad
+        and hasattr(impl(backend, "ssim"), "ms_ssim_map_fused")
     )
 
 
@@ -218,8 +211,9 @@ def _values_and_map(x: Tensor, y: Tensor, config: MSSSIMConfig, want_map: bool, 
     over the scales: the per-scale kernels give the pooled values and the maps together.
     Inputs already checked, backend already resolved."""
     last = config.scales - 1
-    if _fused_small_map(x, y, want_map, backend):
-        s_means, c_means, ms_map = ms_ssim_map_small(
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
+    if _fused_map(x, want_map, backend, needs_grad):
+        s_means, c_means, ms_map = ms_ssim_map_fused(
             x, y, config.win_size, config.sigma, config.c1, config.c2, list(config.weights), backend
         )
         vals = [ref.safe_pow((s_means if j == last else c_means)[..., j], w) for j, w in enumerate(config.weights)]

@@ -162,7 +162,7 @@ def combine_maps(maps, weights, out_h, out_w, win_size):
     return out
 
 
-def ms_ssim_map_small(x, y, win_size, sigma, c1, c2, weights):
+def ms_ssim_map_fused(x, y, win_size, sigma, c1, c2, weights):
     """Backend entry point of the fused inference op: (ssim means N×C×S, cs means N×C×S,
     channel-mean map N×1×H×W) = every scale of ssim_scale_fwd, the pools between them,
     combine_maps and the mean over channels."""
@@ -209,7 +209,7 @@ def ms_ssim(x, y, config: MSSSIMConfig, reduction: str = "mean") -> torch.Tensor
 def ms_ssim_map(x, y, config: MSSSIMConfig) -> torch.Tensor:
     """N×1×H×W per-pixel MS-SSIM (channel mean of the per-channel maps)."""
     c = config
-    return ms_ssim_map_small(x, y, c.win_size, c.sigma, c.c1, c.c2, list(c.weights))[2]
+    return ms_ssim_map_fused(x, y, c.win_size, c.sigma, c.c1, c.c2, list(c.weights))[2]
 
 
 def abs_error(x, x_hat) -> torch.Tensor:

@@ -275,10 +275,10 @@ IGD_NO_CONTRACT void vpass_ssim(const A* __restrict base, int64_t Ws, const int3
   csum += c_acc0;
   ssum += s_acc1;
   csum += c_acc1;
-  if constexpr (MAPS) {
+  if constexpr (MAPS) {  // either row pointer may be null: that map is not wanted
     for (int h = 0; h < NR; ++h) {
-      copy_row(stage + 2 * h * kStripCols, srow + h * map_stride, Ws);
-      copy_row(stage + (2 * h + 1) * kStripCols, crow + h * map_stride, Ws);
+      if (srow != nullptr) copy_row(stage + 2 * h * kStripCols, srow + h * map_stride, Ws);
+      if (crow != nullptr) copy_row(stage + (2 * h + 1) * kStripCols, crow + h * map_stride, Ws);
     }
   }
 }
@@ -398,14 +398,21 @@ IGD_NO_CONTRACT void ssim_plane_flat(const A* __restrict x_in, const A* __restri
   }
   ssum += s_acc;
   csum += c_acc;
-  if (MAPS && s_map != nullptr) {  // null: the caller reads st / ct in buf
+  if constexpr (MAPS) {  // a null map: not wanted, or the caller reads st / ct in buf
     for (int64_t p = 0; p < Ho; ++p) {
-      copy_row(st + p * W, s_map + p * Wo, Wo);
-      copy_row(ct + p * W, c_map + p * Wo, Wo);
+      if (s_map != nullptr) copy_row(st + p * W, s_map + p * Wo, Wo);
+      if (c_map != nullptr) copy_row(ct + p * W, c_map + p * Wo, Wo);
     }
   }
 }
 
+// m + offset, or null for a map that is not wanted.
+template <typename A>
+inline A* map_at(A* m, int64_t offset) {
+  return m == nullptr ? nullptr : m + offset;
+}
+
+// MAPS: write the SSIM map to s_map and the cs map to c_map, each unless null.
 template <int K, bool MAPS, typename T, typename A>
 void ssim_fwd_impl(const T* x, const T* y, int64_t planes, int64_t H, int64_t W, double sigma,
                    double c1d, double c2d, A* s_mean, A* c_mean, A* s_map, A* c_map) {
@@ -424,8 +431,8 @@ void ssim_fwd_impl(const T* x, const T* y, int64_t planes, int64_t H, int64_t W,
           double ssum = 0, csum = 0;
           ssim_plane_flat<K, MAPS, A>(x + pl * H * W, y + pl * H * W, H, W, win.data(), c1, c2,
                                       valid.data(), buf.data(),
-                                      MAPS ? s_map + pl * Ho * Wo : nullptr,
-                                      MAPS ? c_map + pl * Ho * Wo : nullptr, ssum, csum);
+                                      map_at(s_map, pl * Ho * Wo), map_at(c_map, pl * Ho * Wo),
+                                      ssum, csum);
           s_mean[pl] = static_cast<A>(ssum / npix);
           c_mean[pl] = static_cast<A>(csum / npix);
         }
@@ -464,14 +471,14 @@ void ssim_fwd_impl(const T* x, const T* y, int64_t planes, int64_t H, int64_t W,
         if (p < p0) continue;
         if ((p - p0) % 2 == 1) {  // rows p - 1 and p
           const A* base = ring.data() + ((p - 1) % R) * kSlot;
-          A* srow = MAPS ? s_map + (pl * Ho + p - 1) * Wo + q0 : nullptr;
-          A* crow = MAPS ? c_map + (pl * Ho + p - 1) * Wo + q0 : nullptr;
+          A* srow = map_at(s_map, (pl * Ho + p - 1) * Wo + q0);
+          A* crow = map_at(c_map, (pl * Ho + p - 1) * Wo + q0);
           vpass_ssim<K, 2, MAPS, A>(base, Ws, valid, stage.data(), Wo, win.data(), c1, c2, srow,
                                     crow, ssum, csum);
         } else if (p == p1 - 1) {  // last row of an odd count
           const A* base = ring.data() + (p % R) * kSlot;
-          A* srow = MAPS ? s_map + (pl * Ho + p) * Wo + q0 : nullptr;
-          A* crow = MAPS ? c_map + (pl * Ho + p) * Wo + q0 : nullptr;
+          A* srow = map_at(s_map, (pl * Ho + p) * Wo + q0);
+          A* crow = map_at(c_map, (pl * Ho + p) * Wo + q0);
           vpass_ssim<K, 1, MAPS, A>(base, Ws, valid, stage.data(), Wo, win.data(), c1, c2, srow,
                                     crow, ssum, csum);
         }
@@ -772,15 +779,19 @@ std::tuple<at::Tensor, at::Tensor> ssim_scale_bwd_cpu(
 // ------------------------------------------------------------------ combine_maps
 
 // One axis of "replicate-pad by r, then bilinear (align_corners=False) to n_out":
-// for each output index, the two source indices in the unpadded map and the weight
-// of the second (PyTorch's upsample_bilinear2d source-index rule).
+// for each output index, the two source indices in the unpadded map and their
+// weights (PyTorch's upsample_bilinear2d source-index rule).
 template <typename A>
 struct Axis {
   std::vector<int32_t> i0, i1;
-  std::vector<A> l1;
+  std::vector<A> l0, l1;
   bool identity;  // no resize: only the replicate padding
+  // Per 16-output block b, both taps within 16 source values from base[b] (rel0 / rel1
+  // the offsets): true for every upsampling, what lerp_cols_windowed needs.
+  std::vector<int32_t> base, rel0, rel1;
+  bool windowed = true;
   Axis(int64_t n_in, int64_t r, int64_t n_out)
-      : i0(n_out), i1(n_out), l1(n_out), identity(n_in + 2 * r == n_out) {
+      : i0(n_out), i1(n_out), l0(n_out), l1(n_out), identity(n_in + 2 * r == n_out) {
     const int64_t np = n_in + 2 * r;
     const bool same = identity;
     const A scale = static_cast<A>(np) / static_cast<A>(n_out);
@@ -798,64 +809,128 @@ struct Axis {
       const int64_t b = (same || a == np - 1) ? a : a + 1;
       i0[o] = static_cast<int32_t>(std::clamp<int64_t>(a - r, 0, n_in - 1));
       i1[o] = static_cast<int32_t>(std::clamp<int64_t>(b - r, 0, n_in - 1));
+      l0[o] = A(1) - lam;
       l1[o] = lam;
+    }
+    rel0.resize(n_out);
+    rel1.resize(n_out);
+    for (int64_t j0 = 0; j0 < n_out; j0 += kLanes) {
+      const int64_t j1 = std::min(n_out, j0 + kLanes);
+      const int32_t lo = *std::min_element(i0.begin() + j0, i0.begin() + j1);
+      base.push_back(lo);
+      for (int64_t j = j0; j < j1; ++j) {
+        rel0[j] = i0[j] - lo;
+        rel1[j] = i1[j] - lo;
+        windowed = windowed && rel0[j] < kLanes && rel1[j] < kLanes;
+      }
     }
   }
 };
 
-// float: the vectorisable versions; float64 keeps libm accuracy.
-inline float log_acc(float acc, float w, float v) { return add_log_or_neg_inf(acc, w, v); }
-inline double log_acc(double acc, double w, double v) {
-  return v > 0 ? acc + w * std::log(v) : -std::numeric_limits<double>::infinity();
-}
-inline float exp_of(float v) { return fast_expf(v); }
-inline double exp_of(double v) { return std::exp(v); }
-
-// One scale of the combination, output rows [o0, o1) of out_w columns:
-// a += w * log(v), v the map (mw columns, row stride ms) replicate-padded by r and
-// resized by the axes (-inf once v <= 0 or NaN: relu(v)^w = 0). u: scratch of the
-// tile's size.
+// One scale of the combination for a tile of output rows: the map resized along the
+// columns on the source rows the tile reads (rows r0.. of h, out_w wide), the row
+// axis still to apply, and the scale's weight.
 template <typename A>
-void log_accumulate(const A* m, int64_t mw, int64_t ms, const Axis<A>& ah, const Axis<A>& aw,
-                    int64_t r, A wt, int64_t o0, int64_t o1, int64_t out_w, std::vector<A>& hbuf,
-                    A* __restrict u, A* __restrict a) {
-  // Horizontal pass first (PyTorch's order), on the few source rows these output rows
-  // read: the column gathers then run on the coarse rows only.
+struct ScaleRows {
+  const Axis<A>* ah;
+  int64_t r0;
+  A w;
+  std::vector<A> h;
+};
+
+// Column pass of one scale for output rows [o0, o1) (PyTorch's order: columns first,
+// on the few coarse rows these output rows read): the map m (mw columns, row stride
+// ms) replicate-padded by r and resized by aw.
+template <typename A>
+void resize_cols(const A* m, int64_t mw, int64_t ms, const Axis<A>& ah, const Axis<A>& aw,
+                 int64_t r, A wt, int64_t o0, int64_t o1, int64_t out_w, ScaleRows<A>& sr) {
   const int64_t r0 = ah.i0[o0], rows = ah.i1[o1 - 1] - r0 + 1;
-  hbuf.resize(rows * out_w);
+  sr.ah = &ah;
+  sr.r0 = r0;
+  sr.w = wt;
+  sr.h.resize(rows * out_w);
   for (int64_t i = 0; i < rows; ++i) {
     const A* __restrict src = m + (r0 + i) * ms;
-    A* __restrict dst = hbuf.data() + i * out_w;
+    A* __restrict dst = sr.h.data() + i * out_w;
     if (aw.identity) {  // replicate padding only
       std::fill(dst, dst + r, src[0]);
       std::copy(src, src + mw, dst + r);
       std::fill(dst + r + mw, dst + out_w, src[mw - 1]);
-    } else {
-      const int32_t* __restrict c0 = aw.i0.data();
-      const int32_t* __restrict c1 = aw.i1.data();
-      const A* __restrict l1 = aw.l1.data();
-#pragma omp simd
-      for (int64_t j = 0; j < out_w; ++j) dst[j] = (A(1) - l1[j]) * src[c0[j]] + l1[j] * src[c1[j]];
+      continue;
     }
-  }
-  for (int64_t oy = o0; oy < o1; ++oy) {
-    const A* __restrict ra = hbuf.data() + (ah.i0[oy] - r0) * out_w;
-    const A* __restrict rb = hbuf.data() + (ah.i1[oy] - r0) * out_w;
-    const A lb = ah.l1[oy], la = A(1) - lb;
-    A* __restrict ur = u + (oy - o0) * out_w;
+    if constexpr (IGD_FAST_AVX512 && std::is_same_v<A, float>) {
+      if (aw.windowed) {
+        lerp_cols_windowed(src, mw, aw.base.data(), aw.rel0.data(), aw.rel1.data(),
+                           aw.l0.data(), aw.l1.data(), dst, out_w);
+        continue;
+      }
+    }
+    const int32_t* __restrict c0 = aw.i0.data();
+    const int32_t* __restrict c1 = aw.i1.data();
+    const A* __restrict l0 = aw.l0.data();
+    const A* __restrict l1 = aw.l1.data();
 #pragma omp simd
-    for (int64_t j = 0; j < out_w; ++j) ur[j] = la * ra[j] + lb * rb[j];
+    for (int64_t j = 0; j < out_w; ++j) dst[j] = l0[j] * src[c0[j]] + l1[j] * src[c1[j]];
   }
-  // The log in one long loop over the whole tile: per-row loops of a narrow map (2
-  // vectors at 32 columns) left the log's dependent polynomial chain exposed.
-  const int64_t n = (o1 - o0) * out_w;
-#pragma omp simd
-  for (int64_t q = 0; q < n; ++q) a[q] = log_acc(a[q], wt, u[q]);
 }
 
 template <typename A>
+inline void scale_values(A* __restrict v, int64_t n, A f) {
+#pragma omp simd
+  for (int64_t q = 0; q < n; ++q) v[q] *= f;
+}
+
+// Output rows [o0, o1) (out_w columns, contiguous from out) (+)=
+// prod_s relu(v_s)^w_s = E(sum_s w_s L(v_s)) (ssim_fast_math.h), 0 once some v_s <= 0
+// or is NaN; v_s the row interpolation of sc[s].h. u, a: scratch of the tile's size.
+template <bool ADD, typename A>
+void combine_rows(const std::vector<ScaleRows<A>>& sc, int64_t o0, int64_t o1, int64_t out_w,
+                  A* __restrict u, A* __restrict a, A* __restrict out) {
+  const int64_t S = static_cast<int64_t>(sc.size());
+  if constexpr (IGD_FAST_AVX512 && std::is_same_v<A, float>) {
+    // per output row, the scales' sum stays in registers
+    const float* ra[16];
+    const float* rb[16];
+    float la[16], lb[16], w[16];
+    if (S <= 16) {
+      for (int64_t oy = o0; oy < o1; ++oy) {
+        for (int64_t s = 0; s < S; ++s) {
+          const Axis<A>& ah = *sc[s].ah;
+          ra[s] = sc[s].h.data() + (ah.i0[oy] - sc[s].r0) * out_w;
+          rb[s] = sc[s].h.data() + (ah.i1[oy] - sc[s].r0) * out_w;
+          la[s] = ah.l0[oy];
+          lb[s] = ah.l1[oy];
+          w[s] = sc[s].w;
+        }
+        lerp_log_sum_exp<ADD>(S, ra, rb, la, lb, w, out + (oy - o0) * out_w, out_w);
+      }
+      return;
+    }
+  }
+  // Otherwise per scale over the whole tile, so the log runs as one long loop (per-row
+  // loops of a narrow map left its dependent polynomial chain exposed).
+  const int64_t n = (o1 - o0) * out_w;
+  std::fill(a, a + n, A(0));
+  for (const ScaleRows<A>& s : sc) {
+    for (int64_t oy = o0; oy < o1; ++oy) {
+      const A* __restrict ra = s.h.data() + (s.ah->i0[oy] - s.r0) * out_w;
+      const A* __restrict rb = s.h.data() + (s.ah->i1[oy] - s.r0) * out_w;
+      const A lb = s.ah->l1[oy], la = s.ah->l0[oy];
+      A* __restrict ur = u + (oy - o0) * out_w;
+#pragma omp simd
+      for (int64_t j = 0; j < out_w; ++j) ur[j] = la * ra[j] + lb * rb[j];
+    }
+    add_weighted_log(a, u, s.w, n);
+  }
+  exp_from_log<ADD>(a, out, n);
+}
+
+// Output plane g (of `planes`) is the mean of the combinations of map planes
+// g*group .. g*group + group - 1: group 1 for combine_maps, the channel count for
+// the fused map's channel mean.
+template <typename A>
 void combine_impl(const std::vector<at::Tensor>& maps, const std::vector<double>& weights,
-                  int64_t planes, int64_t out_h, int64_t out_w, int64_t r, A* out) {
+                  int64_t planes, int64_t group, int64_t out_h, int64_t out_w, int64_t r, A* out) {
   const size_t M = maps.size();
   std::vector<Axis<A>> ax_h, ax_w;
   std::vector<const A*> base(M);
@@ -871,22 +946,26 @@ void combine_impl(const std::vector<at::Tensor>& maps, const std::vector<double>
   const int64_t tiles = tiles_per_plane(planes, out_h, 8);
   const int64_t max_rows = (out_h + tiles - 1) / tiles;
   parallel_tasks(planes * tiles, [&](int64_t begin, int64_t end) {
-    std::vector<A> acc(max_rows * out_w), val(max_rows * out_w), hbuf;
+    std::vector<A> acc(max_rows * out_w), val(max_rows * out_w);
+    std::vector<ScaleRows<A>> sc(M);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t pl = task / tiles, tl = task % tiles;
       const auto [o0, o1] = tile_range(out_h, tiles, tl);
       if (o0 >= o1) continue;
-      const int64_t n = (o1 - o0) * out_w;
-      // prod_s relu(v_s)^w_s = exp(sum_s w_s log v_s), 0 once some v_s <= 0 (or NaN).
-      A* __restrict a = acc.data();
-      std::fill(a, a + n, A(0));
-      for (size_t s = 0; s < M; ++s) {
-        log_accumulate(base[s] + pl * mh[s] * mw[s], mw[s], mw[s], ax_h[s], ax_w[s], r,
-                       static_cast<A>(weights[s]), o0, o1, out_w, hbuf, val.data(), a);
+      A* o = out + (pl * out_h + o0) * out_w;
+      for (int64_t c = 0; c < group; ++c) {
+        const int64_t mp = pl * group + c;
+        for (size_t s = 0; s < M; ++s) {
+          resize_cols(base[s] + mp * mh[s] * mw[s], mw[s], mw[s], ax_h[s], ax_w[s], r,
+                      static_cast<A>(weights[s]), o0, o1, out_w, sc[s]);
+        }
+        if (c == 0) {
+          combine_rows<false>(sc, o0, o1, out_w, val.data(), acc.data(), o);
+        } else {
+          combine_rows<true>(sc, o0, o1, out_w, val.data(), acc.data(), o);
+        }
       }
-      A* __restrict o = out + (pl * out_h + o0) * out_w;
-#pragma omp simd
-      for (int64_t q = 0; q < n; ++q) o[q] = exp_of(a[q]);
+      if (group > 1) scale_values(o, (o1 - o0) * out_w, A(1) / static_cast<A>(group));
     }
   });
 }
@@ -921,9 +1000,9 @@ at::Tensor combine_maps_cpu(at::TensorList maps_in, at::ArrayRef<double> weights
   if (N * C == 0) return out;
   const std::vector<double> w(weights.begin(), weights.end());
   if (dt == at::kDouble) {
-    combine_impl<double>(maps, w, N * C, out_h, out_w, win_size / 2, out.data_ptr<double>());
+    combine_impl<double>(maps, w, N * C, 1, out_h, out_w, win_size / 2, out.data_ptr<double>());
   } else {
-    combine_impl<float>(maps, w, N * C, out_h, out_w, win_size / 2, out.data_ptr<float>());
+    combine_impl<float>(maps, w, N * C, 1, out_h, out_w, win_size / 2, out.data_ptr<float>());
   }
   // The reference's product keeps the maps' dtype.
   return m0.scalar_type() == dt ? out : out.to(m0.scalar_type());
@@ -1037,31 +1116,49 @@ at::Tensor downsample_bwd_cpu(const at::Tensor& g_in, int64_t H, int64_t W) {
   return out;
 }
 
-// ------------------------------------------------------------------ fused small-plane map
+// ------------------------------------------------------------------ fused map
 
-// MS-SSIM values and the channel-averaged map of small planes (the flat path's size
-// limit), one image per task: every scale (ssim_plane_flat), the pooling between
-// scales and the log-domain combination stay in per-thread scratch, and only the
-// per-scale means and the N×1×H×W map are written. Same arithmetic as ssim_scale_fwd
-// + downsample + combine_maps + mean over channels, which it replaces for inference
-// on the local model's patches (four passes over memory become one).
+// MS-SSIM values and the channel-averaged per-pixel map in one op (inference): same
+// arithmetic as ssim_scale_fwd + downsample + combine_maps + the mean over channels,
+// which it replaces. Only the per-scale means and the N×1×H×W map are written.
+
+// Sizes of every scale's input, checked against the window.
+struct ScaleSizes {
+  std::vector<int64_t> h, w;
+  ScaleSizes(int64_t H, int64_t W, int64_t S, int64_t K) : h(S), w(S) {
+    for (int64_t s = 0; s < S; ++s) {
+      h[s] = s == 0 ? H : (h[s - 1] + 1) / 2;
+      w[s] = s == 0 ? W : (w[s - 1] + 1) / 2;
+      TORCH_CHECK(h[s] >= K && w[s] >= K, "ms_ssim_map_fused: scale ", s, " is ", h[s], "×",
+                  w[s], ", smaller than the ", K, "×", K, " window");
+    }
+  }
+};
+
+// Software prefetch of n values from p: a 32×32 float plane is one 4 KiB page, and
+// the hardware prefetcher stops at page boundaries, so every plane began with misses.
+template <typename A>
+inline void prefetch(const A* p, int64_t n) {
+  for (int64_t q = 0; q < n; q += 64 / sizeof(A)) __builtin_prefetch(p + q);
+}
+
+// Small planes (the flat path's size limit, the local model's patches): one image per
+// task, every scale (ssim_plane_flat), the pools and the combination in per-thread
+// scratch that stays in L1.
 bool small_planes(int64_t H, int64_t W) { return W <= 64 && H * W <= 4096; }
 
 template <int K, typename A>
-void ms_ssim_map_small_impl(const A* x, const A* y, int64_t N, int64_t C, int64_t H, int64_t W,
-                            double sigma, double c1d, double c2d,
-                            const std::vector<double>& weights, A* s_mean, A* c_mean, A* map) {
+void fused_map_per_image(const A* x, const A* y, int64_t N, int64_t C, int64_t H, int64_t W,
+                         double sigma, double c1d, double c2d, const std::vector<double>& weights,
+                         const ScaleSizes& sz, A* s_mean, A* c_mean, A* map) {
   const int64_t S = static_cast<int64_t>(weights.size()), r = K / 2, HW = H * W;
   const std::vector<A> win = gaussian_window<A>(K, sigma);
   const A c1 = static_cast<A>(c1d), c2 = static_cast<A>(c2d);
-  std::vector<int64_t> hs(S), ws(S);
+  const std::vector<int64_t>& hs = sz.h;
+  const std::vector<int64_t>& ws = sz.w;
   std::vector<std::vector<int32_t>> valid(S);
   std::vector<Axis<A>> ax_h, ax_w;
   for (int64_t s = 0; s < S; ++s) {
-    hs[s] = s == 0 ? H : (hs[s - 1] + 1) / 2;
-    ws[s] = s == 0 ? W : (ws[s - 1] + 1) / 2;
-    TORCH_CHECK(hs[s] >= K && ws[s] >= K, "ms_ssim_map_small: scale ", s, " is ", hs[s], "×",
-                ws[s], ", smaller than the ", K, "×", K, " window");
     const int64_t ho = hs[s] - K + 1, wo = ws[s] - K + 1, nv = (ho - 1) * ws[s] + wo;
     valid[s].assign(round_up(nv), 0);
     for (int64_t q = 0; q < nv; ++q) valid[s][q] = (q % ws[s]) < wo;
@@ -1072,14 +1169,17 @@ void ms_ssim_map_small_impl(const A* x, const A* y, int64_t N, int64_t C, int64_
   parallel_tasks(N, [&](int64_t begin, int64_t end) {
     const int64_t P = flat_stride(H, W);
     Scratch<A> buf(kFlatSlots * P), next(2 * P), acc(HW), a(HW), u(HW);
-    std::vector<A> hbuf, p0(2 * W + 2, A(0)), p1(2 * W + 2, A(0));
+    std::vector<A> p0(2 * W + 2, A(0)), p1(2 * W + 2, A(0));
+    std::vector<ScaleRows<A>> sc(S);
     for (int64_t n = begin; n < end; ++n) {
-      std::fill(acc.data(), acc.data() + HW, A(0));
       for (int64_t c = 0; c < C; ++c) {
         const int64_t pl = n * C + c;
         const A* xs = x + pl * HW;
         const A* ys = y + pl * HW;
-        std::fill(a.data(), a.data() + HW, A(0));
+        if (pl + 1 < end * C) {  // this thread's next plane
+          prefetch(xs + HW, HW);
+          prefetch(ys + HW, HW);
+        }
         for (int64_t s = 0; s < S; ++s) {
           const int64_t h = hs[s], w = ws[s], Ps = flat_stride(h, w);
           double ssum = 0, csum = 0;
@@ -1090,8 +1190,8 @@ void ms_ssim_map_small_impl(const A* x, const A* y, int64_t N, int64_t C, int64_
           c_mean[pl * S + s] = static_cast<A>(csum / npix);
           // the last scale contributes its SSIM map, the others their cs maps
           const A* m = buf.data() + (s == S - 1 ? kFlatSsim : kFlatCs) * Ps;
-          log_accumulate(m, w - K + 1, w, ax_h[s], ax_w[s], r, static_cast<A>(weights[s]), 0, H,
-                         W, hbuf, u.data(), a.data());
+          resize_cols(m, w - K + 1, w, ax_h[s], ax_w[s], r, static_cast<A>(weights[s]), 0, H, W,
+                      sc[s]);
           if (s + 1 < S) {  // pool the plane copies in buf (x at 0, y at Ps) into next
             const int64_t ho = (h + 1) / 2, wo = (w + 1) / 2;
             for (int64_t i = 0; i < ho; ++i) {
@@ -1104,47 +1204,91 @@ void ms_ssim_map_small_impl(const A* x, const A* y, int64_t N, int64_t C, int64_
             ys = next.data() + P;
           }
         }
-        A* __restrict ac = acc.data();
-        const A* __restrict av = a.data();
-#pragma omp simd
-        for (int64_t q = 0; q < HW; ++q) ac[q] += exp_of(av[q]);
+        if (c == 0) {
+          combine_rows<false>(sc, 0, H, W, u.data(), a.data(), acc.data());
+        } else {
+          combine_rows<true>(sc, 0, H, W, u.data(), a.data(), acc.data());
+        }
       }
       A* __restrict o = map + n * HW;
       const A* __restrict ac = acc.data();
 #pragma omp simd
-      for (int64_t q = 0; q < HW; ++q) o[q] = ac[q] * inv_c;
+      for (int64_t q = 0; q < HW; ++q) o[q] = ac[q] * inv_c;  // mean over channels
     }
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_ssim_map_small_cpu(
+// Larger planes: the per-scale kernels across all threads (writing only the map the
+// combination reads: cs below the last scale, SSIM at it), the pools, then the
+// combination with the channel mean, all inside the op (no second map per scale, no
+// N×C×H×W combined map, no round trips through Python between scales).
+template <int K, typename A>
+void fused_map_by_scale(const A* x, const A* y, int64_t N, int64_t C, int64_t H, int64_t W,
+                        double sigma, double c1, double c2, const std::vector<double>& weights,
+                        const ScaleSizes& sz, const at::TensorOptions& opts, A* s_mean, A* c_mean,
+                        A* map) {
+  const int64_t S = static_cast<int64_t>(weights.size()), P = N * C;
+  std::vector<at::Tensor> maps;
+  at::Tensor pooled;  // x then y of the current scale's input, when pooled
+  std::vector<A> sm(P), cm(P);
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t h = sz.h[s], w = sz.w[s];
+    const bool last = s == S - 1;
+    maps.push_back(at::empty({N, C, h - K + 1, w - K + 1}, opts));
+    A* m = maps.back().data_ptr<A>();
+    ssim_fwd_impl<K, true, A, A>(x, y, P, h, w, sigma, c1, c2, sm.data(), cm.data(),
+                                 last ? m : nullptr, last ? nullptr : m);
+    for (int64_t pl = 0; pl < P; ++pl) {
+      s_mean[pl * S + s] = sm[pl];
+      c_mean[pl * S + s] = cm[pl];
+    }
+    if (last) break;
+    const int64_t hn = (h + 1) / 2, wn = (w + 1) / 2;
+    at::Tensor next = at::empty({2, P, hn, wn}, opts);
+    A* nx = next.data_ptr<A>();
+    downsample_impl<A, A>(x, nx, P, h, w);
+    downsample_impl<A, A>(y, nx + P * hn * wn, P, h, w);
+    pooled = next;  // keeps x and y alive for the next scale
+    x = nx;
+    y = nx + P * hn * wn;
+  }
+  combine_impl<A>(maps, weights, N, C, H, W, K / 2, map);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_ssim_map_fused_cpu(
     const at::Tensor& x_in, const at::Tensor& y_in, int64_t win_size, double sigma, double c1,
     double c2, at::ArrayRef<double> weights) {
-  check_pair(x_in, y_in, win_size, sigma, "ms_ssim_map_small");
-  TORCH_CHECK(!weights.empty(), "ms_ssim_map_small: weights must hold at least one scale");
+  check_pair(x_in, y_in, win_size, sigma, "ms_ssim_map_fused");
+  TORCH_CHECK(!weights.empty(), "ms_ssim_map_fused: weights must hold at least one scale");
   const int64_t N = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
-  TORCH_CHECK(small_planes(H, W), "ms_ssim_map_small: planes of ", H, "×", W,
-              " are too large (at most 64 columns and 4096 pixels)");
-  TORCH_CHECK(C >= 1, "ms_ssim_map_small: x must have at least one channel");
+  TORCH_CHECK(C >= 1, "ms_ssim_map_fused: x must have at least one channel");
   // fp16 / bf16 pool between scales in their own precision (the reference's
   // contract); this kernel pools in float, so it takes float32 / float64 only.
   const auto dt = x_in.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kDouble,
-              "ms_ssim_map_small: x and y must be float32 or float64, got ", dt);
-  const auto x = x_in.contiguous(), y = y_in.contiguous();
+              "ms_ssim_map_fused: x and y must be float32 or float64, got ", dt);
   const int64_t S = static_cast<int64_t>(weights.size());
+  const ScaleSizes sz(H, W, S, win_size);
+  const auto x = x_in.contiguous(), y = y_in.contiguous();
   const auto opts = x.options();
   at::Tensor s_mean = at::empty({N, C, S}, opts), c_mean = at::empty({N, C, S}, opts);
   at::Tensor map = at::empty({N, 1, H, W}, opts);
   if (N == 0) return {s_mean, c_mean, map};
   const std::vector<double> w(weights.begin(), weights.end());
-  AT_DISPATCH_FLOATING_TYPES(dt, "ms_ssim_map_small", [&] {
+  AT_DISPATCH_FLOATING_TYPES(dt, "ms_ssim_map_fused", [&] {
     dispatch_window(win_size, [&](auto kc) {
       constexpr int K = decltype(kc)::value;
-      ms_ssim_map_small_impl<K, scalar_t>(x.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(),
-                                          N, C, H, W, sigma, c1, c2, w,
-                                          s_mean.data_ptr<scalar_t>(), c_mean.data_ptr<scalar_t>(),
-                                          map.data_ptr<scalar_t>());
+      const scalar_t* xp = x.const_data_ptr<scalar_t>();
+      const scalar_t* yp = y.const_data_ptr<scalar_t>();
+      scalar_t* sp = s_mean.data_ptr<scalar_t>();
+      scalar_t* cp = c_mean.data_ptr<scalar_t>();
+      scalar_t* mp = map.data_ptr<scalar_t>();
+      if (small_planes(H, W)) {
+        fused_map_per_image<K, scalar_t>(xp, yp, N, C, H, W, sigma, c1, c2, w, sz, sp, cp, mp);
+      } else {
+        fused_map_by_scale<K, scalar_t>(xp, yp, N, C, H, W, sigma, c1, c2, w, sz, opts, sp, cp,
+                                        mp);
+      }
     });
   });
   return {s_mean, c_mean, map};
@@ -1159,5 +1303,5 @@ TORCH_LIBRARY_IMPL(igd_fast_C, CPU, m) {
   m.impl("combine_maps", &igd_fast::combine_maps_cpu);
   m.impl("downsample", &igd_fast::downsample_cpu);
   m.impl("downsample_bwd", &igd_fast::downsample_bwd_cpu);
-  m.impl("ms_ssim_map_small", &igd_fast::ms_ssim_map_small_cpu);
+  m.impl("ms_ssim_map_fused", &igd_fast::ms_ssim_map_fused_cpu);
 }
