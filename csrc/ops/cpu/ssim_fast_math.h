@@ -150,7 +150,9 @@ inline void lerp_log_sum_exp(int64_t S, const float* const* ra, const float* con
 // dst[j] = l0[j] * src[c0[j]] + l1[j] * src[c1[j]], j < n, where in every 16-column
 // block b both taps lie in src[base[b] .. base[b] + 16) (offsets rel0 / rel1 from
 // base[b]): one load and two in-register permutes per block instead of 32 scalar
-// loads (GCC does not emit gathers for this CPU). src holds mw values.
+// loads (GCC does not emit gathers for this CPU). src holds mw values. COPY: no
+// resize, dst[j] = src[c0[j]] (the replicate padding alone).
+template <bool COPY>
 inline void lerp_cols_windowed(const float* __restrict src, int64_t mw, const int32_t* base,
                                const int32_t* rel0, const int32_t* rel1, const float* l0,
                                const float* l1, float* __restrict dst, int64_t n) {
@@ -158,10 +160,14 @@ inline void lerp_cols_windowed(const float* __restrict src, int64_t mw, const in
     const __mmask16 k = tail_mask(j, n);
     const __m512 win = _mm512_maskz_loadu_ps(tail_mask(0, mw - base[b]), src + base[b]);
     const __m512 a = _mm512_permutexvar_ps(_mm512_maskz_loadu_epi32(k, rel0 + j), win);
-    const __m512 c = _mm512_permutexvar_ps(_mm512_maskz_loadu_epi32(k, rel1 + j), win);
-    const __m512 r = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, l0 + j), a,
-                                     _mm512_mul_ps(_mm512_maskz_loadu_ps(k, l1 + j), c));
-    _mm512_mask_storeu_ps(dst + j, k, r);
+    if constexpr (COPY) {
+      _mm512_mask_storeu_ps(dst + j, k, a);
+    } else {
+      const __m512 c = _mm512_permutexvar_ps(_mm512_maskz_loadu_epi32(k, rel1 + j), win);
+      const __m512 r = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, l0 + j), a,
+                                       _mm512_mul_ps(_mm512_maskz_loadu_ps(k, l1 + j), c));
+      _mm512_mask_storeu_ps(dst + j, k, r);
+    }
   }
 }
 

@@ -852,18 +852,24 @@ void resize_cols(const A* m, int64_t mw, int64_t ms, const Axis<A>& ah, const Ax
   for (int64_t i = 0; i < rows; ++i) {
     const A* __restrict src = m + (r0 + i) * ms;
     A* __restrict dst = sr.h.data() + i * out_w;
+    if constexpr (IGD_FAST_AVX512 && std::is_same_v<A, float>) {
+      // (a memmove per short row cost more than the row's logs)
+      if (aw.windowed && aw.identity) {
+        lerp_cols_windowed<true>(src, mw, aw.base.data(), aw.rel0.data(), aw.rel1.data(),
+                                 aw.l0.data(), aw.l1.data(), dst, out_w);
+        continue;
+      }
+      if (aw.windowed) {
+        lerp_cols_windowed<false>(src, mw, aw.base.data(), aw.rel0.data(), aw.rel1.data(),
+                                  aw.l0.data(), aw.l1.data(), dst, out_w);
+        continue;
+      }
+    }
     if (aw.identity) {  // replicate padding only
       std::fill(dst, dst + r, src[0]);
       std::copy(src, src + mw, dst + r);
       std::fill(dst + r + mw, dst + out_w, src[mw - 1]);
       continue;
-    }
-    if constexpr (IGD_FAST_AVX512 && std::is_same_v<A, float>) {
-      if (aw.windowed) {
-        lerp_cols_windowed(src, mw, aw.base.data(), aw.rel0.data(), aw.rel1.data(),
-                           aw.l0.data(), aw.l1.data(), dst, out_w);
-        continue;
-      }
     }
     const int32_t* __restrict c0 = aw.i0.data();
     const int32_t* __restrict c1 = aw.i1.data();
@@ -1176,11 +1182,13 @@ void fused_map_per_image(const A* x, const A* y, int64_t N, int64_t C, int64_t H
         const int64_t pl = n * C + c;
         const A* xs = x + pl * HW;
         const A* ys = y + pl * HW;
-        if (pl + 1 < end * C) {  // this thread's next plane
-          prefetch(xs + HW, HW);
-          prefetch(ys + HW, HW);
-        }
+        const bool more = pl + 1 < end * C;  // this thread's next plane: prefetched below
         for (int64_t s = 0; s < S; ++s) {
+          if (more) {  // a part per scale: all at once, the prefetches themselves stalled
+            const int64_t q0 = HW * s / S, q1 = HW * (s + 1) / S;
+            prefetch(x + (pl + 1) * HW + q0, q1 - q0);
+            prefetch(y + (pl + 1) * HW + q0, q1 - q0);
+          }
           const int64_t h = hs[s], w = ws[s], Ps = flat_stride(h, w);
           double ssum = 0, csum = 0;
           ssim_plane_flat<K, true, A>(xs, ys, h, w, win.data(), c1, c2, valid[s].data(),
@@ -1194,11 +1202,18 @@ void fused_map_per_image(const A* x, const A* y, int64_t N, int64_t C, int64_t H
                       sc[s]);
           if (s + 1 < S) {  // pool the plane copies in buf (x at 0, y at Ps) into next
             const int64_t ho = (h + 1) / 2, wo = (w + 1) / 2;
+            const A* px = buf.data();
+            const A* py = buf.data() + Ps;
             for (int64_t i = 0; i < ho; ++i) {
-              downsample_plane_row<A, A>(buf.data(), h, w, i, p0.data(), p1.data(),
-                                         next.data() + i * wo);
-              downsample_plane_row<A, A>(buf.data() + Ps, h, w, i, p0.data(), p1.data(),
-                                         next.data() + P + i * wo);
+              if (h % 2 == 0 && w % 2 == 0) {  // no padding: the rows in place
+                downsample_row<A, A>(px + 2 * i * w, px + (2 * i + 1) * w, wo, next.data() + i * wo);
+                downsample_row<A, A>(py + 2 * i * w, py + (2 * i + 1) * w, wo,
+                                     next.data() + P + i * wo);
+              } else {
+                downsample_plane_row<A, A>(px, h, w, i, p0.data(), p1.data(), next.data() + i * wo);
+                downsample_plane_row<A, A>(py, h, w, i, p0.data(), p1.data(),
+                                           next.data() + P + i * wo);
+              }
             }
             xs = next.data();
             ys = next.data() + P;
