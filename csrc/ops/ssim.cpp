@@ -16,9 +16,10 @@ TORCH_LIBRARY_FRAGMENT(igd_fast_C, m) {
   // 2×2 average pool between scales (reference.ssim.downsample) and its backward.
   m.def("downsample(Tensor x) -> Tensor");
   m.def("downsample_bwd(Tensor grad, int h, int w) -> Tensor");
-  // Inference (CPU): every scale, the pooling, the combination and the mean over
-  // channels in one op -> (ssim means N×C×S, cs means N×C×S, channel-mean map N×1×H×W).
+  // Inference (CPU): every scale, the pooling and (want_map) the combination and the
+  // mean over channels in one op -> (ssim means N×C×S, cs means N×C×S, channel-mean
+  // map N×1×H×W or empty(0)).
   m.def(
-      "ms_ssim_map_fused(Tensor x, Tensor y, int win_size, float sigma, float c1, float c2, "
-      "float[] weights) -> (Tensor, Tensor, Tensor)");
+      "ms_ssim_fused(Tensor x, Tensor y, int win_size, float sigma, float c1, float c2, "
+      "float[] weights, bool want_map) -> (Tensor, Tensor, Tensor)");
 }

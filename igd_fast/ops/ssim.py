@@ -161,33 +161,41 @@ def _downsample_bwd(ctx, g):
 downsample.register_autograd(_downsample_bwd, setup_context=_downsample_setup)
 
 
-@torch.library.custom_op("igd_fast::ms_ssim_map_fused", mutates_args=())
-def ms_ssim_map_fused(
-    x: Tensor, y: Tensor, win_size: int, sigma: float, c1: float, c2: float, weights: list[float], backend: str
+@torch.library.custom_op("igd_fast::ms_ssim_fused", mutates_args=())
+def ms_ssim_fused(
+    x: Tensor,
+    y: Tensor,
+    win_size: int,
+    sigma: float,
+    c1: float,
+    c2: float,
+    weights: list[float],
+    want_map: bool,
+    backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Inference in one op: (ssim means N×C×S, cs means N×C×S, channel-mean map
-    N×1×H×W). No autograd: used only when no gradient is needed."""
-    return tuple(impl(backend, "ssim").ms_ssim_map_fused(x, y, win_size, sigma, c1, c2, weights))
+    N×1×H×W or empty(0)). No autograd: used only when no gradient is needed."""
+    return tuple(impl(backend, "ssim").ms_ssim_fused(x, y, win_size, sigma, c1, c2, weights, want_map))
 
 
-@ms_ssim_map_fused.register_fake
-def _(x, y, win_size, sigma, c1, c2, weights, backend):
+@ms_ssim_fused.register_fake
+def _(x, y, win_size, sigma, c1, c2, weights, want_map, backend):
     n, c, h, w = x.shape
     dt = ref.compute_dtype(x.dtype)
     means = x.new_empty((n, c, len(weights)), dtype=dt)
-    return means, means.clone(), x.new_empty((n, 1, h, w), dtype=dt)
+    ms_map = x.new_empty((n, 1, h, w) if want_map else (0,), dtype=dt)
+    return means, means.clone(), ms_map
 
 
-def _fused_map(x: Tensor, want_map: bool, backend: str, needs_grad: bool) -> bool:
-    """Whether the one-op map applies: a map without gradients of float32/64 CPU
-    images, and a backend that implements it (the C++ kernel; the ``torch`` backend's
+def _fused(x: Tensor, backend: str, needs_grad: bool) -> bool:
+    """Whether the one-op inference path applies: no gradients, float32/64 CPU images,
+    and a backend that implements it (the C++ kernel; the ``torch`` backend's
     implementation is the reference composition of the per-scale ops)."""
     return (
-        want_map
-        and x.device.type == "cpu"
+        x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)  # fp16/bf16 pool in their own precision
         and not needs_grad
-        and hasattr(impl(backend, "ssim"), "ms_ssim_map_fused")
+        and hasattr(impl(backend, "ssim"), "ms_ssim_fused")
     )
 
 
@@ -212,12 +220,12 @@ def _values_and_map(x: Tensor, y: Tensor, config: MSSSIMConfig, want_map: bool, 
     Inputs already checked, backend already resolved."""
     last = config.scales - 1
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
-    if _fused_map(x, want_map, backend, needs_grad):
-        s_means, c_means, ms_map = ms_ssim_map_fused(
-            x, y, config.win_size, config.sigma, config.c1, config.c2, list(config.weights), backend
+    if _fused(x, backend, needs_grad):
+        s_means, c_means, ms_map = ms_ssim_fused(
+            x, y, config.win_size, config.sigma, config.c1, config.c2, list(config.weights), want_map, backend
         )
         vals = [ref.safe_pow((s_means if j == last else c_means)[..., j], w) for j, w in enumerate(config.weights)]
-        return torch.stack(vals, 0).prod(0), ms_map
+        return torch.stack(vals, 0).prod(0), ms_map if want_map else None
     scales = _scales(x, y, config, want_map, backend)
     vals = [ref.safe_pow(s[0] if j == last else s[1], w) for j, (s, w) in enumerate(zip(scales, config.weights))]
     values = torch.stack(vals, 0).prod(0)

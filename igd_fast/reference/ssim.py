@@ -162,22 +162,24 @@ def combine_maps(maps, weights, out_h, out_w, win_size):
     return out
 
 
-def ms_ssim_map_fused(x, y, win_size, sigma, c1, c2, weights):
+def ms_ssim_fused(x, y, win_size, sigma, c1, c2, weights, want_map=True):
     """Backend entry point of the fused inference op: (ssim means N×C×S, cs means N×C×S,
-    channel-mean map N×1×H×W) = every scale of ssim_scale_fwd, the pools between them,
-    combine_maps and the mean over channels."""
+    channel-mean map N×1×H×W, or empty(0) without want_map) = every scale of
+    ssim_scale_fwd, the pools between them, combine_maps and the mean over channels."""
     h, w = x.shape[-2:]
     s_means, c_means, maps = [], [], []
     for j in range(len(weights)):
-        s, cs, s_map, cs_map = ssim_scale_fwd(x, y, win_size, sigma, c1, c2, True)
+        s, cs, s_map, cs_map = ssim_scale_fwd(x, y, win_size, sigma, c1, c2, want_map)
         last = j == len(weights) - 1
         s_means.append(s)
         c_means.append(cs)
         maps.append(s_map if last else cs_map)
         if not last:
             x, y = downsample(x), downsample(y)
-    out = combine_maps(maps, weights, h, w, win_size).mean(1, keepdim=True)
-    return torch.stack(s_means, -1), torch.stack(c_means, -1), out
+    means = torch.stack(s_means, -1), torch.stack(c_means, -1)
+    if not want_map:
+        return *means, x.new_empty(0, dtype=means[0].dtype)
+    return *means, combine_maps(maps, weights, h, w, win_size).mean(1, keepdim=True)
 
 
 def ms_ssim_per_channel(x: torch.Tensor, y: torch.Tensor, config: MSSSIMConfig) -> torch.Tensor:
@@ -209,7 +211,7 @@ def ms_ssim(x, y, config: MSSSIMConfig, reduction: str = "mean") -> torch.Tensor
 def ms_ssim_map(x, y, config: MSSSIMConfig) -> torch.Tensor:
     """N×1×H×W per-pixel MS-SSIM (channel mean of the per-channel maps)."""
     c = config
-    return ms_ssim_map_fused(x, y, c.win_size, c.sigma, c.c1, c.c2, list(c.weights))[2]
+    return ms_ssim_fused(x, y, c.win_size, c.sigma, c.c1, c.c2, list(c.weights), True)[2]
 
 
 def abs_error(x, x_hat) -> torch.Tensor:

@@ -1124,9 +1124,10 @@ at::Tensor downsample_bwd_cpu(const at::Tensor& g_in, int64_t H, int64_t W) {
 
 // ------------------------------------------------------------------ fused map
 
-// MS-SSIM values and the channel-averaged per-pixel map in one op (inference): same
-// arithmetic as ssim_scale_fwd + downsample + combine_maps + the mean over channels,
-// which it replaces. Only the per-scale means and the N×1×H×W map are written.
+// MS-SSIM values and (MAP) the channel-averaged per-pixel map in one op (inference):
+// same arithmetic as ssim_scale_fwd + downsample (+ combine_maps + the mean over
+// channels), which it replaces. Only the per-scale means and the N×1×H×W map are
+// written.
 
 // Sizes of every scale's input, checked against the window.
 struct ScaleSizes {
@@ -1135,7 +1136,7 @@ struct ScaleSizes {
     for (int64_t s = 0; s < S; ++s) {
       h[s] = s == 0 ? H : (h[s - 1] + 1) / 2;
       w[s] = s == 0 ? W : (w[s - 1] + 1) / 2;
-      TORCH_CHECK(h[s] >= K && w[s] >= K, "ms_ssim_map_fused: scale ", s, " is ", h[s], "×",
+      TORCH_CHECK(h[s] >= K && w[s] >= K, "ms_ssim_fused: scale ", s, " is ", h[s], "×",
                   w[s], ", smaller than the ", K, "×", K, " window");
     }
   }
@@ -1153,7 +1154,7 @@ inline void prefetch(const A* p, int64_t n) {
 // scratch that stays in L1.
 bool small_planes(int64_t H, int64_t W) { return W <= 64 && H * W <= 4096; }
 
-template <int K, typename A>
+template <int K, bool MAP, typename A>
 void fused_map_per_image(const A* x, const A* y, int64_t N, int64_t C, int64_t H, int64_t W,
                          double sigma, double c1d, double c2d, const std::vector<double>& weights,
                          const ScaleSizes& sz, A* s_mean, A* c_mean, A* map) {
@@ -1191,15 +1192,17 @@ void fused_map_per_image(const A* x, const A* y, int64_t N, int64_t C, int64_t H
           }
           const int64_t h = hs[s], w = ws[s], Ps = flat_stride(h, w);
           double ssum = 0, csum = 0;
-          ssim_plane_flat<K, true, A>(xs, ys, h, w, win.data(), c1, c2, valid[s].data(),
-                                      buf.data(), nullptr, nullptr, ssum, csum);
+          ssim_plane_flat<K, MAP, A>(xs, ys, h, w, win.data(), c1, c2, valid[s].data(),
+                                     buf.data(), nullptr, nullptr, ssum, csum);
           const double npix = static_cast<double>((h - K + 1) * (w - K + 1));
           s_mean[pl * S + s] = static_cast<A>(ssum / npix);
           c_mean[pl * S + s] = static_cast<A>(csum / npix);
           // the last scale contributes its SSIM map, the others their cs maps
-          const A* m = buf.data() + (s == S - 1 ? kFlatSsim : kFlatCs) * Ps;
-          resize_cols(m, w - K + 1, w, ax_h[s], ax_w[s], r, static_cast<A>(weights[s]), 0, H, W,
-                      sc[s]);
+          if constexpr (MAP) {
+            const A* m = buf.data() + (s == S - 1 ? kFlatSsim : kFlatCs) * Ps;
+            resize_cols(m, w - K + 1, w, ax_h[s], ax_w[s], r, static_cast<A>(weights[s]), 0, H,
+                        W, sc[s]);
+          }
           if (s + 1 < S) {  // pool the plane copies in buf (x at 0, y at Ps) into next
             const int64_t ho = (h + 1) / 2, wo = (w + 1) / 2;
             const A* px = buf.data();
@@ -1219,12 +1222,15 @@ void fused_map_per_image(const A* x, const A* y, int64_t N, int64_t C, int64_t H
             ys = next.data() + P;
           }
         }
-        if (c == 0) {
-          combine_rows<false>(sc, 0, H, W, u.data(), a.data(), acc.data());
-        } else {
-          combine_rows<true>(sc, 0, H, W, u.data(), a.data(), acc.data());
+        if constexpr (MAP) {
+          if (c == 0) {
+            combine_rows<false>(sc, 0, H, W, u.data(), a.data(), acc.data());
+          } else {
+            combine_rows<true>(sc, 0, H, W, u.data(), a.data(), acc.data());
+          }
         }
       }
+      if constexpr (!MAP) continue;
       A* __restrict o = map + n * HW;
       const A* __restrict ac = acc.data();
 #pragma omp simd
@@ -1237,7 +1243,7 @@ void fused_map_per_image(const A* x, const A* y, int64_t N, int64_t C, int64_t H
 // combination reads: cs below the last scale, SSIM at it), the pools, then the
 // combination with the channel mean, all inside the op (no second map per scale, no
 // N×C×H×W combined map, no round trips through Python between scales).
-template <int K, typename A>
+template <int K, bool MAP, typename A>
 void fused_map_by_scale(const A* x, const A* y, int64_t N, int64_t C, int64_t H, int64_t W,
                         double sigma, double c1, double c2, const std::vector<double>& weights,
                         const ScaleSizes& sz, const at::TensorOptions& opts, A* s_mean, A* c_mean,
@@ -1249,10 +1255,13 @@ void fused_map_by_scale(const A* x, const A* y, int64_t N, int64_t C, int64_t H,
   for (int64_t s = 0; s < S; ++s) {
     const int64_t h = sz.h[s], w = sz.w[s];
     const bool last = s == S - 1;
-    maps.push_back(at::empty({N, C, h - K + 1, w - K + 1}, opts));
-    A* m = maps.back().data_ptr<A>();
-    ssim_fwd_impl<K, true, A, A>(x, y, P, h, w, sigma, c1, c2, sm.data(), cm.data(),
-                                 last ? m : nullptr, last ? nullptr : m);
+    A* m = nullptr;
+    if constexpr (MAP) {
+      maps.push_back(at::empty({N, C, h - K + 1, w - K + 1}, opts));
+      m = maps.back().data_ptr<A>();
+    }
+    ssim_fwd_impl<K, MAP, A, A>(x, y, P, h, w, sigma, c1, c2, sm.data(), cm.data(),
+                                last ? m : nullptr, last ? nullptr : m);
     for (int64_t pl = 0; pl < P; ++pl) {
       s_mean[pl * S + s] = sm[pl];
       c_mean[pl * S + s] = cm[pl];
@@ -1267,42 +1276,51 @@ void fused_map_by_scale(const A* x, const A* y, int64_t N, int64_t C, int64_t H,
     x = nx;
     y = nx + P * hn * wn;
   }
-  combine_impl<A>(maps, weights, N, C, H, W, K / 2, map);
+  if constexpr (MAP) combine_impl<A>(maps, weights, N, C, H, W, K / 2, map);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_ssim_map_fused_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_ssim_fused_cpu(
     const at::Tensor& x_in, const at::Tensor& y_in, int64_t win_size, double sigma, double c1,
-    double c2, at::ArrayRef<double> weights) {
-  check_pair(x_in, y_in, win_size, sigma, "ms_ssim_map_fused");
-  TORCH_CHECK(!weights.empty(), "ms_ssim_map_fused: weights must hold at least one scale");
+    double c2, at::ArrayRef<double> weights, bool want_map) {
+  check_pair(x_in, y_in, win_size, sigma, "ms_ssim_fused");
+  TORCH_CHECK(!weights.empty(), "ms_ssim_fused: weights must hold at least one scale");
   const int64_t N = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
-  TORCH_CHECK(C >= 1, "ms_ssim_map_fused: x must have at least one channel");
+  TORCH_CHECK(C >= 1, "ms_ssim_fused: x must have at least one channel");
   // fp16 / bf16 pool between scales in their own precision (the reference's
   // contract); this kernel pools in float, so it takes float32 / float64 only.
   const auto dt = x_in.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kDouble,
-              "ms_ssim_map_fused: x and y must be float32 or float64, got ", dt);
+              "ms_ssim_fused: x and y must be float32 or float64, got ", dt);
   const int64_t S = static_cast<int64_t>(weights.size());
   const ScaleSizes sz(H, W, S, win_size);
   const auto x = x_in.contiguous(), y = y_in.contiguous();
   const auto opts = x.options();
   at::Tensor s_mean = at::empty({N, C, S}, opts), c_mean = at::empty({N, C, S}, opts);
-  at::Tensor map = at::empty({N, 1, H, W}, opts);
+  at::Tensor map = want_map ? at::empty({N, 1, H, W}, opts) : at::empty({0}, opts);
   if (N == 0) return {s_mean, c_mean, map};
   const std::vector<double> w(weights.begin(), weights.end());
-  AT_DISPATCH_FLOATING_TYPES(dt, "ms_ssim_map_fused", [&] {
+  AT_DISPATCH_FLOATING_TYPES(dt, "ms_ssim_fused", [&] {
     dispatch_window(win_size, [&](auto kc) {
       constexpr int K = decltype(kc)::value;
       const scalar_t* xp = x.const_data_ptr<scalar_t>();
       const scalar_t* yp = y.const_data_ptr<scalar_t>();
       scalar_t* sp = s_mean.data_ptr<scalar_t>();
       scalar_t* cp = c_mean.data_ptr<scalar_t>();
-      scalar_t* mp = map.data_ptr<scalar_t>();
-      if (small_planes(H, W)) {
-        fused_map_per_image<K, scalar_t>(xp, yp, N, C, H, W, sigma, c1, c2, w, sz, sp, cp, mp);
+      scalar_t* mp = want_map ? map.data_ptr<scalar_t>() : nullptr;
+      auto run = [&](auto map_c) {
+        constexpr bool MAP = decltype(map_c)::value;
+        if (small_planes(H, W)) {
+          fused_map_per_image<K, MAP, scalar_t>(xp, yp, N, C, H, W, sigma, c1, c2, w, sz, sp, cp,
+                                                mp);
+        } else {
+          fused_map_by_scale<K, MAP, scalar_t>(xp, yp, N, C, H, W, sigma, c1, c2, w, sz, opts, sp,
+                                               cp, mp);
+        }
+      };
+      if (want_map) {
+        run(std::true_type{});
       } else {
-        fused_map_by_scale<K, scalar_t>(xp, yp, N, C, H, W, sigma, c1, c2, w, sz, opts, sp, cp,
-                                        mp);
+        run(std::false_type{});
       }
     });
   });
@@ -1318,5 +1336,5 @@ TORCH_LIBRARY_IMPL(igd_fast_C, CPU, m) {
   m.impl("combine_maps", &igd_fast::combine_maps_cpu);
   m.impl("downsample", &igd_fast::downsample_cpu);
   m.impl("downsample_bwd", &igd_fast::downsample_bwd_cpu);
-  m.impl("ms_ssim_map_fused", &igd_fast::ms_ssim_map_fused_cpu);
+  m.impl("ms_ssim_fused", &igd_fast::ms_ssim_fused_cpu);
 }

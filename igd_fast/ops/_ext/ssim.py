@@ -23,8 +23,8 @@ def combine_maps(maps, weights, out_h, out_w, win_size):
     return _ops.combine_maps(maps, weights, out_h, out_w, win_size)
 
 
-def ms_ssim_map_fused(x, y, win_size, sigma, c1, c2, weights):
-    return _ops.ms_ssim_map_fused(x, y, win_size, sigma, c1, c2, weights)
+def ms_ssim_fused(x, y, win_size, sigma, c1, c2, weights, want_map):
+    return _ops.ms_ssim_fused(x, y, win_size, sigma, c1, c2, weights, want_map)
 
 
 # The pool between scales has a C++ kernel only; on CUDA, torch's own pool is already
