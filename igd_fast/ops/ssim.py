@@ -163,14 +163,7 @@ downsample.register_autograd(_downsample_bwd, setup_context=_downsample_setup)
 
 @torch.library.custom_op("igd_fast::ms_ssim_fused", mutates_args=())
 def ms_ssim_fused(
-    x: Tensor,
-    y: Tensor,
-    win_size: int,
-    sigma: float,
-    c1: float,
-    c2: float,
-    weights: list[float],
-    want_map: bool,
+    x: Tensor, y: Tensor, win_size: int, sigma: float, c1: float, c2: float, weights: list[float], want_map: bool,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Inference in one op: (ssim means N×C×S, cs means N×C×S, channel-mean map
