@@ -305,6 +305,27 @@ def test_combine_maps_entry_point(backend):
     run()
 
 
+@pytest.mark.parametrize("weight", [0.37, 1.0, 2.5])
+def test_combine_maps_special_values(backend, weight):
+    """relu(v)^w at the edges of the log-domain product: zero, negatives, NaN (the
+    reference's relu gives 0), subnormals, infinity and exactly 1, each against the
+    reference (relative 1e-5; the power of a tiny value keeps only ~1e-6 relative)."""
+    vals = [0.0, -0.5, float("nan"), 1e-30, 1e-40, 1.0, 0.5, 3.0, float("inf"), 1e-7, 0.999999, 2.0**-126,
+            -0.0, float("-inf")]
+    m = torch.tensor(vals).view(1, 1, 1, -1)
+    # With a second, resized scale: finite (PyTorch's resize itself turns 0 * inf into
+    # NaN), and no inf at scale 0 (inf times a zero factor: the reference gives NaN,
+    # the kernels 0; SSIM maps lie in [-1, 1], so only direct calls can meet it).
+    m_fin = torch.nan_to_num(m, nan=float("nan"), posinf=5.0)
+    maps = [m_fin, torch.tensor([0.5, 2.0, -1.0, 0.25]).view(1, 1, 1, 4)]
+    for ms, ws in (([m], [weight]), (maps, [weight, 0.5])):
+        got = impl(backend, "ssim").combine_maps([t.to(_device(backend)) for t in ms], ws, 1, len(vals), 1)
+        want = ref.combine_maps(ms, ws, 1, len(vals), 1)
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=0, equal_nan=True)
+    ones = impl(backend, "ssim").combine_maps([torch.ones(1, 1, 3, 5, device=_device(backend))], [weight], 3, 5, 1)
+    assert bool((ones == 1).all())  # log2(1) is exactly 0 and exp2(0) exactly 1
+
+
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="no C++ extension")
 def test_cpu_ops_directly():
     """The registered torch.ops.igd_fast_C ops, as other code calls them."""

@@ -1,6 +1,7 @@
 #pragma once
 // Log-domain products for the per-pixel MS-SSIM map: prod_s relu(v_s)^w_s is
-// E(sum_s w_s L(v_s)), 0 once some v_s <= 0 or is NaN.
+// E(sum_s w_s L(v_s)), 0 once some v_s <= 0 or is NaN (also next to an infinite v_s,
+// where the reference's inf * 0 gives NaN; SSIM maps lie in [-1, 1]).
 //   add_weighted_log(a, v, w, n): a[q] += w * L(v[q])  (-inf where v[q] <= 0 or NaN)
 //   exp_from_log<ADD>(a, o, n):    o[q] (+)= E(a[q])
 // The pair shares one base: log2 / exp2 with AVX-512 (getexp / getmant, a 32-entry
@@ -65,9 +66,11 @@ inline __m512 add_weighted_log2_16(__m512 a, __m512 v, __m512 w, __m512 inv_lo, 
 }
 
 // 2^x on 16 lanes: 2^n * p(x - n), n = round(x), p a degree-6 fit of 2^f on
-// [-1/2, 1/2] (relative error 2e-9); below -200 (and at -inf) the result is 0.
+// [-1/2, 1/2] (relative error 2e-9); below -200 (and at -inf) the result is 0, above
+// 200 (and at +inf) inf.
 inline __m512 exp2_16(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-200.0f));  // also maps NaN to -200: see the callers
+  // (max also maps NaN to -200: the callers put NaN back)
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-200.0f)), _mm512_set1_ps(200.0f));
   const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(x, n);
   __m512 p = _mm512_fmadd_ps(f, _mm512_set1_ps(1.5337577e-4f), _mm512_set1_ps(1.3399860e-3f));
@@ -136,9 +139,13 @@ inline void lerp_log_sum_exp(int64_t S, const float* const* ra, const float* con
     const __mmask16 k = tail_mask(j, n);
     __m512 acc = _mm512_setzero_ps();
     for (int64_t s = 0; s < S; ++s) {
-      const __m512 v = _mm512_fmadd_ps(_mm512_set1_ps(la[s]), _mm512_maskz_loadu_ps(k, ra[s] + j),
-                                       _mm512_mul_ps(_mm512_set1_ps(lb[s]),
-                                                     _mm512_maskz_loadu_ps(k, rb[s] + j)));
+      // lb = 0 (no resize along the rows): no 0 * rb term, which is NaN where rb is inf
+      const __m512 ta = _mm512_maskz_loadu_ps(k, ra[s] + j);
+      const __m512 v = lb[s] == 0.0f
+                           ? _mm512_mul_ps(_mm512_set1_ps(la[s]), ta)
+                           : _mm512_fmadd_ps(_mm512_set1_ps(la[s]), ta,
+                                             _mm512_mul_ps(_mm512_set1_ps(lb[s]),
+                                                           _mm512_maskz_loadu_ps(k, rb[s] + j)));
       acc = add_weighted_log2_16(acc, v, _mm512_set1_ps(w[s]), inv_lo, inv_hi, lg_lo, lg_hi);
     }
     __m512 e = _mm512_mask_mov_ps(acc, _mm512_cmp_ps_mask(acc, acc, _CMP_ORD_Q), exp2_16(acc));
@@ -173,14 +180,17 @@ inline void lerp_cols_windowed(const float* __restrict src, int64_t mw, const in
 
 #else  // no AVX-512: natural log / exp in plain code the compiler vectorises
 
-// log(x) for normal x > 0; smaller or non-positive inputs give log(FLT_MIN). Clamps
-// and selects are integer min/max and bit masks: float compares and branches here
-// keep GCC's loops scalar.
+// log(x) for finite x > 0 (subnormals scaled by 2^23 first); non-positive inputs give
+// log(FLT_MIN). Clamps and selects are integer min/max and bit masks: float compares
+// and branches here keep GCC's loops scalar.
 inline float fast_logf(float x) {
-  const int32_t b = std::max(static_cast<int32_t>(float_to_bits(x)), int32_t(0x00800000));
+  const int32_t xb = static_cast<int32_t>(float_to_bits(x));
+  const int32_t sub = -static_cast<int32_t>(xb < 0x00800000);  // subnormal (or <= 0)
+  const int32_t scaled = static_cast<int32_t>(float_to_bits(x * 8388608.0f));
+  const int32_t b = std::max((scaled & sub) | (xb & ~sub), int32_t(0x00800000));
   const int32_t mant = b & 0x007fffff;
   const int32_t lo = mant < 0x003504f3;  // mantissa below sqrt(0.5): use [1, sqrt(2))
-  const float fe = static_cast<float>((b >> 23) - 126 - lo);
+  const float fe = static_cast<float>((b >> 23) - 126 - lo - (sub & 23));
   const float m = bits_to_float(static_cast<uint32_t>(mant | (0x3f000000 + (lo << 23)))) - 1.0f;
   const float z = m * m;
   float y = 7.0376836292E-2f;
@@ -198,13 +208,15 @@ inline float fast_logf(float x) {
   return m + y + 0.693359375f * fe;
 }
 
-// exp(x); 0 below -87.3 (where the result would be subnormal) and for -inf.
+// exp(x) over the whole float range: subnormal results included (2^n applied as two
+// normal factors), 0 below -103.97 and for -inf, inf above 88.72 and for +inf, NaN
+// for NaN.
 inline float fast_expf(float x) {
   const uint32_t b = float_to_bits(x);
-  const uint32_t tiny = -static_cast<uint32_t>(b > 0xc2ae999au);  // x < -87.3: all ones
-  // min on the signed pattern clamps x > 88.37 and leaves negatives alone.
-  const int32_t bc = std::min(static_cast<int32_t>(b), int32_t(0x42b0bd71));
-  x = bits_to_float(static_cast<uint32_t>(bc) & ~tiny);
+  const uint32_t tiny = -static_cast<uint32_t>(b > 0xc2cff1b4u && b <= 0xff800000u);
+  const uint32_t huge = -static_cast<uint32_t>(static_cast<int32_t>(b) > 0x42b17217);
+  const uint32_t nan = -static_cast<uint32_t>((b & 0x7fffffffu) > 0x7f800000u);
+  x = bits_to_float(b & ~tiny & ~huge);  // those lanes compute exp(0)
   // Round to nearest by the 1.5 * 2^23 trick (floorf would not vectorise here).
   const float fx = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = x - fx * 0.693359375f;
@@ -217,8 +229,11 @@ inline float fast_expf(float x) {
   y = y * r + 1.6666665459E-1f;
   y = y * r + 5.0000001201E-1f;
   y = y * z + r + 1.0f;
-  const float p = bits_to_float(static_cast<uint32_t>(static_cast<int32_t>(fx) + 127) << 23);
-  return bits_to_float(float_to_bits(y * p) & ~tiny);
+  const int32_t n = static_cast<int32_t>(fx), n1 = n >> 1, n2 = n - n1;  // n in [-150, 128]
+  const float p1 = bits_to_float(static_cast<uint32_t>(n1 + 127) << 23);
+  const float p2 = bits_to_float(static_cast<uint32_t>(n2 + 127) << 23);
+  const uint32_t e = (float_to_bits(y * p1 * p2) & ~tiny & ~huge) | (0x7f800000u & huge);
+  return bits_to_float((e & ~nan) | (b & nan));
 }
 
 inline void add_weighted_log(float* __restrict a, const float* __restrict v, float w, int64_t n) {
@@ -227,8 +242,9 @@ inline void add_weighted_log(float* __restrict a, const float* __restrict v, flo
     const uint32_t b = float_to_bits(v[q]);
     const uint32_t keep =
         -static_cast<uint32_t>(static_cast<int32_t>(b) > 0 && b <= 0x7f800000u);
-    a[q] = bits_to_float((float_to_bits(a[q] + w * fast_logf(v[q])) & keep) |
-                         (0xff800000u & ~keep));
+    const uint32_t inf = -static_cast<uint32_t>(b == 0x7f800000u);
+    const float lv = bits_to_float((float_to_bits(fast_logf(v[q])) & ~inf) | (0x7f800000u & inf));
+    a[q] = bits_to_float((float_to_bits(a[q] + w * lv) & keep) | (0xff800000u & ~keep));
   }
 }
 

@@ -923,6 +923,11 @@ void combine_rows(const std::vector<ScaleRows<A>>& sc, int64_t o0, int64_t o1, i
       const A* __restrict rb = s.h.data() + (s.ah->i1[oy] - s.r0) * out_w;
       const A lb = s.ah->l1[oy], la = s.ah->l0[oy];
       A* __restrict ur = u + (oy - o0) * out_w;
+      if (lb == A(0)) {  // no resize along the rows: no 0 * rb term (NaN where rb is inf)
+#pragma omp simd
+        for (int64_t j = 0; j < out_w; ++j) ur[j] = la * ra[j];
+        continue;
+      }
 #pragma omp simd
       for (int64_t j = 0; j < out_w; ++j) ur[j] = la * ra[j] + lb * rb[j];
     }
