@@ -1,13 +1,16 @@
-"""Speed-up table from a pytest-benchmark JSON file.
+"""Speed-up table from pytest-benchmark JSON files.
 
     pytest benchmarks --benchmark-json=out.json
     python benchmarks/report.py out.json [--markdown]
+    python benchmarks/report.py run1.json run2.json ... [--markdown]   # ranges over runs
 
 Generic over benchmark files: entries are grouped by ``benchmark.group``; in each group
 the entry with ``extra_info["role"] == "ours"`` (or ``"side"``) is compared with every other entry (the
 peers, each the baseline of one row): ratio = median peer / median ours. A peer's
 optional ``extra_info["target"]`` is the speed-up the SPEC asks for; the exit status
-is 1 when a target is missed.
+is 1 when a target is missed (in any run). Several files (repeated runs, for a noisy
+machine): one row per comparison with the range of each median and of the ratio, the
+median ratio, and in how many runs the target was met.
 """
 
 from __future__ import annotations
@@ -69,6 +72,48 @@ def table(rs: list[dict], markdown: bool = False) -> str:
         met = "" if r["met"] is None else ("yes" if r["met"] else "NO")
         body.append([r["group"], _fmt_time(r["ours_median_s"]), r["peer"], _fmt_time(r["peer_median_s"]),
                      f"{r['ratio']:.1f}x", tgt, met])
+    return _render(head, body, markdown)
+
+
+def ranges(runs: list[list[dict]]) -> list[dict]:
+    """Rows of several runs merged per (group, ours, peer), in first-seen order."""
+    merged: dict[tuple, list[dict]] = {}
+    for rs in runs:
+        for r in rs:
+            merged.setdefault((r["group"], r["ours"], r["peer"]), []).append(r)
+    out = []
+    for (group, ours, peer), rs in merged.items():
+        ratios = sorted(r["ratio"] for r in rs)
+        target = rs[0]["target"]
+        out.append({
+            "group": group,
+            "ours": ours,
+            "peer": peer,
+            "ours_median_s": (min(r["ours_median_s"] for r in rs), max(r["ours_median_s"] for r in rs)),
+            "peer_median_s": (min(r["peer_median_s"] for r in rs), max(r["peer_median_s"] for r in rs)),
+            "ratio": (ratios[0], ratios[-1]),
+            "median_ratio": ratios[len(ratios) // 2],
+            "target": target,
+            "met": None if target is None else sum(r >= target for r in ratios),
+            "runs": len(ratios),
+        })
+    return out
+
+
+def range_table(rs: list[dict], markdown: bool = False) -> str:
+    head = ["group", "ours (median)", "peer", "peer (median)", "speed-up", "median", "target", "met"]
+    body = []
+    for r in rs:
+        (o0, o1), (p0, p1), (r0, r1) = r["ours_median_s"], r["peer_median_s"], r["ratio"]
+        tgt = "" if r["target"] is None else f">= {r['target']:g}x"
+        met = "" if r["met"] is None else f"{r['met']} of {r['runs']}"
+        body.append([r["group"], f"{_fmt_time(o0)} - {_fmt_time(o1)}", r["peer"],
+                     f"{_fmt_time(p0)} - {_fmt_time(p1)}", f"{r0:.1f}-{r1:.1f}x", f"{r['median_ratio']:.1f}x",
+                     tgt, met])
+    return _render(head, body, markdown)
+
+
+def _render(head: list[str], body: list[list[str]], markdown: bool) -> str:
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(row) + " |" for row in body]
@@ -80,18 +125,27 @@ def table(rs: list[dict], markdown: bool = False) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("json", help="file written by pytest --benchmark-json")
+    ap.add_argument("json", nargs="+", help="file(s) written by pytest --benchmark-json; several: ranges")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = ap.parse_args(argv)
-    with open(args.json) as f:
-        data = json.load(f)
-    rs = rows(data)
-    print(table(rs, args.markdown))
+    runs = []
+    for path in args.json:
+        with open(path) as f:
+            runs.append(json.load(f))
+    data = runs[0]
+    if len(runs) > 1:
+        rs = ranges([rows(d) for d in runs])
+        print(range_table(rs, args.markdown))
+        ok = all(r["met"] is None or r["met"] == r["runs"] for r in rs)
+    else:
+        rs = rows(data)
+        print(table(rs, args.markdown))
+        ok = all(r["met"] is not False for r in rs)
     info = data.get("machine_info", {})
     cpu = info.get("cpu", {}).get("brand_raw", "")
     if cpu:
-        print(f"\n{cpu}; medians; ratio = median peer / median ours")
-    return 0 if all(r["met"] is not False for r in rs) else 1
+        print(f"\n{cpu}; medians; ratio = median peer / median ours" + (f"; {len(runs)} runs" if len(runs) > 1 else ""))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
