@@ -213,20 +213,23 @@ def _values_and_map(x: Tensor, y: Tensor, config: MSSSIMConfig, want_map: bool, 
     Inputs already checked, backend already resolved."""
     last = config.scales - 1
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
+    ms_map = None
     if _fused(x, backend, needs_grad):
-        s_means, c_means, ms_map = ms_ssim_fused(
+        s_means, c_means, fused_map = ms_ssim_fused(
             x, y, config.win_size, config.sigma, config.c1, config.c2, list(config.weights), want_map, backend
         )
-        vals = [ref.safe_pow((s_means if j == last else c_means)[..., j], w) for j, w in enumerate(config.weights)]
-        return torch.stack(vals, 0).prod(0), ms_map if want_map else None
-    scales = _scales(x, y, config, want_map, backend)
-    vals = [ref.safe_pow(s[0] if j == last else s[1], w) for j, (s, w) in enumerate(zip(scales, config.weights))]
-    values = torch.stack(vals, 0).prod(0)
-    if not want_map:
-        return values, None
-    maps = [s[2] if j == last else s[3] for j, s in enumerate(scales)]
-    h, w = x.shape[-2:]
-    return values, combine_maps(maps, list(config.weights), h, w, config.win_size, backend).mean(1, keepdim=True)
+        s_means, c_means = s_means.unbind(-1), c_means.unbind(-1)
+        if want_map:
+            ms_map = fused_map
+    else:
+        scales = _scales(x, y, config, want_map, backend)
+        s_means, c_means = [s[0] for s in scales], [s[1] for s in scales]
+        if want_map:
+            maps = [s[2] if j == last else s[3] for j, s in enumerate(scales)]
+            h, w = x.shape[-2:]
+            ms_map = combine_maps(maps, list(config.weights), h, w, config.win_size, backend).mean(1, keepdim=True)
+    vals = [ref.safe_pow(s_means[j] if j == last else c_means[j], w) for j, w in enumerate(config.weights)]
+    return torch.stack(vals, 0).prod(0), ms_map
 
 
 def ms_ssim_with_map(

@@ -162,7 +162,7 @@ def combine_maps(maps, weights, out_h, out_w, win_size):
     return out
 
 
-def ms_ssim_fused(x, y, win_size, sigma, c1, c2, weights, want_map=True):
+def ms_ssim_fused(x, y, win_size, sigma, c1, c2, weights, want_map):
     """Backend entry point of the fused inference op: (ssim means N×C×S, cs means N×C×S,
     channel-mean map N×1×H×W, or empty(0) without want_map) = every scale of
     ssim_scale_fwd, the pools between them, combine_maps and the mean over channels."""

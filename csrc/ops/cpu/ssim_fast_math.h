@@ -2,13 +2,15 @@
 // Log-domain products for the per-pixel MS-SSIM map: prod_s relu(v_s)^w_s is
 // E(sum_s w_s L(v_s)), 0 once some v_s <= 0 or is NaN (also next to an infinite v_s,
 // where the reference's inf * 0 gives NaN; SSIM maps lie in [-1, 1]).
-//   add_weighted_log(a, v, w, n): a[q] += w * L(v[q])  (-inf where v[q] <= 0 or NaN)
-//   exp_from_log<ADD>(a, o, n):    o[q] (+)= E(a[q])
-// The pair shares one base: log2 / exp2 with AVX-512 (getexp / getmant, a 32-entry
-// table in two registers and short polynomials: about half the instructions of a
-// plain polynomial log), ln / exp otherwise (Cephes-style, written so the compiler
-// vectorises the loops). Float error about 1e-8 relative with AVX-512, 1e-7 without;
-// double uses libm.
+// float with AVX-512: lerp_log_sum_exp, one output row of every scale at once in
+// registers, on log2 / exp2 (getexp / getmant, a 32-entry table in two registers and
+// short polynomials: about half the instructions of a plain polynomial log; error
+// about 1e-8 relative). Otherwise (double; float without AVX-512) a pair of loops
+// over a whole tile:
+//   add_weighted_log(a, v, w, n): a[q] += w * ln(v[q])  (-inf where v[q] <= 0 or NaN)
+//   exp_from_log<ADD>(a, o, n):    o[q] (+)= exp(a[q])
+// on Cephes-style ln / exp written so the compiler vectorises the loops (1e-7), or
+// libm for double.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -88,46 +90,14 @@ inline __mmask16 tail_mask(int64_t j, int64_t n) {
   return left >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << left) - 1u);
 }
 
-inline void add_weighted_log(float* __restrict a, const float* __restrict v, float w, int64_t n) {
-  const Log2Table& tb = log2_table();
-  const __m512 inv_lo = _mm512_load_ps(tb.inv), inv_hi = _mm512_load_ps(tb.inv + 16);
-  const __m512 lg_lo = _mm512_load_ps(tb.lg), lg_hi = _mm512_load_ps(tb.lg + 16);
-  const __m512 wv = _mm512_set1_ps(w);
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16) {
-    const __m512 r = add_weighted_log2_16(_mm512_loadu_ps(a + j), _mm512_loadu_ps(v + j), wv,
-                                          inv_lo, inv_hi, lg_lo, lg_hi);
-    _mm512_storeu_ps(a + j, r);
-  }
-  if (j < n) {
-    const __mmask16 k = tail_mask(j, n);
-    const __m512 r = add_weighted_log2_16(_mm512_maskz_loadu_ps(k, a + j),
-                                          _mm512_maskz_loadu_ps(k, v + j), wv, inv_lo, inv_hi,
-                                          lg_lo, lg_hi);
-    _mm512_mask_storeu_ps(a + j, k, r);
-  }
-}
-
-template <bool ADD>
-inline void exp_from_log(const float* __restrict a, float* __restrict o, int64_t n) {
-  for (int64_t j = 0; j < n; j += 16) {
-    const __mmask16 k = tail_mask(j, n);
-    const __m512 x = _mm512_maskz_loadu_ps(k, a + j);
-    // NaN sums (inf and -inf from different scales) stay NaN, as in the reference's
-    // inf * 0; exp2_16 alone would give 0.
-    __m512 e = _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(x, x, _CMP_ORD_Q), exp2_16(x));
-    if constexpr (ADD) e = _mm512_add_ps(_mm512_maskz_loadu_ps(k, o + j), e);
-    _mm512_mask_storeu_ps(o + j, k, e);
-  }
-}
-
 // The interpolations round as PyTorch's upsample_bilinear2d does, fma(l0, t0, l1 * t1):
 // where a map crosses zero the interpolated value cancels, and its power amplifies
 // any other rounding.
 //
 // o[j] (+)= 2^(sum_s w[s] * log2(la[s] * ra[s][j] + lb[s] * rb[s][j])) for j < n: one
 // output row of S vertically interpolated scale maps, combined per 16-lane block with
-// the sum in a register (no accumulator row to store and reload per scale).
+// the sum in a register (no accumulator row to store and reload per scale). NaN sums
+// (inf and -inf from different scales) stay NaN, as the reference's inf * 0.
 template <bool ADD>
 inline void lerp_log_sum_exp(int64_t S, const float* const* ra, const float* const* rb,
                              const float* la, const float* lb, const float* w,

@@ -853,15 +853,14 @@ void resize_cols(const A* m, int64_t mw, int64_t ms, const Axis<A>& ah, const Ax
     const A* __restrict src = m + (r0 + i) * ms;
     A* __restrict dst = sr.h.data() + i * out_w;
     if constexpr (IGD_FAST_AVX512 && std::is_same_v<A, float>) {
-      // (a memmove per short row cost more than the row's logs)
-      if (aw.windowed && aw.identity) {
-        lerp_cols_windowed<true>(src, mw, aw.base.data(), aw.rel0.data(), aw.rel1.data(),
-                                 aw.l0.data(), aw.l1.data(), dst, out_w);
-        continue;
-      }
-      if (aw.windowed) {
-        lerp_cols_windowed<false>(src, mw, aw.base.data(), aw.rel0.data(), aw.rel1.data(),
-                                  aw.l0.data(), aw.l1.data(), dst, out_w);
+      if (aw.windowed) {  // (for the padding alone too: a memmove per short row was slower)
+        if (aw.identity) {
+          lerp_cols_windowed<true>(src, mw, aw.base.data(), aw.rel0.data(), aw.rel1.data(),
+                                   aw.l0.data(), aw.l1.data(), dst, out_w);
+        } else {
+          lerp_cols_windowed<false>(src, mw, aw.base.data(), aw.rel0.data(), aw.rel1.data(),
+                                    aw.l0.data(), aw.l1.data(), dst, out_w);
+        }
         continue;
       }
     }
@@ -880,60 +879,83 @@ void resize_cols(const A* m, int64_t mw, int64_t ms, const Axis<A>& ah, const Ax
   }
 }
 
+// Per-thread scratch of the combination: per-scale row pointers and weights of one
+// output row (the AVX-512 path), or tile-sized rows (the other).
 template <typename A>
-inline void scale_values(A* __restrict v, int64_t n, A f) {
-#pragma omp simd
-  for (int64_t q = 0; q < n; ++q) v[q] *= f;
-}
+struct CombineScratch {
+  std::vector<const A*> ra, rb;
+  std::vector<A> la, lb, w, u, a;
+};
 
 // Output rows [o0, o1) (out_w columns, contiguous from out) (+)=
 // prod_s relu(v_s)^w_s = E(sum_s w_s L(v_s)) (ssim_fast_math.h), 0 once some v_s <= 0
-// or is NaN; v_s the row interpolation of sc[s].h. u, a: scratch of the tile's size.
+// or is NaN; v_s the row interpolation of sc[s].h.
 template <bool ADD, typename A>
 void combine_rows(const std::vector<ScaleRows<A>>& sc, int64_t o0, int64_t o1, int64_t out_w,
-                  A* __restrict u, A* __restrict a, A* __restrict out) {
-  const int64_t S = static_cast<int64_t>(sc.size());
+                  CombineScratch<A>& cs, A* __restrict out) {
+  const size_t S = sc.size();
   if constexpr (IGD_FAST_AVX512 && std::is_same_v<A, float>) {
     // per output row, the scales' sum stays in registers
-    const float* ra[16];
-    const float* rb[16];
-    float la[16], lb[16], w[16];
-    if (S <= 16) {
-      for (int64_t oy = o0; oy < o1; ++oy) {
-        for (int64_t s = 0; s < S; ++s) {
-          const Axis<A>& ah = *sc[s].ah;
-          ra[s] = sc[s].h.data() + (ah.i0[oy] - sc[s].r0) * out_w;
-          rb[s] = sc[s].h.data() + (ah.i1[oy] - sc[s].r0) * out_w;
-          la[s] = ah.l0[oy];
-          lb[s] = ah.l1[oy];
-          w[s] = sc[s].w;
-        }
-        lerp_log_sum_exp<ADD>(S, ra, rb, la, lb, w, out + (oy - o0) * out_w, out_w);
-      }
-      return;
-    }
-  }
-  // Otherwise per scale over the whole tile, so the log runs as one long loop (per-row
-  // loops of a narrow map left its dependent polynomial chain exposed).
-  const int64_t n = (o1 - o0) * out_w;
-  std::fill(a, a + n, A(0));
-  for (const ScaleRows<A>& s : sc) {
+    cs.ra.resize(S);
+    cs.rb.resize(S);
+    cs.la.resize(S);
+    cs.lb.resize(S);
+    cs.w.resize(S);
     for (int64_t oy = o0; oy < o1; ++oy) {
-      const A* __restrict ra = s.h.data() + (s.ah->i0[oy] - s.r0) * out_w;
-      const A* __restrict rb = s.h.data() + (s.ah->i1[oy] - s.r0) * out_w;
-      const A lb = s.ah->l1[oy], la = s.ah->l0[oy];
-      A* __restrict ur = u + (oy - o0) * out_w;
-      if (lb == A(0)) {  // no resize along the rows: no 0 * rb term (NaN where rb is inf)
-#pragma omp simd
-        for (int64_t j = 0; j < out_w; ++j) ur[j] = la * ra[j];
-        continue;
+      for (size_t s = 0; s < S; ++s) {
+        const Axis<A>& ah = *sc[s].ah;
+        cs.ra[s] = sc[s].h.data() + (ah.i0[oy] - sc[s].r0) * out_w;
+        cs.rb[s] = sc[s].h.data() + (ah.i1[oy] - sc[s].r0) * out_w;
+        cs.la[s] = ah.l0[oy];
+        cs.lb[s] = ah.l1[oy];
+        cs.w[s] = sc[s].w;
       }
-#pragma omp simd
-      for (int64_t j = 0; j < out_w; ++j) ur[j] = la * ra[j] + lb * rb[j];
+      lerp_log_sum_exp<ADD>(static_cast<int64_t>(S), cs.ra.data(), cs.rb.data(), cs.la.data(),
+                            cs.lb.data(), cs.w.data(), out + (oy - o0) * out_w, out_w);
     }
-    add_weighted_log(a, u, s.w, n);
+  } else {
+    // per scale over the whole tile, so the log runs as one long loop (per-row loops of
+    // a narrow map left its dependent polynomial chain exposed)
+    const int64_t n = (o1 - o0) * out_w;
+    cs.u.resize(n);
+    cs.a.assign(n, A(0));
+    A* __restrict u = cs.u.data();
+    for (const ScaleRows<A>& s : sc) {
+      for (int64_t oy = o0; oy < o1; ++oy) {
+        const A* __restrict ra = s.h.data() + (s.ah->i0[oy] - s.r0) * out_w;
+        const A* __restrict rb = s.h.data() + (s.ah->i1[oy] - s.r0) * out_w;
+        const A lb = s.ah->l1[oy], la = s.ah->l0[oy];
+        A* __restrict ur = u + (oy - o0) * out_w;
+        if (lb == A(0)) {  // no resize along the rows: no 0 * rb term (NaN where rb is inf)
+#pragma omp simd
+          for (int64_t j = 0; j < out_w; ++j) ur[j] = la * ra[j];
+          continue;
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < out_w; ++j) ur[j] = la * ra[j] + lb * rb[j];
+      }
+      add_weighted_log(cs.a.data(), u, s.w, n);
+    }
+    exp_from_log<ADD>(cs.a.data(), out, n);
   }
-  exp_from_log<ADD>(a, out, n);
+}
+
+// Channel c of `group` channels into output rows [o0, o1): the first channel writes,
+// the others add, and the last scales the sum to the mean.
+template <typename A>
+void combine_channel(const std::vector<ScaleRows<A>>& sc, int64_t c, int64_t group, int64_t o0,
+                     int64_t o1, int64_t out_w, CombineScratch<A>& cs, A* out) {
+  if (c == 0) {
+    combine_rows<false>(sc, o0, o1, out_w, cs, out);
+  } else {
+    combine_rows<true>(sc, o0, o1, out_w, cs, out);
+  }
+  if (group > 1 && c == group - 1) {
+    const A f = A(1) / static_cast<A>(group);
+    const int64_t n = (o1 - o0) * out_w;
+#pragma omp simd
+    for (int64_t q = 0; q < n; ++q) out[q] *= f;
+  }
 }
 
 // Output plane g (of `planes`) is the mean of the combinations of map planes
@@ -955,9 +977,8 @@ void combine_impl(const std::vector<at::Tensor>& maps, const std::vector<double>
     base[s] = maps[s].const_data_ptr<A>();
   }
   const int64_t tiles = tiles_per_plane(planes, out_h, 8);
-  const int64_t max_rows = (out_h + tiles - 1) / tiles;
   parallel_tasks(planes * tiles, [&](int64_t begin, int64_t end) {
-    std::vector<A> acc(max_rows * out_w), val(max_rows * out_w);
+    CombineScratch<A> cs;
     std::vector<ScaleRows<A>> sc(M);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t pl = task / tiles, tl = task % tiles;
@@ -970,13 +991,8 @@ void combine_impl(const std::vector<at::Tensor>& maps, const std::vector<double>
           resize_cols(base[s] + mp * mh[s] * mw[s], mw[s], mw[s], ax_h[s], ax_w[s], r,
                       static_cast<A>(weights[s]), o0, o1, out_w, sc[s]);
         }
-        if (c == 0) {
-          combine_rows<false>(sc, o0, o1, out_w, val.data(), acc.data(), o);
-        } else {
-          combine_rows<true>(sc, o0, o1, out_w, val.data(), acc.data(), o);
-        }
+        combine_channel(sc, c, group, o0, o1, out_w, cs, o);
       }
-      if (group > 1) scale_values(o, (o1 - o0) * out_w, A(1) / static_cast<A>(group));
     }
   });
 }
@@ -1032,12 +1048,19 @@ inline void downsample_row(const A* __restrict a, const A* __restrict b, int64_t
   }
 }
 
-// Output row i of an H×W plane of A: rows 2i+1-ph and the one above it (zeros when
-// it is the padding), columns shifted by pw into p0 / p1 (2*wo values, p*[0] = 0).
+// Output row i of an H×W plane: rows 2i+1-ph and the one above it (zeros when it is
+// the padding), columns shifted by pw into p0 / p1 (2*wo values, p*[0] = 0), both
+// read as A. Even sizes of A: the rows in place.
 template <typename T, typename A>
 inline void downsample_plane_row(const T* xp, int64_t H, int64_t W, int64_t i, A* __restrict p0,
                                  A* __restrict p1, T* __restrict o) {
   const int64_t ph = H % 2, pw = W % 2, wo = (W + 1) / 2;
+  if constexpr (std::is_same_v<T, A>) {
+    if (ph == 0 && pw == 0) {
+      downsample_row<A, A>(xp + 2 * i * W, xp + (2 * i + 1) * W, wo, o);
+      return;
+    }
+  }
   const int64_t r1 = 2 * i + 1 - ph, r0 = r1 - 1;  // r1 < H always; r0 may be -1
   p0[0] = p1[0] = A(0);  // the front padding column when pw = 1
   for (int64_t c = 0; c < W; ++c) {
@@ -1050,17 +1073,6 @@ inline void downsample_plane_row(const T* xp, int64_t H, int64_t W, int64_t i, A
 template <typename T, typename A>
 void downsample_impl(const T* x, T* out, int64_t planes, int64_t H, int64_t W) {
   const int64_t ho = (H + 1) / 2, wo = (W + 1) / 2;
-  if constexpr (std::is_same_v<T, A>) {
-    if (H % 2 == 0 && W % 2 == 0) {  // no padding: read the rows in place
-      parallel_tasks(planes * ho, [&](int64_t begin, int64_t end) {
-        for (int64_t task = begin; task < end; ++task) {
-          const A* a = x + 2 * task * W;  // rows 2i, 2i+1 of plane task / ho
-          downsample_row<A, A>(a, a + W, wo, out + task * wo);
-        }
-      });
-      return;
-    }
-  }
   parallel_tasks(planes * ho, [&](int64_t begin, int64_t end) {
     std::vector<A> p0(2 * wo, A(0)), p1(2 * wo, A(0));  // rows with the front padding
     for (int64_t task = begin; task < end; ++task) {
@@ -1177,12 +1189,12 @@ void fused_map_per_image(const A* x, const A* y, int64_t N, int64_t C, int64_t H
     ax_h.emplace_back(ho, r, H);
     ax_w.emplace_back(wo, r, W);
   }
-  const A inv_c = A(1) / static_cast<A>(C);
   parallel_tasks(N, [&](int64_t begin, int64_t end) {
     const int64_t P = flat_stride(H, W);
-    Scratch<A> buf(kFlatSlots * P), next(2 * P), acc(HW), a(HW), u(HW);
+    Scratch<A> buf(kFlatSlots * P), next(2 * P);
     std::vector<A> p0(2 * W + 2, A(0)), p1(2 * W + 2, A(0));
     std::vector<ScaleRows<A>> sc(S);
+    CombineScratch<A> cs;
     for (int64_t n = begin; n < end; ++n) {
       for (int64_t c = 0; c < C; ++c) {
         const int64_t pl = n * C + c;
@@ -1213,33 +1225,16 @@ void fused_map_per_image(const A* x, const A* y, int64_t N, int64_t C, int64_t H
             const A* px = buf.data();
             const A* py = buf.data() + Ps;
             for (int64_t i = 0; i < ho; ++i) {
-              if (h % 2 == 0 && w % 2 == 0) {  // no padding: the rows in place
-                downsample_row<A, A>(px + 2 * i * w, px + (2 * i + 1) * w, wo, next.data() + i * wo);
-                downsample_row<A, A>(py + 2 * i * w, py + (2 * i + 1) * w, wo,
-                                     next.data() + P + i * wo);
-              } else {
-                downsample_plane_row<A, A>(px, h, w, i, p0.data(), p1.data(), next.data() + i * wo);
-                downsample_plane_row<A, A>(py, h, w, i, p0.data(), p1.data(),
-                                           next.data() + P + i * wo);
-              }
+              downsample_plane_row<A, A>(px, h, w, i, p0.data(), p1.data(), next.data() + i * wo);
+              downsample_plane_row<A, A>(py, h, w, i, p0.data(), p1.data(),
+                                         next.data() + P + i * wo);
             }
             xs = next.data();
             ys = next.data() + P;
           }
         }
-        if constexpr (MAP) {
-          if (c == 0) {
-            combine_rows<false>(sc, 0, H, W, u.data(), a.data(), acc.data());
-          } else {
-            combine_rows<true>(sc, 0, H, W, u.data(), a.data(), acc.data());
-          }
-        }
+        if constexpr (MAP) combine_channel(sc, c, C, 0, H, W, cs, map + n * HW);
       }
-      if constexpr (!MAP) continue;
-      A* __restrict o = map + n * HW;
-      const A* __restrict ac = acc.data();
-#pragma omp simd
-      for (int64_t q = 0; q < HW; ++q) o[q] = ac[q] * inv_c;  // mean over channels
     }
   });
 }
