@@ -15,6 +15,7 @@ COMMANDS = {
     "eval": "evaluate a trained model on a category's test split: AUROC, pixel AUROC, AUPRO",
     "bench": "time the fused kernels against pytorch_msssim and the reference",
     "demo": "generate a small dataset, train, score and evaluate it end to end",
+    "protocol": "the paper's one-class protocols (MNIST one-vs-rest, MVTec), small/contaminated training sets",
 }
 
 
