@@ -98,7 +98,9 @@ def test_maps_come_back_at_original_resolution_and_failures_are_reported(trained
     files = [trained["input"] / "gray.png", bad, trained["input"] / "sub" / "rgba.png"]
     scorer = Scorer(trained["model"], device="cpu", batch_size=2)
     res = list(scorer.score_paths(files))
-    assert [type(r).__name__ for r in res] == ["Failure", "ScoredImage", "ScoredImage"]
+    # one result per file, in input order (a failure does not jump ahead of its batch)
+    assert [type(r).__name__ for r in res] == ["ScoredImage", "Failure", "ScoredImage"]
+    assert [r.path for r in res] == [str(f) for f in files]
     by_path = {r.path: r for r in res}
     assert isinstance(by_path[str(bad)], Failure) and "broken.png" in by_path[str(bad)].error
     assert by_path[str(files[0])].map.shape == (50, 70)

@@ -47,6 +47,7 @@ class Item:
     image: Tensor | None
     orig_size: tuple[int, int]
     error: str | None = None
+    pos: int = 0  # position in the dataset: results are put back in input order
 
 
 class ScoreDataset(Dataset):
@@ -67,8 +68,8 @@ class ScoreDataset(Dataset):
             hw = image_size_of(path)
             img = load_image(path, self.size)
         except Exception as e:  # any decoder failure is reported, never fatal
-            return Item(self.indices[i], path, None, (0, 0), f"{type(e).__name__}: {e}")
-        return Item(self.indices[i], path, img, hw)
+            return Item(self.indices[i], path, None, (0, 0), f"{type(e).__name__}: {e}", i)
+        return Item(self.indices[i], path, img, hw, None, i)
 
 
 @dataclass
