@@ -127,13 +127,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
         msg = str(e)
-        if "Weights only load failed" in msg:
-            why = next((ln.strip() for ln in msg.splitlines() if "Unsupported global" in ln), "pickled objects")
+        why = next((ln.strip() for ln in msg.splitlines() if "Unsupported global" in ln), None)
+        if why is not None:
             raise CheckpointError(
                 f"refusing checkpoint {p}: it holds pickled Python objects, which a weights_only load never runs "
                 f"({why})"
             ) from e
-        first = msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
+        lines = [ln.strip() for ln in msg.splitlines() if ln.strip() and "Weights only load failed" not in ln]
+        first = lines[-1][:200] if lines else type(e).__name__
         raise CheckpointError(f"cannot read checkpoint {p}: corrupt, truncated or not a checkpoint ({first})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not an igd_fast checkpoint (format {FORMAT})")
