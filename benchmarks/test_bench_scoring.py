@@ -45,10 +45,10 @@ pytorch_msssim = pytest.importorskip("pytorch_msssim")
 # the submodule, not the ssim() function the package re-exports under the same name
 _pm_ssim = importlib.import_module("pytorch_msssim.ssim")
 
+from igd_fast.checkpoint import save_checkpoint  # noqa: E402
 from igd_fast.config import MSSSIMConfig  # noqa: E402
 from igd_fast.models import IGD, ModelConfig  # noqa: E402
 from igd_fast.score import Scorer  # noqa: E402
-from igd_fast.train.checkpoint import save_checkpoint  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("IGD_BENCH_THREADS", "2")))
 

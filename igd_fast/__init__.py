@@ -8,7 +8,7 @@ from .ops.ssim import ms_ssim, ms_ssim_map, recon_error_map, recon_loss
 __version__ = "0.1.0"
 
 # Higher layers load on first use so `import igd_fast` stays a kernels-only import.
-_LAZY = {"Scorer": "igd_fast.score", "load_model": "igd_fast.train"}
+_LAZY = {"Scorer": "igd_fast.score", "load_model": "igd_fast.checkpoint"}
 
 
 def __getattr__(name: str):

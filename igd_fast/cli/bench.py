@@ -18,6 +18,11 @@ from igd_fast import GLOBAL, LOCAL
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = (
+        "examples:\n  igd-fast bench --config global --device cpu\n"
+        "  igd-fast bench --config local --device cuda --dtype bfloat16 --json bench.json"
+    )
     p.add_argument("--config", choices=["global", "local"], default="global",
                    help="MS-SSIM configuration (global: 11×11, 5 scales; local: 3×3, 4 scales)")
     p.add_argument("--shape", type=int, nargs=4, metavar=("N", "C", "H", "W"), default=None,

@@ -20,17 +20,27 @@ import time
 from pathlib import Path
 
 from ..config import LOCAL
+from ._args import (
+    EXIT_USAGE,
+    UsageError,
+    add_out,
+    add_runtime,
+    check_device_backend,
+    check_out_dir,
+    examples,
+    positive_int,
+)
 
 CATEGORY = "synth"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="igd_demo", help="folder for data, model and reports (default ./igd_demo)")
-    p.add_argument("--epochs", type=int, default=3, help="training epochs of each model (default 3)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (0: read in the main process)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--backend", default=None)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = examples("igd-fast demo --out runs/demo", "igd-fast demo --out runs/demo --epochs 5 --seed 1")
+    add_out(p, False, "folder for data, model and reports (default ./igd_demo)", default="igd_demo")
+    p.add_argument("--epochs", type=positive_int, default=3, help="training epochs of each model (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data, the split and the training")
+    add_runtime(p, batch_default=8)
 
 
 def small_configs(image_size: int = 128, width: int = 16, latent: int = 32, estep_every: int = 2):
@@ -58,6 +68,7 @@ def train_small(
     device: str | None = None,
     backend: str | None = None,
     progress: bool = True,
+    batch_size: int = 8,
     **config_kw,
 ) -> Path:
     """Train the small global + local pair into ``model_dir`` (global.pt, local.pt, run.json)."""
@@ -71,7 +82,7 @@ def train_small(
             category,
             model_dir,
             epochs=epochs,
-            batch_size=8,
+            batch_size=batch_size,
             workers=workers,
             seed=seed,
             val_fraction=0.15,
@@ -89,24 +100,32 @@ def run(args: argparse.Namespace) -> int:
     from . import main as cli_main
 
     t0 = time.perf_counter()
-    out = Path(args.out)
+    try:
+        check_device_backend(args)
+        out = check_out_dir(args.out)
+    except UsageError as e:
+        print(f"igd-fast demo: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     data = out / "data"
     model = out / "model"
     print(f"[1/4] generating a synthetic MVTec-layout dataset in {data / CATEGORY}", file=sys.stderr)
     make_synthetic_mvtec(data, CATEGORY, n_train=40, n_test_good=10, n_test_bad=10, size=128, seed=args.seed)
     print(f"[2/4] training a small global + local model ({args.epochs} epochs each) -> {model}", file=sys.stderr)
-    train_small(data, CATEGORY, model, args.epochs, args.seed, args.workers, args.device, args.backend)
-    common = ["--model", str(model), "--workers", str(args.workers)]
+    train_small(data, CATEGORY, model, args.epochs, args.seed, args.workers, args.device, args.backend,
+                not args.no_progress, args.batch_size)  # fmt: skip
+    common = ["--model", str(model), "--workers", str(args.workers), "--batch-size", str(args.batch_size)]
+    if args.no_progress:
+        common.append("--no-progress")
     if args.device:
         common += ["--device", args.device]
     if args.backend:
         common += ["--backend", args.backend]
     print("[3/4] scoring the test images", file=sys.stderr)
-    code = cli_main(["score", *common, "--input", str(data / CATEGORY / "test"), "--output", str(out / "scores")])
+    code = cli_main(["score", *common, "--input", str(data / CATEGORY / "test"), "--out", str(out / "scores")])
     if code not in (0, 3):
         return code
     print("[4/4] evaluating", file=sys.stderr)
-    code = cli_main(["eval", *common, "--data", str(data), "--category", CATEGORY, "--output", str(out / "eval")])
+    code = cli_main(["eval", *common, "--data", str(data), "--category", CATEGORY, "--out", str(out / "eval")])
     if code not in (0, 3):
         return code
     print(

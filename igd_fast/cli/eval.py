@@ -5,38 +5,52 @@ pooled over all test pixels, mean per-anomalous-image pixel AUROC, AUPRO up to 3
 counts, threshold, images/s, per-image scores) and ``report.png`` (image ROC curve and
 the best / worst examples with their heat-maps) to ``--output``
 (default ``<model>/eval_<category>``). Pixel metrics use each image's map at its
-original resolution against its mask. Unreadable test images are skipped and listed
-(exit code 3), as in ``igd-fast score``.
+original resolution against its mask; a mask of another size than its image is an
+error (exit 2, before anything is scored). Test images are listed recursively below
+test/<defect>/ (the package's one listing rule). Unreadable test images are skipped
+and listed (exit code 3), as in ``igd-fast score``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_SKIPPED = 3
+from ._args import (
+    EXIT_OK,
+    EXIT_SKIPPED,
+    EXIT_USAGE,
+    UsageError,
+    add_out,
+    add_runtime,
+    check_device_backend,
+    check_out_dir,
+    examples,
+    positive_int,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.epilog = "exit codes: 0 ok; 2 bad data layout or no threshold; 3 some test images could not be read"
-    p.add_argument("--model", required=True, help="trained model directory (global.pt, local.pt, run.json)")
-    p.add_argument("--data", required=True, help="MVTec-layout root (holds <category>/test, ground_truth)")
-    p.add_argument("--category", required=True)
-    p.add_argument("--output", default=None, help="report folder (default: <model>/eval_<category>)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
-    p.add_argument("--device", default=None)
-    p.add_argument("--backend", default=None)
-    p.add_argument("--examples", type=int, default=4, help="examples per row of the figure")
-    p.add_argument("--no-progress", action="store_true")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = (
+        "exit codes: 0 ok; 2 bad arguments, data layout or no threshold; 3 some test images could not be read\n\n"
+    ) + examples(
+        "igd-fast eval --model models/bottle --data /data/mvtec --category bottle",
+        "igd-fast eval --model models/bottle --data /data/mvtec --category bottle --out reports/bottle",
+    )
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="trained model directory (global.pt and/or local.pt, run.json)")
+    p.add_argument("--data", required=True, metavar="ROOT",
+                   help="MVTec-layout root (holds <category>/test, ground_truth)")
+    p.add_argument("--category", required=True, metavar="NAME", help="category folder under ROOT")
+    add_out(p, False, "report folder (default: <model>/eval_<category>)")
+    p.add_argument("--examples", type=positive_int, default=4, help="examples per row of the figure (default 4)")
+    add_runtime(p)
 
 
 def _safe(fn, *a) -> tuple[float | None, str | None]:
@@ -133,32 +147,36 @@ def write_figure(
     plt.close(fig)
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def _prepare(args: argparse.Namespace):
+    """(samples, out folder, scorer) after every check that can fail before scoring."""
+    from ..checkpoint import CheckpointError
+    from ..data import DataLayoutError, list_test_samples, mask_size_mismatches
+    from ..score import Scorer
 
-    from ..data import DataLayoutError, list_test_samples, load_mask
-    from ..score import Failure, Scorer
-
+    check_device_backend(args)
     try:
         samples = list_test_samples(args.data, args.category)
     except DataLayoutError as e:
-        print(f"igd-fast eval: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    out = Path(args.output) if args.output else Path(args.model) / f"eval_{args.category}"
-    out.mkdir(parents=True, exist_ok=True)
-    scorer = Scorer(args.model, device=args.device, batch_size=args.batch_size, backend=args.backend)
-    t_cal = time.perf_counter()
+        raise UsageError(str(e)) from None
+    bad = mask_size_mismatches(samples)
+    if bad:
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise UsageError("masks must have their image's size: " + "; ".join(bad[:5]) + more)
+    out = check_out_dir(args.out or Path(args.model) / f"eval_{args.category}")
     try:
-        calib = scorer.calibration(args.workers)
-    except (OSError, ValueError, KeyError) as e:
-        print(f"igd-fast eval: cannot calibrate the threshold: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    t_cal = time.perf_counter() - t_cal
-    threshold = float(calib["threshold"])
-    scorer.images_seen, scorer.seconds = 0, 0.0  # throughput of the test pass only
+        scorer = Scorer(args.model, device=args.device, batch_size=args.batch_size, backend=args.backend)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        raise UsageError(f"--model {args.model}: {e}") from None
+    return samples, out, scorer
+
+
+def _score_test(scorer, samples, args):
+    from tqdm import tqdm
+
+    from ..data import load_mask
+    from ..score import Failure
 
     results, maps, masks, skipped = [], [], [], []
-    t0 = time.perf_counter()
     bar = tqdm(total=len(samples), desc=f"eval {args.category}", unit="img", disable=args.no_progress)
     for r in scorer.score_paths([s.path for s in samples], args.workers, want_maps=True, progress=bar):
         s = samples[r.index]
@@ -170,19 +188,32 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:  # a corrupt mask: skip the image, like a corrupt image
             skipped.append({"path": str(s.mask), "error": str(e)})
             continue
-        results.append(
-            {
-                "path": r.path,
-                "defect": s.defect,
-                "label": s.label,
-                "score": r.score,
-                "s_global": r.s_global,
-                "s_local": r.s_local,
-            }
-        )
+        results.append({"path": r.path, "defect": s.defect, "label": s.label, "score": r.score,
+                        "s_global": r.s_global, "s_local": r.s_local})  # fmt: skip
         maps.append(r.map)
         masks.append(mask)
     bar.close()
+    return results, maps, masks, skipped
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        samples, out, scorer = _prepare(args)
+    except UsageError as e:
+        print(f"igd-fast eval: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    t_cal = time.perf_counter()
+    try:
+        calib = scorer.calibration(args.workers)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"igd-fast eval: error: cannot calibrate the threshold: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    t_cal = time.perf_counter() - t_cal
+    threshold = float(calib["threshold"])
+    scorer.images_seen, scorer.seconds = 0, 0.0  # throughput of the test pass only
+
+    t0 = time.perf_counter()
+    results, maps, masks, skipped = _score_test(scorer, samples, args)
     wall = time.perf_counter() - t0
 
     t_m = time.perf_counter()
@@ -192,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
         "category": args.category,
         "data_root": str(Path(args.data).resolve()),
         "model": str(Path(args.model).resolve()),
+        "models": list(scorer.kinds),
         **rep,
         "threshold": threshold,
         "threshold_rule": calib.get("rule"),

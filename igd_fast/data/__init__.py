@@ -8,6 +8,7 @@
 """
 
 from .mvtec import (
+    IMAGE_EXTENSIONS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     LAYOUT,
@@ -16,15 +17,19 @@ from .mvtec import (
     MVTecDataset,
     Sample,
     image_size_of,
+    images_under,
     list_test_samples,
     list_train_files,
     load_image,
     load_mask,
+    mask_size_mismatches,
+    open_rgb,
     split_train_val,
 )
 from .synthetic import make_synthetic_mvtec
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "LAYOUT",
@@ -33,6 +38,9 @@ __all__ = [
     "MVTecDataset",
     "Sample",
     "image_size_of",
+    "images_under",
+    "mask_size_mismatches",
+    "open_rgb",
     "load_image",
     "load_mask",
     "make_synthetic_mvtec",

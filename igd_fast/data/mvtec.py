@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 LAYOUT = (
     "expected the MVTec AD layout: <root>/<category>/train/good/*.png, "
@@ -56,8 +56,14 @@ class Sample:
         return 0 if self.defect == "good" else 1
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+def images_under(folder: str | Path) -> list[Path]:
+    """Image files below ``folder``, recursively, sorted (hidden files skipped)."""
+    root = Path(folder)
+    return sorted(
+        p for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )  # fmt: skip
 
 
 def _category_dir(root: str | Path, category: str) -> Path:
@@ -72,7 +78,7 @@ def list_train_files(root: str | Path, category: str) -> list[Path]:
     d = _category_dir(root, category) / "train" / "good"
     if not d.is_dir():
         raise DataLayoutError(f"{d} does not exist; {LAYOUT}")
-    files = _images_in(d)
+    files = images_under(d)
     if not files:
         raise DataLayoutError(f"{d} holds no image files ({', '.join(IMAGE_EXTENSIONS)}); {LAYOUT}")
     return files
@@ -86,10 +92,11 @@ def list_test_samples(root: str | Path, category: str, require_masks: bool = Tru
         raise DataLayoutError(f"{tdir} does not exist; {LAYOUT}")
     out: list[Sample] = []
     for ddir in sorted(p for p in tdir.iterdir() if p.is_dir()):
-        for f in _images_in(ddir):
+        for f in images_under(ddir):
             mask = None
             if ddir.name != "good":
-                mask = cat / "ground_truth" / ddir.name / f"{f.stem}_mask.png"
+                rel = f.relative_to(ddir)
+                mask = cat / "ground_truth" / ddir.name / rel.parent / f"{f.stem}_mask.png"
                 if not mask.is_file():
                     if require_masks:
                         raise DataLayoutError(f"no mask {mask} for test image {f}; {LAYOUT}")
@@ -118,23 +125,32 @@ def split_train_val(files: Sequence[Path], val_fraction: float = 0.1, seed: int 
     return train, val
 
 
-def _open_rgb(path: Path) -> Image.Image:
+def _to_uint8(im: Image.Image) -> Image.Image:
+    """8-bit view of a high-bit-depth image, scaled by its bit depth, never by its own
+    min/max (a darker copy must stay darker): I;16* and I (16-bit PNG/TIFF) divide by
+    65535 (values above it, possible only in 32-bit files, saturate); F (float TIFF)
+    is taken as [0, 1]."""
+    a = np.asarray(im, dtype=np.float64)
+    scale = 255.0 if im.mode == "F" else 255.0 / 65535.0
+    return Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8))
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """The image as 8-bit RGB (RGBA / LA / P / L / 16-bit all end up as 3 channels);
+    CorruptImageError naming the file when it cannot be decoded."""
     try:
         with Image.open(path) as im:
             im.load()
-            # RGBA / LA / P / L / I;16 all end up as 3-channel RGB
-            if im.mode in ("I;16", "I;16B", "I", "F"):
-                arr = np.asarray(im, dtype=np.float64)
-                arr = 255.0 * (arr - arr.min()) / max(float(arr.max() - arr.min()), 1e-12)
-                return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                return _to_uint8(im).convert("RGB")
             return im.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise CorruptImageError(f"cannot read image file {path}: {e}") from e
 
 
 def load_image(path: str | Path, size: int | tuple[int, int] | None = 256) -> torch.Tensor:
     """3×H×W float32 ImageNet-normalised image; resized (bilinear) to ``size`` unless None."""
-    im = _open_rgb(Path(path))
+    im = open_rgb(path)
     if size is not None:
         hw = (size, size) if isinstance(size, int) else tuple(size)
         if im.size != (hw[1], hw[0]):
@@ -146,7 +162,7 @@ def load_image(path: str | Path, size: int | tuple[int, int] | None = 256) -> to
 
 
 def load_mask(path: str | Path | None, size: int | tuple[int, int]) -> torch.Tensor:
-    """1×H×W float32 {0, 1} mask (nearest resize); zeros when ``path`` is None."""
+    """1×H×W float32 {0, 1} mask (nearest resize to ``size``); zeros when ``path`` is None."""
     hw = (size, size) if isinstance(size, int) else tuple(size)
     if path is None:
         return torch.zeros(1, *hw)
@@ -160,13 +176,32 @@ def load_mask(path: str | Path | None, size: int | tuple[int, int]) -> torch.Ten
 
 def image_size_of(path: str | Path) -> tuple[int, int]:
     """(H, W) of an image file without decoding the pixels."""
-    with Image.open(path) as im:
-        return im.size[1], im.size[0]
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except (OSError, SyntaxError, ValueError) as e:
+        raise CorruptImageError(f"cannot read image file {path}: {e}") from e
+
+
+def mask_size_mismatches(samples: Sequence[Sample]) -> list[str]:
+    """One line per anomalous sample whose mask's size differs from its image's (read
+    from the headers only), so an evaluation can refuse before scoring anything."""
+    bad = []
+    for s in samples:
+        if s.mask is None:
+            continue
+        try:
+            hi, hm = image_size_of(s.path), image_size_of(s.mask)
+        except CorruptImageError:
+            continue  # reported (and the image skipped) when it is read
+        if hi != hm:
+            bad.append(f"{s.mask} is {hm[1]}×{hm[0]} but its image {s.path} is {hi[1]}×{hi[0]} (W×H)")
+    return bad
 
 
 def _readable(path: Path) -> bool:
     try:
-        _open_rgb(path)
+        open_rgb(path)
         return True
     except CorruptImageError as e:
         warnings.warn(f"skipping {e}", stacklevel=3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from ..config import DATA_RANGE, GLOBAL, LOCAL, MSSSIMConfig
@@ -47,8 +48,21 @@ class ModelConfig:
         self.sigma = base.sigma if self.sigma is None else float(self.sigma)
         self.weights = tuple(base.weights if self.weights is None else (float(w) for w in self.weights))
         self.blocks = tuple(int(b) for b in self.blocks)
-        if len(self.blocks) != 4:
-            raise ValueError(f"blocks must name 4 stages, got {self.blocks}")
+        if len(self.blocks) != 4 or min(self.blocks) < 1:
+            raise ValueError(f"blocks must name 4 stages of >= 1 block each, got {self.blocks}")
+        for name in ("image_size", "patch_size", "patch_stride", "latent", "width", "win_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.critic_width is not None and self.critic_width < 1:
+            raise ValueError(f"critic_width must be >= 1, got {self.critic_width!r}")
+        if not self.weights or any(not math.isfinite(w) or w < 0 for w in self.weights) or sum(self.weights) <= 0:
+            raise ValueError(f"MS-SSIM scale weights must be finite, >= 0 and not all 0, got {list(self.weights)}")
+        for name in ("sigma", "rho", "lambda3", "lr", "weight_decay", "data_range"):
+            v = getattr(self, name)
+            strict = name in ("sigma", "data_range")
+            if not math.isfinite(v) or v < 0 or (strict and v == 0):
+                raise ValueError(f"{name} must be a finite number {'> 0' if strict else '>= 0'}, got {v!r}")
         if self.critic_width is None:
             self.critic_width = self.width
         if self.gamma is not None and not 0.0 <= self.gamma <= 1.0:

@@ -16,21 +16,20 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..data import image_size_of, load_image
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from ..data import image_size_of, images_under, load_image, open_rgb
 
 
 def list_images(spec: str | Path) -> list[Path]:
     """Image files named by a folder (searched recursively) or a glob pattern, sorted.
 
-    A folder yields every file with an image extension; a glob yields every file it
-    matches (whatever its extension: a file named explicitly is scored, and reported
-    if it cannot be read).
+    A folder yields every file with an image extension below it (the listing rule of
+    ``igd_fast.data``, also used for training and evaluation); a glob yields every file
+    it matches (whatever its extension: a file named explicitly is scored, and
+    reported if it cannot be read).
     """
     p = Path(spec)
     if p.is_dir():
-        files = [f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+        files = images_under(p)
     elif p.is_file():
         files = [p]
     else:
@@ -47,6 +46,7 @@ class Item:
     image: Tensor | None
     orig_size: tuple[int, int]
     error: str | None = None
+    pos: int = 0  # position in the dataset: results are put back in input order
 
 
 class ScoreDataset(Dataset):
@@ -67,8 +67,8 @@ class ScoreDataset(Dataset):
             hw = image_size_of(path)
             img = load_image(path, self.size)
         except Exception as e:  # any decoder failure is reported, never fatal
-            return Item(self.indices[i], path, None, (0, 0), f"{type(e).__name__}: {e}")
-        return Item(self.indices[i], path, img, hw)
+            return Item(self.indices[i], path, None, (0, 0), f"{type(e).__name__}: {e}", i)
+        return Item(self.indices[i], path, img, hw, None, i)
 
 
 @dataclass
@@ -109,14 +109,9 @@ def normalise_map(amap: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """H×W×3 uint8 of an image file at its original size (any mode)."""
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I", "F"):
-            a = np.asarray(im, dtype=np.float64)
-            a = 255.0 * (a - a.min()) / max(float(a.max() - a.min()), 1e-12)
-            return np.repeat(a.astype(np.uint8)[..., None], 3, axis=2)
-        return np.asarray(im.convert("RGB"))
+    """H×W×3 uint8 of an image file at its original size (any mode, the same
+    conversion as the scored pixels)."""
+    return np.asarray(open_rgb(path))
 
 
 def overlay(rgb: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, alpha: float = 0.5) -> np.ndarray:

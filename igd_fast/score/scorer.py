@@ -1,4 +1,4 @@
-"""Scorer: a trained global + local IGD pair applied to batches of images.
+"""Scorer: the trained IGD model(s) of a model directory applied to batches of images.
 
 Image score s = s_G + s_L (SPEC section 1):
   s_G = l_r + l_h of the global model on the image resized to its size,
@@ -6,6 +6,10 @@ Image score s = s_G + s_L (SPEC section 1):
         image at the local model's image size (patch size / stride from its config).
 Per-pixel map = global per-pixel l_r + local per-pixel l_r (patch maps folded back,
 overlaps averaged), brought back to the image's original resolution (bilinear).
+
+Single-model directories (the paper's one-class protocols, ``train --model global``):
+with only ``global.pt`` the score is s = s_G and the map the global map; with only
+``local.pt``, s = s_L and the folded local map. The missing term is reported as 0.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from .._dist import resolve_device
+from ..checkpoint import load_model, model_files, validation_files
 from ..ops.patches import extract_patches, fold_patch_maps, patch_scores
-from ..train.checkpoint import load_model, validation_files
 from .io import Item, ScoreDataset, collate
 from .threshold import DEFAULT_ALPHA, conformal_threshold, model_signature, read_threshold, write_threshold
 
@@ -33,8 +38,8 @@ class BatchScores:
     """Scores of one batch at model resolution."""
 
     score: Tensor  # N, s_G + s_L
-    s_global: Tensor  # N
-    s_local: Tensor  # N
+    s_global: Tensor  # N (zeros without a global model)
+    s_local: Tensor  # N (zeros without a local model)
     maps: Tensor | None  # N×1×S×S per-pixel l_r (global + local), or None
 
 
@@ -59,12 +64,8 @@ class Failure:
     error: str
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class Scorer:
-    """Loads ``global.pt`` + ``local.pt`` of a model directory and scores images.
+    """Loads ``global.pt`` and/or ``local.pt`` of a model directory and scores images.
 
     ``batch_size`` images go through the global model at once and their
     ``batch_size × P`` patches through the local model in chunks of ``patch_chunk``.
@@ -85,65 +86,80 @@ class Scorer:
         channels_last: bool = True,
     ) -> None:
         self.model_dir = Path(model_dir)
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = resolve_device(device)
+        if int(batch_size) < 1 or int(patch_chunk) < 1:
+            raise ValueError(f"batch_size and patch_chunk must be >= 1, got {batch_size} and {patch_chunk}")
         self.batch_size = int(batch_size)
         self.backend = backend
         self.patch_chunk = int(patch_chunk)
         self.alpha = alpha
-        self.global_model = load_model(self.model_dir / "global.pt", map_location=self.device)
-        self.local_model = load_model(self.model_dir / "local.pt", map_location=self.device)
+        files = model_files(self.model_dir)
+        self.global_model = load_model(files["global"], self.device) if "global" in files else None
+        self.local_model = load_model(files["local"], self.device) if "local" in files else None
         self._fmt = torch.channels_last if channels_last else torch.contiguous_format
-        for m in (self.global_model, self.local_model):
+        for kind, m in (("global", self.global_model), ("local", self.local_model)):
+            if m is None:
+                continue
+            if m.config.kind != kind:
+                raise ValueError(f"{files[kind]} holds a {m.config.kind} model, not a {kind} one")
             m.to(memory_format=self._fmt)
-        g, loc = self.global_model.config, self.local_model.config
-        if g.kind != "global" or loc.kind != "local":
-            raise ValueError(f"{self.model_dir}: global.pt holds a {g.kind} model, local.pt a {loc.kind} model")
-        self.image_size = g.image_size
-        self.local_size = loc.image_size
+        g, loc = self.global_model, self.local_model
+        # images are read at the global size; the local model resizes to its own
+        self.image_size = (g or loc).config.image_size
+        self.local_size = loc.config.image_size if loc is not None else None
         self.images_seen = 0
         self.seconds = 0.0
         self._calibration: dict | None = None
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The models this scorer runs: ("global", "local"), ("global",) or ("local",)."""
+        return tuple(k for k, m in (("global", self.global_model), ("local", self.local_model)) if m is not None)
 
     # ------------------------------------------------------------------ core
 
     @torch.inference_mode()
     def score_batch(self, images: Tensor, want_maps: bool = True) -> BatchScores:
-        """Score an N×3×S×S batch already resized to the global size and ImageNet-normalised."""
+        """Score an N×3×S×S batch already resized to :attr:`image_size` and ImageNet-normalised."""
         x = images.to(self.device, torch.float32, non_blocking=True)
-        g, loc = self.global_model, self.local_model
+        zero = torch.zeros(x.shape[0], device=x.device)
+        s_g, map_g = self._global_terms(x, want_maps) if self.global_model is not None else (zero, None)
+        s_l, map_l = self._local_terms(x, want_maps) if self.local_model is not None else (zero, None)
+        maps = None
+        if want_maps:
+            maps = map_l if map_g is None else map_g if map_l is None else map_g + map_l
+        return BatchScores(s_g + s_l, s_g, s_l, maps)
+
+    def _global_terms(self, x: Tensor, want_maps: bool) -> tuple[Tensor, Tensor | None]:
+        g = self.global_model
         z, x_hat = g(x.contiguous(memory_format=self._fmt))
-        x_hat = x_hat.contiguous()
         # the whole image is one "patch" of the global config: l_r and its per-pixel map
         # in one pass of the MS-SSIM kernels, l_h added per image
-        s_g, map_g = patch_scores(
-            x, x_hat, g.config.msssim(), g.config.rho, g.descriptor.l_h(z), want_maps, self.backend
-        )
+        return patch_scores(x, x_hat.contiguous(), g.config.msssim(), g.config.rho, g.descriptor.l_h(z), want_maps,
+                            self.backend)  # fmt: skip
+
+    def _local_terms(self, x: Tensor, want_maps: bool) -> tuple[Tensor, Tensor | None]:
+        loc = self.local_model
         xl = x
-        if self.local_size != self.image_size:
+        if self.local_size != x.shape[-1]:
             xl = F.interpolate(x, size=(self.local_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
         patches, grid = extract_patches(xl, loc.config.patch_size, loc.config.patch_stride)
         scores, pmaps = [], []
         for chunk in patches.split(self.patch_chunk):
             zl, rl = loc(chunk.contiguous(memory_format=self._fmt))
             s, m = patch_scores(
-                chunk,
-                rl.contiguous(),
-                loc.config.msssim(),
-                loc.config.rho,
-                loc.descriptor.l_h(zl),
-                want_maps,
+                chunk, rl.contiguous(), loc.config.msssim(), loc.config.rho, loc.descriptor.l_h(zl), want_maps,
                 self.backend,
-            )
+            )  # fmt: skip
             scores.append(s)
             pmaps.append(m)
         s_l = torch.cat(scores).view(x.shape[0], grid.count).amax(1)
-        maps = None
-        if want_maps:
-            map_l = fold_patch_maps(torch.cat(pmaps), grid, "mean", self.backend)
-            if self.local_size != self.image_size:
-                map_l = F.interpolate(map_l, size=x.shape[-2:], mode="bilinear", align_corners=False)
-            maps = map_g + map_l
-        return BatchScores(s_g + s_l, s_g, s_l, maps)
+        if not want_maps:
+            return s_l, None
+        map_l = fold_patch_maps(torch.cat(pmaps), grid, "mean", self.backend)
+        if self.local_size != x.shape[-1]:
+            map_l = F.interpolate(map_l, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return s_l, map_l
 
     # ------------------------------------------------------------------ streaming
 
@@ -175,8 +191,9 @@ class Scorer:
         :attr:`images_per_second`.
         """
         for batch in self.loader(paths, num_workers, indices):
-            for it in batch.failed:
-                yield Failure(it.index, it.path, it.error or "unreadable")
+            results: list[tuple[int, ScoredImage | Failure]] = [
+                (it.pos, Failure(it.index, it.path, it.error or "unreadable")) for it in batch.failed
+            ]
             if batch.images is not None:
                 t0 = time.perf_counter()
                 out = self.score_batch(batch.images, want_maps)
@@ -187,7 +204,9 @@ class Scorer:
                 self.images_seen += len(batch.items)
                 sc, sg, sl = (t.double().cpu().tolist() for t in (out.score, out.s_global, out.s_local))
                 for j, it in enumerate(batch.items):
-                    yield ScoredImage(it.index, it.path, sc[j], sg[j], sl[j], maps[j])
+                    results.append((it.pos, ScoredImage(it.index, it.path, sc[j], sg[j], sl[j], maps[j])))
+            # a batch's failures and images come back in input order, as documented
+            yield from (r for _, r in sorted(results, key=lambda t: t[0]))
             if progress is not None:
                 progress.update(len(batch.items) + len(batch.failed))
 

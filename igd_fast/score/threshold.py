@@ -21,13 +21,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
+import warnings
 from pathlib import Path
+
+from ..checkpoint import MODEL_FILES, atomic_write_bytes
 
 THRESHOLD_JSON = "threshold.json"
 DEFAULT_ALPHA = 0.05
-MODEL_FILES = ("global.pt", "local.pt")
+# fields a usable cached record must hold as finite numbers
+NUMERIC_FIELDS = ("threshold", "map_low", "map_high")
 
 
 def conformal_threshold(scores: list[float], alpha: float = DEFAULT_ALPHA) -> float:
@@ -42,24 +44,49 @@ def conformal_threshold(scores: list[float], alpha: float = DEFAULT_ALPHA) -> fl
 
 
 def model_signature(model_dir: str | Path) -> dict[str, str]:
-    """SHA-256 of the model files: a cached threshold is stale when they change. Content,
-    not mtime, so the cache survives copying the model directory to another machine."""
+    """SHA-256 of the model files present: a cached threshold is stale when they change.
+    Content, not mtime, so the cache survives copying the model directory elsewhere."""
     out = {}
     for name in MODEL_FILES:
+        p = Path(model_dir) / name
+        if not p.is_file():
+            continue
         h = hashlib.sha256()
-        with open(Path(model_dir) / name, "rb") as f:
+        with open(p, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
         out[name] = h.hexdigest()
     return out
 
 
+def _problem(d: object) -> str | None:
+    """Why a parsed threshold.json cannot be used as is, or None."""
+    if not isinstance(d, dict):
+        return f"it holds a JSON {type(d).__name__}, not an object"
+    for k in NUMERIC_FIELDS:
+        v = d.get(k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return f"field {k!r} is {v!r}, not a number"
+        if not math.isfinite(v):
+            return f"field {k!r} is {v}, not finite"
+    return None
+
+
 def read_threshold(model_dir: str | Path, alpha: float) -> dict | None:
-    """The cached calibration, or None when missing, stale or for another alpha."""
+    """The cached calibration, or None when missing, stale or for another alpha. A
+    damaged file (not an object, a NaN/inf or non-numeric threshold) is ignored with a
+    warning naming it, so the caller recalibrates and rewrites it."""
     p = Path(model_dir) / THRESHOLD_JSON
+    if not p.is_file():
+        return None
     try:
         d = json.loads(p.read_text())
-    except (OSError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        warnings.warn(f"ignoring unreadable {p} ({e}); recalibrating", stacklevel=2)
+        return None
+    why = _problem(d)
+    if why is not None:
+        warnings.warn(f"ignoring {p}: {why}; recalibrating", stacklevel=2)
         return None
     if d.get("signature") != model_signature(model_dir) or d.get("alpha") != alpha:
         return None
@@ -68,12 +95,5 @@ def read_threshold(model_dir: str | Path, alpha: float) -> dict | None:
 
 def write_threshold(model_dir: str | Path, record: dict) -> None:
     """Atomic write (temp file + rename) so concurrent readers never see half a file."""
-    p = Path(model_dir) / THRESHOLD_JSON
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".threshold.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = json.dumps(record, indent=2).encode()
+    atomic_write_bytes(Path(model_dir) / THRESHOLD_JSON, lambda f: f.write(data))

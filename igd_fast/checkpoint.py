@@ -6,25 +6,35 @@ Keys: ``format``, ``config`` (ModelConfig.to_dict), ``model`` (state_dict, inclu
 descriptor's mu/sigma2 buffers), ``mu``, ``sigma2``, ``opt_ae``, ``opt_critic``,
 ``epoch`` (epochs completed), ``global_step``, ``rng`` (torch/numpy/python/cuda states),
 ``history`` (per-epoch log rows), ``run`` (data root, category, seed, options).
-A model directory holds ``global.pt``, ``local.pt`` and ``run.json``.
+A model directory holds ``global.pt`` and/or ``local.pt`` and ``run.json``.
+
+This module sits below both ``train`` (which writes checkpoints) and ``score`` (which
+reads them), so neither imports the other.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..models import IGD, ModelConfig
+from .models import IGD, ModelConfig
 
 FORMAT = "igd_fast.checkpoint/1"
 RUN_JSON = "run.json"
+MODEL_FILES = ("global.pt", "local.pt")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used (corrupt, truncated, not ours); names the file."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -105,29 +115,66 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu") -> dict:
-    """The checkpoint dict, loaded with ``weights_only=True``."""
+    """The checkpoint dict, loaded with ``weights_only=True`` (no pickled code runs).
+
+    Raises FileNotFoundError for a missing file and :class:`CheckpointError` naming the
+    file for anything unreadable: truncated, random bytes, another format, pickled code.
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {p} does not exist")
-    ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        msg = str(e)
+        why = next((ln.strip() for ln in msg.splitlines() if "Unsupported global" in ln), None)
+        if why is not None:
+            raise CheckpointError(
+                f"refusing checkpoint {p}: it holds pickled Python objects, which a weights_only load never runs "
+                f"({why})"
+            ) from e
+        lines = [ln.strip() for ln in msg.splitlines() if ln.strip() and "Weights only load failed" not in ln]
+        first = lines[-1][:200] if lines else type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {p}: corrupt, truncated or not a checkpoint ({first})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{p} is not an igd_fast checkpoint (format {FORMAT})")
+        raise CheckpointError(f"{p} is not an igd_fast checkpoint (format {FORMAT})")
+    for key in ("config", "model"):
+        if key not in ckpt:
+            raise CheckpointError(f"{p} is an incomplete igd_fast checkpoint: no {key!r} entry")
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict) -> IGD:
-    model = IGD(ModelConfig.from_dict(ckpt["config"]))
-    model.load_state_dict(ckpt["model"])
+def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> IGD:
+    try:
+        model = IGD(ModelConfig.from_dict(ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{path} does not hold a usable model: {e}") from e
     return model
 
 
 def load_model(path: str | Path, map_location: str | torch.device | None = "cpu") -> IGD:
     """The IGD model stored in a checkpoint, in eval mode, on ``map_location``."""
     ckpt = load_checkpoint(path, map_location)
-    model = model_from_checkpoint(ckpt)
+    model = model_from_checkpoint(ckpt, path)
     if map_location is not None:
         model = model.to(map_location)
     return model.eval()
+
+
+def model_files(model_dir: str | Path) -> dict[str, Path]:
+    """``{"global": .../global.pt, "local": .../local.pt}`` for the files present; a clear
+    error when the directory holds neither."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"model directory {d} does not exist")
+    found = {name.removesuffix(".pt"): d / name for name in MODEL_FILES if (d / name).is_file()}
+    if not found:
+        raise FileNotFoundError(
+            f"{d} holds neither global.pt nor local.pt: not a trained model directory "
+            f"(train one with: igd-fast train --data ROOT --category C --out {d})"
+        )
+    return found
 
 
 def read_run(model_dir: str | Path) -> dict:
@@ -136,14 +183,23 @@ def read_run(model_dir: str | Path) -> dict:
     p = Path(model_dir) / RUN_JSON
     if not p.is_file():
         raise FileNotFoundError(f"{p} does not exist: not a trained model directory")
-    return json.loads(p.read_text())
+    try:
+        run = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"cannot read {p}: {e}") from e
+    if not isinstance(run, dict):
+        raise CheckpointError(f"{p} is not a run record (a JSON object was expected)")
+    return run
 
 
 def validation_files(model_dir: str | Path) -> list[Path]:
     """Absolute paths of the validation normals recorded in ``run.json``."""
     run = read_run(model_dir)
-    base = Path(run["data_root"]) / run["category"]
-    return [base / f for f in run["val_files"]]
+    try:
+        base = Path(run["data_root"]) / run["category"]
+        return [base / f for f in run["val_files"]]
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{Path(model_dir) / RUN_JSON} lacks the validation split ({e})") from e
 
 
 def write_run(model_dir: str | Path, run: dict) -> None:

@@ -1,0 +1,125 @@
+"""Flags the verbs share (one name per meaning), argument types that reject bad
+values at parse time (argparse exits 2 with the flag named), and the checks that must
+pass before any work starts: device, backend, output folder."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from .._dist import DeviceError, default_workers, resolve_device
+
+EXIT_OK = 0
+EXIT_USAGE = 2  # bad arguments or data, nothing to do, or interrupted: nothing half-written
+EXIT_SKIPPED = 3  # finished, but some input files could not be read (listed)
+
+
+class UsageError(ValueError):
+    """A user mistake found before work starts; the CLI prints it and exits 2."""
+
+
+def _int(low: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+        return v
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+positive_int = _int(1)
+non_negative_int = _int(0)
+
+
+def finite_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return v
+
+
+def non_negative_float(text: str) -> float:
+    v = finite_float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def fraction(text: str) -> float:
+    v = finite_float(text)
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {v}")
+    return v
+
+
+def open_fraction(text: str) -> float:
+    v = finite_float(text)
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {v}")
+    return v
+
+
+def add_out(p: argparse.ArgumentParser, required: bool, what: str, default: str | None = None) -> None:
+    """``--out DIR`` in every verb; ``--output`` is kept as an alias."""
+    p.add_argument("--out", "--output", dest="out", required=required, default=default, metavar="DIR", help=what)
+
+
+def add_runtime(p: argparse.ArgumentParser, batch_default: int = 16) -> None:
+    """--batch-size, --workers, --device, --backend, --no-progress: the same in every verb."""
+    p.add_argument("--batch-size", type=positive_int, default=batch_default,
+                   help=f"images per batch (default {batch_default})")
+    p.add_argument("--workers", type=non_negative_int, default=default_workers(),
+                   help=f"DataLoader worker processes reading images (default {default_workers()} on this machine: "
+                        "one per two cores, at most 4; 0 reads in the main process)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu)")
+    p.add_argument("--backend", default=None, choices=("auto", "torch", "cpu", "cuda", "triton"),
+                   help="MS-SSIM kernel backend (default auto: by device)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")  # fmt: skip
+
+
+def check_device_backend(args: argparse.Namespace) -> None:
+    """UsageError when --device cannot run here or --backend cannot run on it."""
+    from .._backends import backends
+
+    try:
+        dev = resolve_device(getattr(args, "device", None))
+    except DeviceError as e:
+        raise UsageError(f"--device: {e}") from None
+    b = getattr(args, "backend", None)
+    if b in (None, "auto"):
+        return
+    if not backends()[b]:
+        raise UsageError(f"--backend {b} is not available in this install (available: "
+                         f"{', '.join(k for k, v in backends().items() if v)})")  # fmt: skip
+    if (b == "cpu" and dev.type != "cpu") or (b == "cuda" and dev.type != "cuda"):
+        raise UsageError(f"--backend {b} cannot run on device {dev}")
+
+
+def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Create ``path`` if needed and prove a file can be written there, before any work."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"{flag} {p} exists and is not a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=p, prefix=".write_test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"{flag} {p} is not writable: {e.strerror or e}") from None
+    return p
+
+
+def examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {ln}" for ln in lines)
