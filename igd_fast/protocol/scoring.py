@@ -4,37 +4,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader
-
-from ..data import MVTecDataset
-from ..ops.ssim import recon_loss
-from ..train import load_model
+from ..data import list_test_samples
+from ..score import Failure, Scorer
 
 
-@torch.no_grad()
 def score_test_split(
     model_dir: str | Path,
     data_root: str | Path,
     category: str,
-    device: str | torch.device = "cpu",
+    device: str | None = None,
     batch_size: int = 256,
     workers: int = 0,
 ) -> list[dict]:
     """One row per test image: ``path``, ``defect``, ``label`` (1 = anomalous), ``score``.
 
-    score = s_G = l_r + l_h of ``model_dir/global.pt`` on the image at the model's size
-    (SPEC section 1, the global half of s(x)).
+    Scored by :class:`igd_fast.score.Scorer`; a directory holding only ``global.pt``
+    gives s = s_G = l_r + l_h of the global model (SPEC section 1).
     """
-    model = load_model(Path(model_dir) / "global.pt", device)
-    cfg = model.config
-    ds = MVTecDataset(data_root, category, "test", cfg.image_size)
+    samples = list_test_samples(data_root, category)
+    scorer = Scorer(model_dir, device, batch_size=batch_size)
     rows: list[dict] = []
-    for b in DataLoader(ds, batch_size=batch_size, num_workers=workers):
-        x = b["image"].to(device)
-        z, x_hat = model(x)
-        s = recon_loss(x.contiguous(), x_hat.float().contiguous(), cfg.rho, cfg.msssim(), "none")
-        s = s + model.descriptor.l_h(z)
-        for p, d, lab, v in zip(b["path"], b["defect"], b["label"].tolist(), s.cpu().tolist()):
-            rows.append({"path": p, "defect": d, "label": int(lab), "score": float(v)})
+    for s, r in zip(samples, scorer.score_paths([x.path for x in samples], workers, want_maps=False)):
+        if isinstance(r, Failure):
+            raise ValueError(f"cannot score test image {r.path}: {r.error}")
+        rows.append({"path": str(s.path), "defect": s.defect, "label": s.label, "score": float(r.score)})
     return rows
