@@ -47,17 +47,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model (defaults per dataset: igd_fast.protocol.DATASET_DEFAULTS)")
     m.add_argument("--variant", default="igd", choices=VARIANTS, help="training variant (default igd)")
     m.add_argument("--image-size", type=int, default=None, help="model input size (mnist 32, mvtec 256)")
-    m.add_argument("--width", type=int, default=None, help="encoder base width (mnist 32, mvtec 64)")
+    m.add_argument("--width", type=int, default=None, help="encoder base width (mnist 16, mvtec 64)")
     m.add_argument("--blocks", type=int, nargs=4, default=None, metavar="N", help="BasicBlocks per stage")
     m.add_argument("--latent", type=int, default=None, help="latent dimension Z (default 128)")
     m.add_argument("--win-size", type=int, default=None, help="MS-SSIM window (mnist 3, mvtec 11)")
     m.add_argument("--weights", type=float, nargs="+", default=None, metavar="W", help="MS-SSIM scale weights")
     m.add_argument("--lr", type=float, default=1e-4)
-    m.add_argument("--estep-every", type=int, default=10, help="E-step every N epochs (default 10)")
+    m.add_argument("--estep-every", type=int, default=None, help="E-step every N epochs (mnist 1, mvtec 10)")
     t = p.add_argument_group("training")
     t.add_argument("--out", required=True, metavar="DIR", help="results folder (resumed when it exists)")
-    t.add_argument("--epochs", type=int, default=None, help="epochs per class (mnist 30, mvtec 256)")
-    t.add_argument("--batch-size", type=int, default=None, help="images per batch (mnist 64, mvtec 16)")
+    t.add_argument("--epochs", type=int, default=None, help="epochs per class (mnist 12, mvtec 256)")
+    t.add_argument("--batch-size", type=int, default=None, help="images per batch (mnist 32, mvtec 16)")
     t.add_argument("--seed", type=int, default=0, help="split and training seed (default 0)")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -84,9 +84,10 @@ def _classes(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import CheckpointError
     from ..data import CorruptImageError, DataLayoutError
     from ..protocol import Protocol, ProtocolSettings
-    from ..train import NonFiniteLossError
+    from ..train import NonFiniteLossError, sigterm_as_interrupt
 
     workers = WORKERS[args.dataset] if args.workers is None else args.workers
     try:
@@ -115,8 +116,17 @@ def run(args: argparse.Namespace) -> int:
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         proto = Protocol(settings, args.out, device, workers, not args.no_progress)
-        res = proto.run()
-    except (DataLayoutError, CorruptImageError, NonFiniteLossError, FileNotFoundError, ValueError) as e:
+        with sigterm_as_interrupt():
+            res = proto.run()
+    except KeyboardInterrupt:
+        print(
+            f"igd-fast protocol: interrupted; finished classes are kept in {args.out}/results.json, "
+            f"the same command resumes from there",
+            file=sys.stderr,
+        )
+        return 2
+    except (DataLayoutError, CorruptImageError, NonFiniteLossError, CheckpointError, FileNotFoundError,
+            ValueError) as e:  # fmt: skip
         print(f"igd-fast protocol: error: {e}", file=sys.stderr)
         return 2
     mean = res["mean_image_AUROC"]
