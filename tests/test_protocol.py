@@ -234,3 +234,16 @@ def test_protocol_cli_bad_data_and_usage_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["protocol", "mnist", "--data", str(tmp_path), "--out", "o", "--variant", "nope"])
     assert e.value.code == 2
+
+
+def test_protocol_variant_needs_model_support(tmp_path, capsys):
+    from igd_fast.protocol.runner import model_config, variant_supported
+
+    st = ProtocolSettings.for_dataset("mnist", tmp_path, ["1"], variant="rec", **TINY)
+    if variant_supported():
+        assert model_config(st).variant == "rec"
+        return
+    fake_mnist(tmp_path)
+    code = main(["protocol", "mnist", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--variant", "rec",
+                 *TINY_CLI])  # fmt: skip
+    assert code == 2 and "lacks" in capsys.readouterr().err
