@@ -188,6 +188,10 @@ def test_protocol_results_match_sklearn_and_resume(tmp_path):
     again = Protocol(st, tmp_path / "out", log=logs.append).run()
     assert ckpt.stat().st_mtime_ns == mtime and "resuming" in logs[-1]
     assert again["classes"] == disk["classes"]
+    one = Protocol(ProtocolSettings.for_dataset("mnist", tmp_path, ["6"], contamination=0.25, **TINY), tmp_path / "out")
+    sub = one.run()  # a sub-list reuses the finished class and keeps the other one
+    assert sub["classes"] == {"6": disk["classes"]["6"], "1": disk["classes"]["1"]}
+    assert sub["mean_image_AUROC"] == disk["classes"]["6"]["image_AUROC"]
     with pytest.raises(ValueError, match="other settings"):
         Protocol(ProtocolSettings.for_dataset("mnist", tmp_path, ["1"], seed=1, **TINY), tmp_path / "out").run()
 

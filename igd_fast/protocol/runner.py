@@ -4,12 +4,13 @@ through :func:`igd_fast.train.train`, score the test split and record the image 
 Output folder::
 
     results.json, results.md        per-class image_AUROC, the mean, settings, seconds
-    <class>/data/<class>/...        the materialised MVTec-layout split (+ split.json)
+    <class>/data/<category>/...     the materialised MVTec-layout split (+ split.json)
     <class>/model/                  global.pt, run.json, global_log.csv
     <class>/scores.csv              path, defect, label, score of every test image
 
-results.json is rewritten after every class; a rerun with the same settings skips the
-classes it already holds (resume), a rerun with other settings is refused.
+results.json is rewritten after every class; a rerun with the same settings (any class
+list) skips the classes it already holds (resume), a rerun with other settings is refused.
+The mean covers the classes of the current command (``settings.classes``).
 """
 
 from __future__ import annotations
@@ -256,14 +257,18 @@ class Protocol:
         res = {"settings": settings, "seed": self.s.seed, "classes": {}, "mean_image_AUROC": None, "total_seconds": 0.0}
         if path.is_file():
             old = json.loads(path.read_text())
-            if old.get("settings") != settings:
+            # another class list is fine (e.g. class 3 first, then all): each class's
+            # result depends only on the other settings
+            same = {k: v for k, v in old.get("settings", {}).items() if k != "classes"}
+            if same != {k: v for k, v in settings.items() if k != "classes"}:
                 raise ValueError(
                     f"{path} holds a run with other settings; use another --out or remove it\n"
                     f"  there: {old.get('settings')}\n  now:   {settings}"
                 )
-            res["classes"] = {k: v for k, v in old.get("classes", {}).items() if k in self.s.classes}
-            if res["classes"]:
-                self.log(f"resuming: {', '.join(res['classes'])} already done in {path}")
+            res["classes"] = dict(old.get("classes", {}))  # kept even when not asked for now
+            done = [k for k in self.s.classes if k in res["classes"]]
+            if done:
+                self.log(f"resuming: {', '.join(done)} already done in {path}")
         for name in self.s.classes:
             if name in res["classes"]:
                 continue
@@ -276,8 +281,12 @@ class Protocol:
 
     def _finish(self, res: dict, path: Path) -> None:
         done = [res["classes"][k] for k in self.s.classes if k in res["classes"]]
-        res["classes"] = {k: res["classes"][k] for k in self.s.classes if k in res["classes"]}
+        # the asked-for classes first, in order; earlier runs' other classes after them
+        asked = [k for k in self.s.classes if k in res["classes"]]
+        order = asked + [k for k in res["classes"] if k not in self.s.classes]
+        res["classes"] = {k: res["classes"][k] for k in order}
         complete = len(done) == len(self.s.classes)
+        # the mean and total cover the asked-for classes (settings.classes) only
         res["mean_image_AUROC"] = float(np.mean([r["image_AUROC"] for r in done])) if complete else None
         res["total_seconds"] = float(sum(r["seconds"] for r in done))
         res["complete"] = complete
