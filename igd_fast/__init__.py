@@ -1,5 +1,13 @@
 """igd_fast: Interpolated Gaussian Descriptor anomaly detection on fused kernels."""
 
+import os
+
+# Idle OpenMP threads sleep instead of spin-waiting. With libgomp's default spin, a
+# machine with other busy processes (or our own DataLoader workers) ran scoring ~10×
+# slower on 2 threads than on 1 (README, "Threads and workers"). Only effective when
+# igd_fast is imported before torch loads libgomp; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from ._backends import backends
 from .config import DATA_RANGE, GLOBAL, LOCAL, MSSSIMConfig
 from .ops.patches import AnomalyMap, PatchGrid, anomaly_map, extract_patches, fold_patch_maps, patch_scores

@@ -67,6 +67,7 @@ def compute_report(results: list[dict], maps: list[np.ndarray], masks: list[np.n
 
     scores = [r["score"] for r in results]
     labels = [r["label"] for r in results]
+    no_map = any(m is None for m in maps)
     rep: dict = {"n_test": len(results), "n_normal": labels.count(0), "n_anomalous": labels.count(1)}
     notes = {}
     for key, fn, args in (
@@ -76,7 +77,10 @@ def compute_report(results: list[dict], maps: list[np.ndarray], masks: list[np.n
         ("pixel_auroc_per_anomalous_image", per_image_pixel_auroc, (maps, masks)),
         ("aupro_0.3", aupro, (maps, masks)),
     ):
-        rep[key], why = _safe(fn, *args) if results else (None, "no images")
+        if no_map and key.startswith(("pixel", "aupro")):
+            rep[key], why = None, "this model has no per-pixel map (Deep SVDD variant)"
+        else:
+            rep[key], why = _safe(fn, *args) if results else (None, "no images")
         if why:
             notes[key] = why
     rep["n_true_positive"] = sum(1 for s, y in zip(scores, labels, strict=True) if y == 1 and s > threshold)
@@ -173,7 +177,7 @@ def _prepare(args: argparse.Namespace):
 def _score_test(scorer, samples, args):
     from tqdm import tqdm
 
-    from ..data import load_mask
+    from ..data import image_size_of, load_mask
     from ..score import Failure
 
     results, maps, masks, skipped = [], [], [], []
@@ -184,7 +188,7 @@ def _score_test(scorer, samples, args):
             skipped.append({"path": r.path, "error": r.error})
             continue
         try:
-            mask = load_mask(s.mask, r.map.shape)[0].numpy() > 0.5
+            mask = load_mask(s.mask, r.map.shape if r.map is not None else image_size_of(r.path))[0].numpy() > 0.5
         except ValueError as e:  # a corrupt mask: skip the image, like a corrupt image
             skipped.append({"path": str(s.mask), "error": str(e)})
             continue
@@ -239,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
         "images": [{k: v for k, v in r.items()} | {"predicted": int(r["score"] > threshold)} for r in results],
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    if results:
+    if results and all(m is not None for m in maps):
         title = (
             f"{args.category}: image AUROC {_fmt(rep['image_auroc'])}, pixel AUROC {_fmt(rep['pixel_auroc'])}, "
             f"AUPRO@0.3 {_fmt(rep['aupro_0.3'])}"

@@ -141,6 +141,9 @@ def _score_mine(scorer, args, paths: list[Path], proc: _dist.ProcessInfo, out: P
             failed.append({"index": r.index, "path": r.path, "error": r.error})
             continue
         name = output_name(Path(r.path), base)
+        if r.map is None:  # a variant without a per-pixel map (Deep SVDD): the score only
+            rows.append((r.index, r.path, r.score, r.s_global, r.s_local, int(r.score > args._threshold)))
+            continue
         # a threshold given by hand and no calibration: per-image colour scale
         lo, hi = (float(r.map.min()), float(r.map.max())) if vrange is None else vrange
         if not args.no_overlays:

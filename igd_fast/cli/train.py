@@ -10,6 +10,7 @@ import shlex
 import sys
 
 from .. import _dist
+from ..models.variants import VARIANTS
 from ._args import (
     EXIT_OK,
     EXIT_USAGE,
@@ -63,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
     m.add_argument("--model", choices=("global", "local", "both"), default="both",
                    help="which model(s) to train (default both, global first)")
+    m.add_argument("--variant", choices=tuple(VARIANTS), default="igd",
+                   help="method: igd (default) or one of the paper's baselines/ablations: mse, rec (l_r), "
+                        "rec-gac (l_r + l_h), dsvdd (Deep SVDD), dsvdd-rec; recorded in the checkpoint")
     m.add_argument("--image-size", type=positive_int, default=256, help="images are resized to this (default 256)")
     m.add_argument("--patch-size", type=positive_int, default=32, help="local model patch size (default 32)")
     m.add_argument("--patch-stride", type=positive_int, default=16, help="local model patch stride (default 16)")
@@ -157,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _config(args: argparse.Namespace, kind: str, model_config):
     return model_config(
-        kind=kind, image_size=args.image_size, patch_size=args.patch_size, patch_stride=args.patch_stride,
+        kind=kind, variant=args.variant, image_size=args.image_size, patch_size=args.patch_size,
+        patch_stride=args.patch_stride,
         latent=args.latent, width=args.width, blocks=tuple(args.blocks),
         gamma=None if args.gamma < 0 else args.gamma, estep_every=args.estep_every, lr=args.lr,
         weight_decay=args.weight_decay, win_size=getattr(args, f"{kind}_win_size"),

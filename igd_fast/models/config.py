@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from ..config import DATA_RANGE, GLOBAL, LOCAL, MSSSIMConfig
+from .variants import Variant, get_variant
 
 KINDS = ("global", "local")
 
@@ -22,6 +23,7 @@ class ModelConfig:
     """
 
     kind: str = "global"
+    variant: str = "igd"  # see igd_fast.models.variants: mse, rec, rec-gac, igd, dsvdd, dsvdd-rec
     image_size: int = 256
     patch_size: int = 32
     patch_stride: int = 16
@@ -43,6 +45,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        get_variant(self.variant)
         base = GLOBAL if self.kind == "global" else LOCAL
         self.win_size = base.win_size if self.win_size is None else int(self.win_size)
         self.sigma = base.sigma if self.sigma is None else float(self.sigma)
@@ -84,6 +87,11 @@ class ModelConfig:
                 f"and a {ms.win_size}×{ms.win_size} window (needs >= {ms.min_size}); use fewer scales, "
                 f"a smaller window or a larger size"
             )
+
+    @property
+    def method(self) -> Variant:
+        """The variant's loss / score recipe."""
+        return get_variant(self.variant)
 
     @property
     def input_size(self) -> int:

@@ -1,4 +1,5 @@
-"""The Gaussian anomaly classifier p(y=0|z) = exp(-||z - mu||^2 / sigma^2)."""
+"""The Gaussian anomaly classifier p(y=0|z) = exp(-||z - mu||^2 / sigma^2) (and the
+Deep SVDD distance ||z - c||^2 to the same centre buffer)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ class GaussianDescriptor(nn.Module):
         self.mu.copy_(mu)
         self.sigma2.fill_(float(sigma2))
 
+    def dist2(self, z: Tensor) -> Tensor:
+        """Per-sample ||z - mu||^2 (N), in float32 (Deep SVDD's score with mu = c)."""
+        return (z.float() - self.mu).pow(2).sum(1)
+
     def l_h(self, z: Tensor) -> Tensor:
         """Per-sample 1 - p(y=0|z) (N), in float32."""
-        d2 = (z.float() - self.mu).pow(2).sum(1)
-        return 1.0 - torch.exp(-d2 / self.sigma2.clamp_min(1e-12))
+        return 1.0 - torch.exp(-self.dist2(z) / self.sigma2.clamp_min(1e-12))

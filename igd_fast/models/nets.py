@@ -11,23 +11,23 @@ import torch
 from torch import Tensor, nn
 
 
-def _bn(c: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(c)
+def _bn(c: int, affine: bool = True) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, affine=affine)
 
 
 class BasicBlock(nn.Module):
     """torchvision's BasicBlock: two 3×3 convs with a (possibly strided) shortcut."""
 
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+    def __init__(self, cin: int, cout: int, stride: int = 1, affine: bool = True) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = _bn(cout)
+        self.bn1 = _bn(cout, affine)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = _bn(cout)
+        self.bn2 = _bn(cout, affine)
         self.downsample: nn.Module | None = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _bn(cout))
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _bn(cout, affine))
 
     def forward(self, x: Tensor) -> Tensor:
         idt = x if self.downsample is None else self.downsample(x)
@@ -59,25 +59,28 @@ class UpBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-def _stage(block, cin: int, cout: int, n: int, stride: int) -> nn.Sequential:
-    layers = [block(cin, cout, stride)] + [block(cout, cout, 1) for _ in range(n - 1)]
+def _stage(block, cin: int, cout: int, n: int, stride: int, **kw) -> nn.Sequential:
+    layers = [block(cin, cout, stride, **kw)] + [block(cout, cout, 1, **kw) for _ in range(n - 1)]
     return nn.Sequential(*layers)
 
 
 class ResNetTrunk(nn.Module):
-    """ResNet-18 trunk (stem + 4 stages + global average pool): N×3×S×S -> N×8·width."""
+    """ResNet-18 trunk (stem + 4 stages + global average pool): N×3×S×S -> N×8·width.
+    ``bias_free``: BatchNorm without affine parameters (Deep SVDD's requirement)."""
 
-    def __init__(self, width: int = 64, blocks: tuple[int, ...] = (2, 2, 2, 2), in_channels: int = 3) -> None:
+    def __init__(
+        self, width: int = 64, blocks: tuple[int, ...] = (2, 2, 2, 2), in_channels: int = 3, bias_free: bool = False
+    ) -> None:
         super().__init__()
-        w = width
+        w, aff = width, not bias_free
         self.conv1 = nn.Conv2d(in_channels, w, 7, 2, 3, bias=False)
-        self.bn1 = _bn(w)
+        self.bn1 = _bn(w, aff)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = _stage(BasicBlock, w, w, blocks[0], 1)
-        self.layer2 = _stage(BasicBlock, w, 2 * w, blocks[1], 2)
-        self.layer3 = _stage(BasicBlock, 2 * w, 4 * w, blocks[2], 2)
-        self.layer4 = _stage(BasicBlock, 4 * w, 8 * w, blocks[3], 2)
+        self.layer1 = _stage(BasicBlock, w, w, blocks[0], 1, affine=aff)
+        self.layer2 = _stage(BasicBlock, w, 2 * w, blocks[1], 2, affine=aff)
+        self.layer3 = _stage(BasicBlock, 2 * w, 4 * w, blocks[2], 2, affine=aff)
+        self.layer4 = _stage(BasicBlock, 4 * w, 8 * w, blocks[3], 2, affine=aff)
         self.out_features = 8 * w
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -92,11 +95,14 @@ class ResNetTrunk(nn.Module):
 
 
 class Encoder(ResNetTrunk):
-    """f: image -> latent z (N×latent): ResNet-18 trunk + linear projection ``proj``."""
+    """f: image -> latent z (N×latent): ResNet-18 trunk + linear projection ``proj``
+    (bias-free with ``bias_free``, as Deep SVDD requires)."""
 
-    def __init__(self, latent: int = 128, width: int = 64, blocks: tuple[int, ...] = (2, 2, 2, 2)) -> None:
-        super().__init__(width, blocks)
-        self.proj = nn.Linear(self.out_features, latent)
+    def __init__(
+        self, latent: int = 128, width: int = 64, blocks: tuple[int, ...] = (2, 2, 2, 2), bias_free: bool = False
+    ) -> None:
+        super().__init__(width, blocks, bias_free=bias_free)
+        self.proj = nn.Linear(self.out_features, latent, bias=not bias_free)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(super().forward(x))

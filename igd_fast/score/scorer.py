@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader
 
 from .._dist import resolve_device
 from ..checkpoint import load_model, model_files, validation_files
-from ..ops.patches import extract_patches, fold_patch_maps, patch_scores
+from ..models.terms import sample_scores
+from ..ops.patches import extract_patches, fold_patch_maps
 from .io import Item, ScoreDataset, collate
 from .threshold import DEFAULT_ALPHA, conformal_threshold, model_signature, read_threshold, write_threshold
 
@@ -40,12 +41,13 @@ class BatchScores:
     score: Tensor  # N, s_G + s_L
     s_global: Tensor  # N (zeros without a global model)
     s_local: Tensor  # N (zeros without a local model)
-    maps: Tensor | None  # N×1×S×S per-pixel l_r (global + local), or None
+    maps: Tensor | None  # N×1×S×S per-pixel maps (global + local), or None (not wanted / no map)
 
 
 @dataclass
 class ScoredImage:
-    """One image's result; ``map`` is H×W float32 at the original resolution."""
+    """One image's result; ``map`` is H×W float32 at the original resolution (None when
+    not asked for, or for a variant without a map)."""
 
     index: int
     path: str
@@ -125,18 +127,14 @@ class Scorer:
         zero = torch.zeros(x.shape[0], device=x.device)
         s_g, map_g = self._global_terms(x, want_maps) if self.global_model is not None else (zero, None)
         s_l, map_l = self._local_terms(x, want_maps) if self.local_model is not None else (zero, None)
-        maps = None
-        if want_maps:
-            maps = map_l if map_g is None else map_g if map_l is None else map_g + map_l
+        # a model without a map (Deep SVDD) leaves the other's map; neither: None
+        maps = map_l if map_g is None else map_g if map_l is None else map_g + map_l
         return BatchScores(s_g + s_l, s_g, s_l, maps)
 
     def _global_terms(self, x: Tensor, want_maps: bool) -> tuple[Tensor, Tensor | None]:
-        g = self.global_model
-        z, x_hat = g(x.contiguous(memory_format=self._fmt))
-        # the whole image is one "patch" of the global config: l_r and its per-pixel map
-        # in one pass of the MS-SSIM kernels, l_h added per image
-        return patch_scores(x, x_hat.contiguous(), g.config.msssim(), g.config.rho, g.descriptor.l_h(z), want_maps,
-                            self.backend)  # fmt: skip
+        # the whole image is one "patch" of the global config: the variant's score and
+        # its per-pixel map in one pass of the kernels
+        return sample_scores(self.global_model, x, want_maps, self.backend, self._fmt)
 
     def _local_terms(self, x: Tensor, want_maps: bool) -> tuple[Tensor, Tensor | None]:
         loc = self.local_model
@@ -144,19 +142,11 @@ class Scorer:
         if self.local_size != x.shape[-1]:
             xl = F.interpolate(x, size=(self.local_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
         patches, grid = extract_patches(xl, loc.config.patch_size, loc.config.patch_stride)
-        scores, pmaps = [], []
-        for chunk in patches.split(self.patch_chunk):
-            zl, rl = loc(chunk.contiguous(memory_format=self._fmt))
-            s, m = patch_scores(
-                chunk, rl.contiguous(), loc.config.msssim(), loc.config.rho, loc.descriptor.l_h(zl), want_maps,
-                self.backend,
-            )  # fmt: skip
-            scores.append(s)
-            pmaps.append(m)
-        s_l = torch.cat(scores).view(x.shape[0], grid.count).amax(1)
-        if not want_maps:
+        parts = [sample_scores(loc, c, want_maps, self.backend, self._fmt) for c in patches.split(self.patch_chunk)]
+        s_l = torch.cat([s for s, _ in parts]).view(x.shape[0], grid.count).amax(1)
+        if not want_maps or parts[0][1] is None:
             return s_l, None
-        map_l = fold_patch_maps(torch.cat(pmaps), grid, "mean", self.backend)
+        map_l = fold_patch_maps(torch.cat([m for _, m in parts]), grid, "mean", self.backend)
         if self.local_size != x.shape[-1]:
             map_l = F.interpolate(map_l, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return s_l, map_l
@@ -197,7 +187,7 @@ class Scorer:
             if batch.images is not None:
                 t0 = time.perf_counter()
                 out = self.score_batch(batch.images, want_maps)
-                maps = self._to_original(out.maps, batch.items) if want_maps else [None] * len(batch.items)
+                maps = self._to_original(out.maps, batch.items) if out.maps is not None else [None] * len(batch.items)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 self.seconds += time.perf_counter() - t0
@@ -243,10 +233,12 @@ class Scorer:
                     continue
                 scores.append(r.score)
                 paths.append(r.path)
-                pixels.append(r.map.reshape(-1))
+                if r.map is not None:
+                    pixels.append(r.map.reshape(-1))
             if not scores:
                 raise ValueError(f"none of the {len(files)} validation images of {self.model_dir} could be read")
-            px = np.concatenate(pixels)
+            # no per-pixel map (Deep SVDD): a zero colour scale, never used for overlays
+            px = np.concatenate(pixels) if pixels else np.zeros(1, np.float32)
             cached = {
                 "threshold": conformal_threshold(scores, self.alpha),
                 "rule": "split-conformal: k-th smallest validation score, k = min(n, ceil((n+1)(1-alpha))); "
@@ -257,6 +249,7 @@ class Scorer:
                 "validation_failed": failed,
                 "map_low": float(np.median(px)),
                 "map_high": float(px.max()),
+                "has_maps": bool(pixels),
                 "signature": model_signature(self.model_dir),
             }
             try:

@@ -16,8 +16,9 @@ from torch.utils.data import DataLoader
 
 from .. import _dist
 from ..models import IGD, ModelConfig
+from ..models.terms import latent_term, recon_term
+from ..models.variants import SVDD_EPS
 from ..ops.patches import extract_patches
-from ..ops.ssim import recon_loss
 
 
 def model_inputs(
@@ -60,6 +61,9 @@ def estimate_descriptor(
     if count == 0:
         raise ValueError("E-step: no training samples")
     mu = stats[:-1] / count
+    if cfg.method.latent == "svdd":
+        # Deep SVDD: a centre coordinate near 0 is trivially matched by zero weights
+        mu = torch.where(mu.abs() < SVDD_EPS, torch.where(mu < 0, -SVDD_EPS, SVDD_EPS), mu)
     sq = _dist.all_sum((z - mu).pow(2).sum().reshape(1))
     sigma2 = sq / count
     model.descriptor.set(mu.float(), float(sigma2))
@@ -85,7 +89,8 @@ def calibrate_batchnorm(
     model.train()
     for x in _batches(loader, model.config, device, chunk, channels_last):
         z, x_hat = model(x)
-        model.critic(x_hat)
+        if model.critic is not None:
+            model.critic(x_hat)
     for m, mom in zip(bns, momenta):
         m.momentum = mom
     model.train(was_training)
@@ -95,15 +100,17 @@ def calibrate_batchnorm(
 def validation_loss(
     model: IGD, loader: DataLoader, device: torch.device, backend: str | None = None, chunk: int | None = None
 ) -> dict[str, float]:
-    """Mean l_r and l_h (and their sum) over this rank's validation shard, all-reduced."""
+    """Mean reconstruction and latent terms of the variant (``val_l_r``, ``val_l_h``) and
+    their sum, the mean validation score (``val_loss``), over this rank's validation
+    shard, all-reduced."""
     was_training = model.training
     model.eval()
     cfg = model.config
     acc = torch.zeros(3, dtype=torch.float64, device=device)
     for x in _batches(loader, cfg, device, chunk, False):
         z, x_hat = model(x)
-        lr = recon_loss(x.contiguous(), x_hat.float().contiguous(), cfg.rho, cfg.msssim(), "none", backend)
-        lh = model.descriptor.l_h(z)
+        lr = recon_term(model, x, x_hat, backend)
+        lh = latent_term(model, z)
         acc += torch.stack([lr.sum(), lh.sum(), torch.tensor(float(x.shape[0]), device=device)]).double()
     _dist.all_sum(acc)
     model.train(was_training)

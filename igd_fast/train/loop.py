@@ -144,6 +144,13 @@ def _epoch(run: Run, step: MStep, ld: Loaders, epoch: int, last_saved: int | Non
     return row
 
 
+def _estep_due(cfg: ModelConfig, epoch: int) -> bool:
+    """The descriptor's schedule: every ``estep_every`` epochs (l_h), once at the start
+    (Deep SVDD's fixed centre), or never (no latent term)."""
+    when = cfg.method.estep
+    return (when == "schedule" and epoch % cfg.estep_every == 0) or (when == "once" and epoch == 0)
+
+
 def train(
     cfg: ModelConfig,
     data_root: str | Path,
@@ -181,7 +188,7 @@ def train(
                 _save(run, 0)
             last_saved = 0
         for epoch in range(run.start_epoch, opts.epochs):
-            if epoch % cfg.estep_every == 0:
+            if _estep_due(cfg, epoch):
                 estimate_descriptor(run.model, ld.estep, run.device, run.channels_last, run.micro_batch)
             run.history.append(_epoch(run, step, ld, epoch, last_saved))
             if main:

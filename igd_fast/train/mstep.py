@@ -1,8 +1,12 @@
-"""The M-step of one IGD model: autoencoder update, then critic update, in bounded
-micro-batches.
+"""The M-step of one model: autoencoder update, then (``igd``) critic update, in
+bounded micro-batches.
 
-Autoencoder loss l_r + l_h + lambda3 ||d(g(z_alpha))||^2; critic loss
+``igd``: autoencoder loss l_r + l_h + lambda3 ||d(g(z_alpha))||^2; critic loss
 ||d(g(z_alpha)) - alpha||^2 + ||d(gamma x + (1 - gamma) x_hat)||^2, alpha ~ U(0, 0.5).
+The other variants (:mod:`igd_fast.models.variants`) drop terms: the loss is always
+the variant's reconstruction term + its latent term (+ the critic's for ``igd``), and
+the logged ``l_r`` / ``l_h`` are those two terms (MSE for ``mse``, ||z - c||^2 for
+Deep SVDD).
 
 Micro-batches: a batch of n inputs (images, or for the local model 225 patches per
 image) runs through forward/backward ``micro_batch`` inputs at a time; each chunk's
@@ -23,6 +27,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..models import IGD, ModelConfig
+from ..models.terms import latent_term
 from ..ops.ssim import recon_loss
 
 LOSS_TERMS = ("l_r", "l_h", "l_inter", "l_d", "loss")
@@ -31,24 +36,36 @@ ReconFn = Callable[[Tensor, Tensor], Tensor]
 
 
 class AutoEncoderStep(nn.Module):
-    """The autoencoder part of one M-step as one module (one DDP forward):
-    returns z, x_hat = g(z) and x_alpha = g(alpha z + (1 - alpha) z_rolled)."""
+    """The autoencoder part of one M-step as one module (one DDP forward): returns z,
+    x_hat = g(z) (None without a decoder) and, with ``interpolate``,
+    x_alpha = g(alpha z + (1 - alpha) z_rolled) (else None)."""
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, decoder: nn.Module | None, interpolate: bool = True) -> None:
         super().__init__()
-        self.encoder, self.decoder = encoder, decoder
+        self.encoder, self.decoder, self.interpolate = encoder, decoder, interpolate
 
-    def forward(self, x: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
         z = self.encoder(x)
+        if self.decoder is None:
+            return z, None, None
         x_hat = self.decoder(z)
+        if not self.interpolate:
+            return z, x_hat, None
         # pair each sample with its neighbour: x1 != x2 for distinct images (paper eq. 9)
         z_mix = alpha * z + (1 - alpha) * z.roll(1, 0)
         return z, x_hat, self.decoder(z_mix)
 
 
+def autoencoder_step(model: IGD) -> AutoEncoderStep:
+    return AutoEncoderStep(model.encoder, model.decoder, model.critic is not None)
+
+
 def default_recon_fn(cfg: ModelConfig, backend: str | None = None) -> ReconFn:
-    """Batch-mean l_r through the fused MS-SSIM kernels (igd_fast.recon_loss)."""
+    """Batch-mean reconstruction term of the variant: l_r through the fused MS-SSIM
+    kernels (igd_fast.recon_loss), or the MSE."""
     ms = cfg.msssim()
+    if cfg.method.recon == "mse":
+        return lambda x, x_hat: (x - x_hat).pow(2).mean()
 
     def fn(x: Tensor, x_hat: Tensor) -> Tensor:
         return recon_loss(x.contiguous(), x_hat.contiguous(), cfg.rho, ms, "mean", backend)
@@ -56,13 +73,16 @@ def default_recon_fn(cfg: ModelConfig, backend: str | None = None) -> ReconFn:
     return fn
 
 
-def make_optimizers(model: IGD) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+def make_optimizers(model: IGD) -> tuple[torch.optim.Adam, torch.optim.Adam | None]:
+    """Adam for encoder + decoder, and for the critic (None for variants without one)."""
     c = model.config
-    ae_params = list(model.encoder.parameters()) + list(model.decoder.parameters())
-    return (
-        torch.optim.Adam(ae_params, lr=c.lr, weight_decay=c.weight_decay, foreach=True),
-        torch.optim.Adam(model.critic.parameters(), lr=c.lr, weight_decay=c.weight_decay, foreach=True),
-    )
+    ae_params = list(model.encoder.parameters())
+    if model.decoder is not None:
+        ae_params += list(model.decoder.parameters())
+    opt_critic = None
+    if model.critic is not None:
+        opt_critic = torch.optim.Adam(model.critic.parameters(), lr=c.lr, weight_decay=c.weight_decay, foreach=True)
+    return torch.optim.Adam(ae_params, lr=c.lr, weight_decay=c.weight_decay, foreach=True), opt_critic
 
 
 def chunks(n: int, size: int | None) -> list[tuple[int, int]]:
@@ -94,7 +114,7 @@ class MStep:
         self,
         model: IGD,
         opt_ae: torch.optim.Optimizer,
-        opt_critic: torch.optim.Optimizer,
+        opt_critic: torch.optim.Optimizer | None,
         recon_fn: ReconFn | None = None,
         ae: nn.Module | None = None,
         critic: nn.Module | None = None,
@@ -104,7 +124,7 @@ class MStep:
         self.model, self.opt_ae, self.opt_critic = model, opt_ae, opt_critic
         self.cfg = model.config
         self.recon_fn = recon_fn or default_recon_fn(self.cfg)
-        self.ae = ae if ae is not None else AutoEncoderStep(model.encoder, model.decoder)
+        self.ae = ae if ae is not None else autoencoder_step(model)
         self.critic = critic if critic is not None else model.critic
         self.amp_dtype = amp_dtype
         self.micro_batch = micro_batch
@@ -122,30 +142,35 @@ class MStep:
 
     def _autoencoder(self, x: Tensor, alpha: Tensor, parts: list[tuple[int, int]]):
         """Accumulates the autoencoder gradient; returns (x_hat, x_alpha, 4 weighted terms)."""
-        cfg, n = self.cfg, x.shape[0]
-        critic = self.model.critic
-        # critic weights as constants here: its gradient comes from its own loss only
-        # (detached params also keep DDP's reducer of the critic out of this backward)
-        frozen = {k: v.detach() for k, v in critic.named_parameters()}
-        frozen.update(dict(critic.named_buffers()))
+        cfg, n, model = self.cfg, x.shape[0], self.model
+        critic = model.critic
+        if critic is not None:
+            # critic weights as constants here: its gradient comes from its own loss only
+            # (detached params also keep DDP's reducer of the critic out of this backward)
+            frozen = {k: v.detach() for k, v in critic.named_parameters()}
+            frozen.update(dict(critic.named_buffers()))
         terms = torch.zeros(4, dtype=torch.float32, device=x.device)
+        zero = torch.zeros((), device=x.device)
         x_hats, x_alphas = [], []
         self.opt_ae.zero_grad(set_to_none=True)
         for i, (a, b) in enumerate(parts):
             xc, w = x[a:b], (b - a) / n
             with self._autocast(x):
                 z, x_hat, x_alpha = self.ae(xc, alpha[a:b])
-                d_alpha = functional_call(critic, frozen, (x_alpha,))
-            l_r = self.recon_fn(xc, x_hat.float())
-            l_h = self.model.descriptor.l_h(z).mean()
-            l_inter = d_alpha.float().pow(2).mean()
+                d_alpha = functional_call(critic, frozen, (x_alpha,)) if critic is not None else None
+            l_r = self.recon_fn(xc, x_hat.float()) if x_hat is not None else zero
+            l_h = latent_term(model, z).mean() if cfg.method.latent else zero
+            l_inter = d_alpha.float().pow(2).mean() if d_alpha is not None else zero
             loss = l_r + l_h + cfg.lambda3 * l_inter
             with _no_sync(self.ae, i == len(parts) - 1):
                 (loss * w).backward()
             terms += w * torch.stack([l_r, l_h, l_inter, loss]).detach().float()
-            x_hats.append(x_hat.detach().to(x.dtype))
-            x_alphas.append(x_alpha.detach().to(x.dtype))
+            if critic is not None:
+                x_hats.append(x_hat.detach().to(x.dtype))
+                x_alphas.append(x_alpha.detach().to(x.dtype))
         self.opt_ae.step()
+        if critic is None:
+            return None, None, terms
         return torch.cat(x_hats), torch.cat(x_alphas), terms
 
     def _critic(self, x: Tensor, x_hat: Tensor, x_alpha: Tensor, alpha: Tensor, gamma: Tensor, parts) -> Tensor:
@@ -170,5 +195,8 @@ class MStep:
         alpha, gamma = self._draws(n, x.device, gen)
         parts = chunks(n, self.micro_batch)
         x_hat, x_alpha, (l_r, l_h, l_inter, loss) = self._autoencoder(x, alpha, parts)
-        l_d = self._critic(x, x_hat, x_alpha, alpha, gamma, parts)
+        if self.model.critic is not None:
+            l_d = self._critic(x, x_hat, x_alpha, alpha, gamma, parts)
+        else:
+            l_d = torch.zeros((), device=x.device)
         return torch.stack([l_r, l_h, l_inter, l_d, loss]).detach().float()

@@ -19,7 +19,7 @@ from ..checkpoint import load_checkpoint, set_rng_state
 from ..data import MVTecDataset
 from ..models import IGD, ModelConfig, distill_encoder, load_trunk
 from .estep import model_inputs
-from .mstep import AutoEncoderStep, make_optimizers
+from .mstep import autoencoder_step, make_optimizers
 
 # Training memory per model input, measured (peak RSS of one M-step, fp32, CPU) on this
 # package's networks: 55-60 bytes per (width × input pixel) for both kinds, i.e.
@@ -96,7 +96,7 @@ class Run:
     record: dict  # run.json contents: data, split
     model: IGD
     opt_ae: torch.optim.Optimizer
-    opt_critic: torch.optim.Optimizer
+    opt_critic: torch.optim.Optimizer | None
     ckpt_path: Path
     start_epoch: int = 0
     global_step: int = 0
@@ -161,7 +161,8 @@ def _model(run_cfg: ModelConfig, opts: TrainOptions, ckpt_path: Path, record: di
         model.load_state_dict(ck["model"])
         model.to(device)
         opt_ae.load_state_dict(ck["opt_ae"])
-        opt_critic.load_state_dict(ck["opt_critic"])
+        if opt_critic is not None:
+            opt_critic.load_state_dict(ck["opt_critic"])
         state = {"start_epoch": ck["epoch"], "global_step": ck["global_step"], "history": list(ck["history"]),
                  "resumed": True}  # fmt: skip
         set_rng_state(ck["rng"])
@@ -206,14 +207,16 @@ def setup(cfg: ModelConfig, data_root, category: str, out_dir, opts: TrainOption
 
 def wrappers(run: Run) -> tuple[nn.Module, nn.Module]:
     """(autoencoder step, critic) as the M-step calls them: DDP and/or compiled."""
-    ae: nn.Module = AutoEncoderStep(run.model.encoder, run.model.decoder)
-    critic: nn.Module = run.model.critic
+    ae: nn.Module = autoencoder_step(run.model)
+    critic: nn.Module | None = run.model.critic
     if run.proc.active:
         ids = [run.device.index] if run.device.type == "cuda" else None
         ae = nn.parallel.DistributedDataParallel(ae, device_ids=ids)
-        critic = nn.parallel.DistributedDataParallel(critic, device_ids=ids)
+        if critic is not None:
+            critic = nn.parallel.DistributedDataParallel(critic, device_ids=ids)
     if run.opts.compile:
-        ae, critic = torch.compile(ae), torch.compile(critic)
+        ae = torch.compile(ae)
+        critic = torch.compile(critic) if critic is not None else None
     return ae, critic
 
 
