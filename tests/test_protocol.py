@@ -240,14 +240,11 @@ def test_protocol_cli_bad_data_and_usage_exit_2(tmp_path, capsys):
     assert e.value.code == 2
 
 
-def test_protocol_variant_needs_model_support(tmp_path, capsys):
-    from igd_fast.protocol.runner import model_config, variant_supported
-
-    st = ProtocolSettings.for_dataset("mnist", tmp_path, ["1"], variant="rec", **TINY)
-    if variant_supported():
-        assert model_config(st).variant == "rec"
-        return
+@pytest.mark.parametrize("variant", ["mse", "dsvdd"])
+def test_protocol_variants_score_through_scorer(tmp_path, variant):
     fake_mnist(tmp_path)
-    code = main(["protocol", "mnist", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--variant", "rec",
-                 *TINY_CLI])  # fmt: skip
-    assert code == 2 and "lacks" in capsys.readouterr().err
+    st = ProtocolSettings.for_dataset("mnist", tmp_path, ["2"], variant=variant, **TINY)
+    res = Protocol(st, tmp_path / "out", log=lambda m: None).run()
+    y, s = _scores(tmp_path / "out" / "2" / "scores.csv")
+    assert res["classes"]["2"]["image_AUROC"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert "variant " + variant in (tmp_path / "out" / "results.md").read_text()

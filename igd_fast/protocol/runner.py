@@ -19,7 +19,7 @@ import csv
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +29,13 @@ from ..data import list_test_samples, list_train_files
 from ..data.mnist import load_mnist
 from ..metrics import auroc
 from ..models import ModelConfig
+from ..models.variants import VARIANTS as _MODEL_VARIANTS
 from ..train import TrainOptions, train
 from .materialise import materialise_mnist, materialise_mvtec
 from .scoring import score_test_split
 from .splits import check_fractions, mnist_split, mvtec_split
 
-VARIANTS = ("mse", "rec", "rec-gac", "igd", "dsvdd", "dsvdd-rec")
+VARIANTS = tuple(_MODEL_VARIANTS)
 
 # Per-dataset model defaults. MNIST: a CPU-friendly recipe at 32×32 (28² digits resized)
 # with the LOCAL MS-SSIM config (3×3 window, 4 scales, needs >= 17 px; the GLOBAL 11×11
@@ -105,19 +106,10 @@ class ProtocolSettings:
         return d
 
 
-def variant_supported() -> bool:
-    """Whether this build's ModelConfig knows training variants."""
-    return "variant" in {f.name for f in fields(ModelConfig)}
-
-
 def model_config(s: ProtocolSettings) -> ModelConfig:
-    kw = {}
-    if variant_supported():
-        kw["variant"] = s.variant
-    elif s.variant != "igd":
-        raise ValueError(f"variant {s.variant!r} needs ModelConfig.variant, which this build lacks; use igd")
     return ModelConfig(
         kind="global",
+        variant=s.variant,
         image_size=s.image_size,
         width=s.width,
         blocks=tuple(s.blocks),
@@ -126,7 +118,6 @@ def model_config(s: ProtocolSettings) -> ModelConfig:
         weights=s.weights,
         lr=s.lr,
         estep_every=s.estep_every,
-        **kw,
     )
 
 
