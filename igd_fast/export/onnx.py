@@ -1,0 +1,99 @@
+"""ONNX export of :class:`.pipeline.ScoringPipeline` (torch.onnx's dynamo exporter,
+which needs the ``onnx`` and ``onnxscript`` packages: ``pip install igd_fast[export]``)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import IMAGENET_MEAN, IMAGENET_STD
+from .pipeline import ScoringPipeline
+
+DEFAULT_OPSET = 18
+MAX_BATCH = 4096  # the exported graph's upper bound on the dynamic batch axis
+
+
+class ExportError(RuntimeError):
+    """The export, or its parity check, failed; the message says how."""
+
+
+def missing_packages(check: bool = True) -> list[str]:
+    """Packages the ONNX export (and, with ``check``, its onnxruntime parity check) lacks."""
+    import importlib.util
+
+    need = ["onnx", "onnxscript"] + (["onnxruntime"] if check else [])
+    return [n for n in need if importlib.util.find_spec(n) is None]
+
+
+def export_onnx(
+    model_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, check: bool = True, check_batch: int = 2
+) -> dict:
+    """Write ``out`` (ONNX) and ``out`` with ``.json`` (what a deployment needs: input
+    name and size, normalisation, thresholds); returns that record. With ``check`` the
+    file is run in onnxruntime on random inputs of ``check_batch`` images and compared
+    with the Scorer (``max_abs_diff`` in the record; ExportError above 1e-4)."""
+    from ..score import Scorer
+
+    scorer = Scorer(model_dir, device="cpu", backend="torch", channels_last=False)
+    pipe = ScoringPipeline(scorer).eval()
+    s = scorer.image_size
+    example = torch.zeros(2, 3, s, s)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log), torch.no_grad():  # the exporter prints its progress
+            torch.onnx.export(
+                pipe, (example,), str(out), input_names=["input"], output_names=pipe.output_names,
+                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}},
+                opset_version=opset, dynamo=True, external_data=False,
+            )  # fmt: skip
+    except Exception as e:  # the exporter raises many types; name the step and keep its log
+        raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {e}\n{log.getvalue()[-2000:]}") from e
+    cal = scorer.calibration()
+    record = {
+        "format": "onnx",
+        "file": out.name,
+        "opset": opset,
+        "model": str(Path(model_dir).resolve()),
+        "models": list(scorer.kinds),
+        "input": {"name": "input", "shape": ["batch", 3, s, s], "dtype": "float32",
+                  "preprocess": f"RGB resized to {s}x{s} (bilinear), /255, minus mean, divided by std",
+                  "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},  # fmt: skip
+        "outputs": pipe.output_names,
+        "threshold": float(cal["threshold"]),
+        "score_scale": float(cal["score_scale"]),
+        "normalisation": cal.get("normalisation"),
+        "pixel_threshold": float(cal["pixel_threshold"]),
+        "anomaly_map_size": [s, s] if pipe.has_map else None,
+    }
+    if check:
+        record["max_abs_diff"] = check_parity(out, scorer, check_batch)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def check_parity(path: str | Path, scorer, batch: int, tol: float = 1e-4, seed: int = 0) -> dict[str, float]:
+    """Run the ONNX file in onnxruntime on ``batch`` random images and compare each
+    output with the Scorer's; ExportError when one differs by more than ``tol``."""
+    import onnxruntime as ort
+
+    s = scorer.image_size
+    x = torch.from_numpy(np.random.default_rng(seed).standard_normal((batch, 3, s, s)).astype(np.float32))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x.numpy()}), strict=True))
+    ref = scorer.score_batch(x)
+    want = {"pred_score": scorer.pred_scores(ref.score.double().cpu().numpy()), "score": ref.score.cpu().numpy()}
+    if ref.maps is not None:
+        want["anomaly_map"] = ref.maps.cpu().numpy()
+    diff = {k: float(np.abs(got[k].astype(np.float64) - v).max()) for k, v in want.items()}
+    raw, thr = ref.score.cpu().numpy(), float(scorer.calibration()["threshold"])
+    clear = np.abs(raw - thr) > tol  # within rounding of the threshold either label is right
+    if (got["pred_label"][clear] != (raw > thr)[clear]).any() or max(diff.values()) > tol:
+        raise ExportError(f"the ONNX model differs from the Scorer on {batch} random images: {diff} (tolerance {tol})")
+    return diff
