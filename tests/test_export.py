@@ -73,9 +73,29 @@ def test_export_errors_exit_2(model, tmp_path, capsys, monkeypatch):
     assert "--model" in capsys.readouterr().err
     import igd_fast.export as ex
 
-    monkeypatch.setattr(ex, "missing_packages", lambda check=True: ["onnxscript"])
+    monkeypatch.setattr(ex, "missing_packages", lambda check=True, fmt="onnx": ["onnxscript"])
     assert main(["export", "--model", str(model), "--out", str(tmp_path / "m.onnx")]) == 2
     assert "igd_fast[export]" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["export", "--model", str(model), "--out", str(tmp_path / "m"), "--format", "tflite"])
     assert e.value.code == 2
+
+
+@pytest.mark.slow
+def test_export_openvino_parity_batch_1_and_5(model, tmp_path):
+    pytest.importorskip("openvino")
+    from igd_fast.export.openvino import openvino_runner
+
+    out = tmp_path / "ov"
+    assert main(["export", "--model", str(model), "--format", "openvino", "--out", f"{out}/"]) == 0
+    xml = out / "model.xml"
+    assert xml.is_file() and xml.with_suffix(".bin").is_file() and not list(out.glob(".igd_export.*"))
+    assert json.loads(xml.with_suffix(".json").read_text())["format"] == "openvino"
+    run = openvino_runner(xml)
+    scorer = Scorer(model, device="cpu")
+    rng = np.random.default_rng(6)
+    for n in (1, 5):
+        x = rng.standard_normal((n, 3, 64, 64)).astype(np.float32)
+        got, ref = run(x), scorer.score_batch(torch.from_numpy(x))
+        np.testing.assert_allclose(got["pred_score"], scorer.pred_scores(ref.score.double().numpy()), atol=1e-4)
+        np.testing.assert_allclose(got["anomaly_map"], ref.maps.numpy(), atol=1e-4)
