@@ -400,6 +400,13 @@ def test_save_tiff_needs_the_mvtec_layout(trained, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "--save-tiff" in err and "<category>/test/<defect>" in err
+    same = tmp_path / "d" / "cat" / "test" / "good"
+    same.mkdir(parents=True)
+    shutil.copy(trained["input"] / "good_000.png", same / "000.png")
+    shutil.copy(trained["input"] / "good_000.jpg", same / "000.jpg")
+    assert main(["score", "--model", str(trained["model"]), "--input", str(same), "--out", str(tmp_path / "o2"),
+                 "--save-tiff"]) == 2  # fmt: skip
+    assert "would both be written to cat/test/good/000.tiff" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- input layouts: MVTec LOCO, Folder

@@ -268,6 +268,14 @@ def run(args: argparse.Namespace) -> int:
               f".../<category>/test/<defect>/<id>.png; {outside[0]} is not"
               + (f" (and {len(outside) - 1} more)" if len(outside) > 1 else ""), file=sys.stderr)  # fmt: skip
         return EXIT_USAGE
+    if args.save_tiff:
+        seen: dict[str, Path] = {}
+        for p in paths:
+            other = seen.setdefault(tiff_name(p), p)
+            if other != p:  # the evaluators' layout drops the extension: a.png and a.jpg collide
+                print(f"igd-fast score: error: --save-tiff: {other} and {p} would both be written to "
+                      f"{tiff_name(p)}", file=sys.stderr)  # fmt: skip
+                return EXIT_USAGE
     proc = _dist.init()
     try:
         try:
