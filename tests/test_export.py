@@ -45,6 +45,25 @@ def test_pipeline_module_equals_scorer(model):
     assert label.tolist() == (ref.score > scorer.threshold).long().tolist()
 
 
+@pytest.mark.parametrize("keep", ["global.pt", "local.pt"])
+def test_pipeline_module_of_a_single_model_dir(model, tmp_path, keep):
+    import shutil
+
+    from igd_fast.export import ScoringPipeline
+
+    one = tmp_path / "one"
+    shutil.copytree(model, one)
+    (one / ({"global.pt", "local.pt"} - {keep}).pop()).unlink()
+    (one / "threshold.json").unlink(missing_ok=True)
+    scorer = Scorer(one, device="cpu", backend="torch", channels_last=False)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        _, _, score, amap = ScoringPipeline(scorer)(x)
+    ref = scorer.score_batch(x)
+    torch.testing.assert_close(score, ref.score, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(amap, ref.maps, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_export_onnx_parity_batch_1_and_5(model, tmp_path):
     out = tmp_path / "deploy" / "igd.onnx"
