@@ -21,7 +21,7 @@ mv "$OUT/pkg_igd_fast" "$OUT/igd_fast"
 (cd "$OUT" && "$VENV/bin/python" -c "
 import torch, igd_fast._C as C
 assert C.has_cuda(), 'extension built without CUDA'
-ops = ['ssim_scale_fwd', 'ssim_scale_bwd', 'combine_maps', 'fold_patch_maps', 'anomaly_map']
+ops = ['ssim_scale', 'ssim_scale_backward', 'combine_maps', 'fold_patch_maps', 'anomaly_map']
 for op in ops:
     for key in ('CPU', 'CUDA'):
         assert torch._C._dispatch_has_kernel_for_dispatch_key('igd_fast_C::' + op, key), (op, key)

@@ -1,4 +1,4 @@
-"""Triton SSIM kernels (the ``triton`` backend): ``ssim_scale_fwd``, ``ssim_scale_bwd``,
+"""Triton SSIM kernels (the ``triton`` backend): ``ssim_scale``, ``ssim_scale_backward``,
 ``combine_maps`` with the semantics of :mod:`igd_fast.reference.ssim`.
 
 A program owns a BH×BW tile of outputs of one (n, c) plane, forms the five filtered
@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from igd_fast.config import gaussian_window
+
 _MAX_TILE = 64
 _MIN_TILE = 16  # tl.dot needs every dimension >= 16
 
@@ -40,14 +42,9 @@ def _tl_acc(dtype: torch.dtype):
 
 
 def _taps(win_size: int, sigma: float, device, dtype, flip: bool = False) -> torch.Tensor:
-    """MSSSIMConfig.window(): normalised Gaussian computed in float64, then cast."""
-    r = win_size // 2
-    coords = torch.arange(win_size, dtype=torch.float64) - r
-    g = torch.exp(-(coords**2) / (2.0 * sigma**2))
-    g = g / g.sum()
-    if flip:
-        g = g.flip(0)
-    return g.to(device=device, dtype=dtype)
+    """The window of :func:`igd_fast.config.gaussian_window`, cast (flipped for the adjoint)."""
+    g = gaussian_window(win_size, sigma)
+    return torch.tensor(g[::-1] if flip else g, dtype=torch.float64).to(device=device, dtype=dtype)
 
 
 def _dot_tile(extent: int) -> int:
@@ -452,7 +449,7 @@ def _check(x: torch.Tensor, y: torch.Tensor, win_size: int) -> None:
 _PREC = "ieee"
 
 
-def ssim_scale_fwd(x, y, win_size, sigma, c1, c2, want_maps):
+def ssim_scale(x, y, win_size, sigma, c1, c2, want_maps):
     """(ssim_mean N×C, cs_mean N×C, ssim_map | empty, cs_map | empty) in float32/float64."""
     _check(x, y, win_size)
     x, y = x.contiguous(), y.contiguous()
@@ -503,7 +500,7 @@ def ssim_scale_fwd(x, y, win_size, sigma, c1, c2, want_maps):
     return s_sum, cs_sum, s_map, cs_map
 
 
-def ssim_scale_bwd(x, y, win_size, sigma, c1, c2, g_s_mean, g_cs_mean, g_s_map, g_cs_map, need_gx):
+def ssim_scale_backward(x, y, win_size, sigma, c1, c2, g_s_mean, g_cs_mean, g_s_map, g_cs_map, need_gx):
     """(gx | empty, gy) in the input dtype; map gradients may be empty (= zero)."""
     _check(x, y, win_size)
     x, y = x.contiguous(), y.contiguous()
@@ -519,14 +516,16 @@ def ssim_scale_bwd(x, y, win_size, sigma, c1, c2, g_s_mean, g_cs_mean, g_s_map, 
     gsm = g_s_mean.to(acc).contiguous().reshape(-1)
     gcm = g_cs_mean.to(acc).contiguous().reshape(-1)
     if gsm.numel() != planes or gcm.numel() != planes:
-        raise ValueError("ssim_scale_bwd (triton): g_ssim_mean and g_cs_mean must be N×C")
+        raise ValueError("ssim_scale_backward (triton): g_ssim_mean and g_cs_mean must be N×C")
     has_gs = g_s_map.numel() > 0
     has_gc = g_cs_map.numel() > 0
     gs_map = g_s_map.to(acc).contiguous() if has_gs else gsm
     gc_map = g_cs_map.to(acc).contiguous() if has_gc else gcm
     for name, t, has in (("g_ssim_map", gs_map, has_gs), ("g_cs_map", gc_map, has_gc)):
         if has and t.numel() != planes * ho * wo:
-            raise ValueError(f"ssim_scale_bwd (triton): {name} has {t.numel()} elements, expected {planes * ho * wo}")
+            raise ValueError(
+                f"ssim_scale_backward (triton): {name} has {t.numel()} elements, expected {planes * ho * wo}"
+            )
     ws_stride = planes * ho * wo
     ws = torch.empty((4 if need_gx else 3, planes, ho, wo), device=x.device, dtype=acc)
     bh, bw, sh, sw, use_dot, warps = _plan(h, w, k, x.device)
