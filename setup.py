@@ -3,16 +3,22 @@
 Install with ``pip install --no-build-isolation -e .`` into an environment that already
 has torch: an isolated build would fetch a second, multi-GB torch just to compile.
 
+Packages: igd_fast/ and its subpackages, plus the top-level kernels/ (the Triton sources)
+installed as igd_fast.kernels (a package-dir mapping; scripts/check_install_layout.sh
+checks both the editable and the plain install).
+
 Environment switches:
   IGD_FAST_CUDA=1   force the CUDA part (needs nvcc; no GPU needed to compile)
   IGD_FAST_CUDA=0   never build it
   IGD_FAST_PORTABLE=1  no -march=native (for wheels that travel between CPUs)
+  IGD_FAST_EXT=0    no compiled extension at all (pure Python: the torch and triton
+                    backends; what scripts/check_install_layout.sh installs, in seconds)
 """
 
 import glob
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -53,7 +59,13 @@ def _extension():
     )
 
 
+def _packages() -> list[str]:
+    return [*find_packages(include=["igd_fast", "igd_fast.*"]), "igd_fast.kernels"]
+
+
 setup(
-    ext_modules=[_extension()],
+    packages=_packages(),
+    package_dir={"igd_fast.kernels": "kernels"},
+    ext_modules=[] if os.environ.get("IGD_FAST_EXT") == "0" else [_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

@@ -1,4 +1,5 @@
-"""MS-SSIM configurations (SPEC section 1): the constants travel as one frozen object."""
+"""MS-SSIM configurations (SPEC section 1): the constants travel as one frozen object, and
+the Gaussian window every Python backend uses (:func:`gaussian_window`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,16 @@ from dataclasses import asdict, dataclass
 
 # ImageNet-normalised pixels lie in [-2.1179, 2.6400].
 DATA_RANGE = 4.7579
+
+
+def gaussian_window(win_size: int, sigma: float) -> list[float]:
+    """Normalised 1-D Gaussian taps in double precision: the one Python copy of the formula
+    (the reference and Triton cast it; C++ has the same in csrc/ops/gaussian_window.h,
+    same libm exp and summation order, so the taps agree exactly)."""
+    r = win_size // 2
+    g = [math.exp(-((i - r) ** 2) / (2.0 * sigma**2)) for i in range(win_size)]
+    s = sum(g)
+    return [v / s for v in g]
 
 
 @dataclass(frozen=True)
@@ -54,10 +65,7 @@ class MSSSIMConfig:
 
     def window(self) -> list[float]:
         """Normalised 1-D Gaussian taps, the same formula every backend uses."""
-        r = self.win_size // 2
-        g = [math.exp(-((i - r) ** 2) / (2.0 * self.sigma**2)) for i in range(self.win_size)]
-        s = sum(g)
-        return [v / s for v in g]
+        return gaussian_window(self.win_size, self.sigma)
 
     def to_dict(self) -> dict:
         d = asdict(self)

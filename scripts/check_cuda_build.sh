@@ -17,11 +17,12 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 IGD_FAST_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=2 \
   "$VENV/bin/python" setup.py -q build_ext --build-lib "$OUT/lib" --build-temp "$OUT/tmp"
 cp -r igd_fast "$OUT/pkg_igd_fast" && cp "$OUT"/lib/igd_fast/_C*.so "$OUT/pkg_igd_fast/"
+cp -r kernels "$OUT/pkg_igd_fast/kernels"  # installed as igd_fast.kernels (setup.py package-dir)
 mv "$OUT/pkg_igd_fast" "$OUT/igd_fast"
 (cd "$OUT" && "$VENV/bin/python" -c "
 import torch, igd_fast._C as C
 assert C.has_cuda(), 'extension built without CUDA'
-ops = ['ssim_scale_fwd', 'ssim_scale_bwd', 'combine_maps', 'fold_patch_maps', 'anomaly_map']
+ops = ['ssim_scale', 'ssim_scale_backward', 'combine_maps', 'fold_patch_maps', 'anomaly_map']
 for op in ops:
     for key in ('CPU', 'CUDA'):
         assert torch._C._dispatch_has_kernel_for_dispatch_key('igd_fast_C::' + op, key), (op, key)

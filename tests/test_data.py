@@ -136,3 +136,78 @@ def test_corrupt_image_named_or_skipped(root, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ok[0]["image"].shape == (3, 32, 32)
+
+
+# ---------------------------------------------------------------- layouts: MVTec LOCO, Folder
+
+
+def test_loco_layout_masks_are_or_of_region_files(tmp_path):
+    from _layouts import to_loco
+
+    from igd_fast.data import list_validation_files, load_mask, mask_size_mismatches, resolve_layout
+
+    cat = make_synthetic_mvtec(tmp_path / "ad", "synth", n_train=8, n_test_good=2, n_test_bad=4, size=32, seed=3)
+    loco = to_loco(cat, tmp_path / "loco")
+    lay = resolve_layout(tmp_path / "loco", "synth")
+    assert lay.kind == "mvtec_loco" and resolve_layout(tmp_path / "ad", "synth").kind == "mvtec"
+    assert lay.validation_files() == list_validation_files(tmp_path / "loco", "synth")
+    assert len(lay.validation_files()) == 3 and len(lay.train_files()) == 5
+    ad, lo = list_test_samples(tmp_path / "ad", "synth"), lay.test_samples()
+    assert [(s.path.name, s.defect, s.rel) for s in ad] == [(s.path.name, s.defect, s.rel) for s in lo]
+    assert not mask_size_mismatches(lo)
+    for a, b in zip(ad, lo, strict=True):
+        if a.mask is None:
+            assert b.mask is None
+            continue
+        assert b.mask.is_dir() and sorted(p.name for p in b.mask.iterdir()) == ["000.png", "001.png"]
+        assert torch.equal(load_mask(a.mask, 32), load_mask(b.mask, 32)) and load_mask(b.mask, 32).sum() > 0
+    # a region file of another size is refused before scoring; an empty mask folder is named
+    big = next(s.mask for s in lo if s.mask is not None)
+    Image.new("L", (40, 40)).save(big / "002.png")
+    assert any("002.png" in m for m in mask_size_mismatches(lo))
+    (loco / "ground_truth" / "blob" / "empty").mkdir()
+    with pytest.raises(CorruptImageError, match="holds no mask files"):
+        load_mask(loco / "ground_truth" / "blob" / "empty", 32)
+
+
+def test_folder_layout(tmp_path):
+    from _layouts import to_folder
+
+    from igd_fast.data import resolve_layout
+
+    cat = make_synthetic_mvtec(tmp_path / "ad", "synth", n_train=10, n_test_good=2, n_test_bad=2, size=32, seed=4)
+    d = to_folder(cat, tmp_path / "f")
+    lay = resolve_layout(normal_dir=d["normal"], abnormal_dir=d["abnormal"], mask_dir=d["mask"],
+                         normal_test_dir=d["normal_test"])  # fmt: skip
+    assert lay.kind == "folder" and lay.name == "folder" and len(lay.train_files()) == 10
+    t = lay.test_samples()
+    assert [s.label for s in t] == [0, 0, 1, 1] and all(s.mask.name == s.path.name for s in t if s.label)
+    # no normal test folder: a deterministic 20 % of the normals, left out of training
+    lay2 = resolve_layout(normal_dir=d["normal"], abnormal_dir=d["abnormal"])
+    normal_test = [s.path for s in lay2.test_samples() if s.label == 0]
+    assert len(normal_test) == 2 and not set(normal_test) & set(lay2.train_files()) and not lay2.has_masks
+    assert all(s.mask is None for s in lay2.test_samples())
+    # masks named <stem>_mask.png are found too; a missing one is named
+    for m in d["mask"].iterdir():
+        m.rename(m.with_name(m.stem + "_mask.png"))
+    assert all(s.mask.name.endswith("_mask.png") for s in lay.test_samples() if s.label)
+    next(d["mask"].iterdir()).unlink()
+    with pytest.raises(DataLayoutError, match="has no mask for"):
+        lay.test_samples()
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(), "name the data"),
+        (dict(data="x"), "name the data"),
+        (dict(data="x", category="c", normal_dir="n"), "not both"),
+        (dict(data="x", category="c", mask_dir="m"), "need\\(s\\) --normal-dir"),
+        (dict(normal_dir="n", mask_dir="m"), "--mask-dir needs --abnormal-dir"),
+    ],
+)
+def test_layout_option_errors(tmp_path, kw, match):
+    from igd_fast.data import resolve_layout
+
+    with pytest.raises(DataLayoutError, match=match):
+        resolve_layout(**kw)

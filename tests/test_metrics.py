@@ -6,16 +6,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import f1_score as sk_f1_score
+from sklearn.metrics import precision_recall_curve, roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
 from igd_fast.metrics import (
     accuracy,
     aupro,
     auroc,
+    f1_max,
+    f1_score,
     label_components,
     per_image_pixel_auroc,
     pixel_auroc,
+    pixel_f1_max,
     pro_curve,
     roc_curve,
 )
@@ -207,3 +211,49 @@ def test_pixel_metrics_on_images_of_different_sizes():
         assert (np.isclose(fpr.numpy(), want_fpr) & np.isclose(pro.numpy(), want_pro)).any()
     with pytest.raises(ValueError, match="same H×W"):
         pixel_auroc([maps[0]], [masks[1]])
+
+
+def _sk_f1_max(labels, scores):
+    p, r, t = precision_recall_curve(labels, scores)
+    f1 = np.where(p + r > 0, 2 * p * r / np.where(p + r > 0, p + r, 1), 0.0)[:-1]  # last point: no threshold
+    return f1.max(), t[np.flatnonzero(f1 == f1.max())]
+
+
+@settings(max_examples=60, deadline=None)
+@given(scored_labels())
+def test_f1_max_matches_sklearn_precision_recall_curve(data):
+    scores, labels = data  # few levels -> many ties
+    got, thr = f1_max(scores, labels)
+    want, want_thr = _sk_f1_max(labels, scores)
+    assert got == pytest.approx(want, abs=1e-12)
+    assert thr in want_thr and thr == want_thr.max()
+    # the threshold reaching it, as "score >= t"
+    assert sk_f1_score(labels, scores >= thr) == pytest.approx(got, abs=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(scored_labels(), st.floats(-2.0, 2.0))
+def test_f1_score_at_threshold_matches_sklearn(data, t):
+    scores, labels = data
+    assert f1_score(scores, labels, t) == pytest.approx(sk_f1_score(labels, scores > t, zero_division=0), abs=1e-12)
+
+
+def test_f1_known_values_and_errors():
+    assert f1_max([0.1, 0.2, 0.3, 0.4], [0, 0, 1, 1]) == (1.0, 0.3)
+    assert f1_max([1.0, 1.0, 1.0, 1.0], [0, 1, 0, 1])[0] == pytest.approx(2 / 3)  # all tied: all flagged
+    assert f1_score([0.1, 0.5, 0.5, 0.9], [0, 0, 1, 1], 0.5) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="anomalous"):
+        f1_max([0.1, 0.2], [0, 0])
+    with pytest.raises(ValueError, match="anomalous"):
+        f1_score([0.1, 0.2], [0, 0], 0.0)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 4), st.integers(4, 24), st.integers(4, 24))
+def test_pixel_f1_max_pools_all_pixels(seed, n, h, w):
+    rng = np.random.default_rng(seed)
+    masks = rng.random((n, h, w)) > 0.7
+    masks[0, 0, 0] = True
+    maps = np.round(rng.random((n, h, w)) + 0.3 * masks, 2).astype(np.float32)
+    got, _ = pixel_f1_max(list(maps), list(masks))
+    assert got == pytest.approx(_sk_f1_max(masks.ravel(), maps.ravel())[0], abs=1e-9)

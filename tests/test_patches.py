@@ -216,10 +216,12 @@ def test_ops_pass_opcheck():
     maps = torch.randn(2 * grid.count, 3, 8, 8, requires_grad=True)
     for backend in ["torch", *CPU_BACKENDS]:
         for mode in ("mean", "sum"):
-            torch.library.opcheck(ops_patches._fold_op, (maps, *grid._scalars(), mode, backend))
+            torch.library.opcheck(ops_patches.fold_patch_maps_op, (maps, *grid.scalars(), mode, backend))
         scores = torch.randn(2, grid.count)
         torch.library.opcheck(
-            ops_patches._anomaly_op, (scores, *grid._scalars(), backend), test_utils=("test_schema", "test_faketensor")
+            ops_patches.anomaly_map_op,
+            (scores, *grid.scalars(), backend),
+            test_utils=("test_schema", "test_faketensor"),
         )
 
 

@@ -47,7 +47,7 @@ def test_per_level_values_match_pytorch_msssim():
     win = _pm._fspecial_gauss_1d(11, 1.5).repeat(3, 1, 1, 1)
     for _ in range(GLOBAL.scales):
         s_peer, cs_peer = _pm._ssim(x, y, data_range=L, win=win, K=(0.01, 0.03))
-        s, cs, _, _ = ref.ssim_scale_fwd(x, y, 11, 1.5, GLOBAL.c1, GLOBAL.c2, False)
+        s, cs, _, _ = ref.ssim_scale(x, y, 11, 1.5, GLOBAL.c1, GLOBAL.c2, False)
         torch.testing.assert_close(s, s_peer, atol=1e-5, rtol=0)
         torch.testing.assert_close(cs, cs_peer, atol=1e-5, rtol=0)
         x, y = ref.downsample(x), ref.downsample(y)
@@ -55,7 +55,7 @@ def test_per_level_values_match_pytorch_msssim():
 
 def test_single_scale_ssim_matches_pytorch_msssim_ssim():
     x, y = _pair((2, 3, 64, 48))
-    s, _, _, _ = ref.ssim_scale_fwd(x, y, 11, 1.5, GLOBAL.c1, GLOBAL.c2, False)
+    s, _, _, _ = ref.ssim_scale(x, y, 11, 1.5, GLOBAL.c1, GLOBAL.c2, False)
     peer = pytorch_msssim.ssim(x, y, data_range=L, size_average=False)
     torch.testing.assert_close(s.mean(1), peer, atol=1e-5, rtol=0)
 
@@ -68,7 +68,7 @@ def test_scale_maps_match_torchmetrics():
     kw = dict(gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=L, k1=0.01, k2=0.03)
     _, cs_peer = _tm._ssim_update(y, x, return_contrast_sensitivity=True, **kw)
     _, full = _tm._ssim_update(y, x, return_full_image=True, **kw)
-    _, cs, s_map, _ = ref.ssim_scale_fwd(x, y, 11, 1.5, GLOBAL.c1, GLOBAL.c2, True)
+    _, cs, s_map, _ = ref.ssim_scale(x, y, 11, 1.5, GLOBAL.c1, GLOBAL.c2, True)
     torch.testing.assert_close(cs[:, 0], cs_peer, atol=1e-5, rtol=0)
     torch.testing.assert_close(s_map, full[..., 5:-5, 5:-5], atol=1e-5, rtol=0)
 
@@ -83,7 +83,7 @@ def test_ssim_map_matches_scikit_image(hw):
     )
     x = torch.from_numpy(a)[None, None]
     y = torch.from_numpy(b)[None, None]
-    s_mean, _, s_map, _ = ref.ssim_scale_fwd(x, y, 11, 1.5, GLOBAL.c1, GLOBAL.c2, True)
+    s_mean, _, s_map, _ = ref.ssim_scale(x, y, 11, 1.5, GLOBAL.c1, GLOBAL.c2, True)
     np.testing.assert_allclose(s_map[0, 0].numpy(), full[5:-5, 5:-5], atol=1e-5)
     assert abs(float(s_mean) - mssim) < 1e-5
 
@@ -152,7 +152,7 @@ def test_analytic_backward_equals_autograd(h, w, k, c, want_gx):
     g_s, g_c = torch.randn(2, c, dtype=torch.float64), torch.randn(2, c, dtype=torch.float64)
     ho, wo = h - k + 1, w - k + 1
     g_sm, g_cm = torch.randn(2, c, ho, wo, dtype=torch.float64), torch.randn(2, c, ho, wo, dtype=torch.float64)
-    gx, gy = ref.ssim_scale_bwd(x, y, k, 1.5, 0.01, 0.03, g_s, g_c, g_sm, g_cm, want_gx)
+    gx, gy = ref.ssim_scale_backward(x, y, k, 1.5, 0.01, 0.03, g_s, g_c, g_sm, g_cm, want_gx)
     xr, yr = x.clone().requires_grad_(), y.clone().requires_grad_()
     s, cs = ref.ssim_maps(xr, yr, k, 1.5, 0.01, 0.03)
     obj = (s.mean((-2, -1)) * g_s).sum() + (cs.mean((-2, -1)) * g_c).sum() + (s * g_sm).sum() + (cs * g_cm).sum()

@@ -12,6 +12,7 @@ import pytest
 import torch
 from _cli import torchrun
 from PIL import Image
+from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 from igd_fast import recon_error_map, recon_loss
 from igd_fast.cli import main
@@ -160,6 +161,7 @@ def test_score_cli_outputs(trained, tmp_path):
     )
     assert code == 0
     rows = _read_csv(out / "scores.csv")
+    assert list(rows[0]) == ["path", "score", "pred_score", "pred_label", "s_global", "s_local"]
     inputs = sorted(str(p) for p in trained["input"].rglob("*") if p.is_file())
     assert [r["path"] for r in rows] == inputs
     summary = json.loads((out / "summary.json").read_text())
@@ -169,8 +171,9 @@ def test_score_cli_outputs(trained, tmp_path):
     for r in rows:
         s = float(r["score"])
         assert np.isfinite(s) and s == pytest.approx(float(r["s_global"]) + float(r["s_local"]), abs=2e-6)
-        assert r["label"] == str(int(s > thr))
-    assert summary["n_anomalous"] == sum(int(r["label"]) for r in rows)
+        assert r["pred_label"] == str(int(s > thr)) == str(int(float(r["pred_score"]) > 0.5))
+        assert 0.0 <= float(r["pred_score"]) <= 1.0
+    assert summary["n_anomalous"] == sum(int(r["pred_label"]) for r in rows)
     # one overlay and one map per image, each at the image's own size, mirroring the input tree
     n_files = [sum(1 for f in (out / d).rglob("*") if f.is_file()) for d in ("overlays", "maps")]
     assert n_files == [len(inputs)] * 2
@@ -241,9 +244,9 @@ def test_torchrun_two_processes_give_the_same_csv(trained, tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=170)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = _read_csv(tmp_path / "one" / "scores.csv"), _read_csv(tmp_path / "two" / "scores.csv")
-    assert [(r["path"], r["label"]) for r in one] == [(r["path"], r["label"]) for r in two]
+    assert [(r["path"], r["pred_label"]) for r in one] == [(r["path"], r["pred_label"]) for r in two]
     for a, b in zip(one, two, strict=True):
-        for k in ("score", "s_global", "s_local"):
+        for k in ("score", "pred_score", "s_global", "s_local"):
             assert float(a[k]) == pytest.approx(float(b[k]), abs=1e-5)
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["n_scored"] == len(one)
@@ -270,12 +273,180 @@ def test_eval_cli_report(trained, tmp_path):
     assert code == 0
     rep = json.loads((out / "report.json").read_text())
     assert (rep["n_test"], rep["n_normal"], rep["n_anomalous"], rep["n_skipped"]) == (6, 3, 3, 0)
-    for k in ("image_auroc", "accuracy", "pixel_auroc", "pixel_auroc_per_anomalous_image", "aupro_0.3"):
+    for k in ("image_AUROC", "image_F1Score", "image_F1Max", "pixel_AUROC", "pixel_AUPRO", "pixel_F1Max",
+              "pixel_F1Score", "pixel_AUROC_per_anomalous_image_mean", "accuracy"):  # fmt: skip
         assert 0.0 <= rep[k] <= 1.0, k
-    assert rep["threshold"] == json.loads((trained["model"] / THRESHOLD_JSON).read_text())["threshold"]
+    cal = json.loads((trained["model"] / THRESHOLD_JSON).read_text())
+    assert rep["threshold"] == cal["threshold"] and rep["pixel_threshold"] == cal["pixel_threshold"]
     assert rep["images_per_second"] > 0 and set(rep["per_defect"]) == {"blob", "scratch"}
-    preds = [i["predicted"] for i in rep["images"]]
-    labels = [i["label"] for i in rep["images"]]
-    assert rep["accuracy"] == pytest.approx(np.mean(np.array(preds) == np.array(labels)))
+    imgs = rep["images"]
+    preds = np.array([i["pred_label"] for i in imgs])
+    labels = np.array([i["label"] for i in imgs])
+    assert rep["accuracy"] == pytest.approx(np.mean(preds == labels))
+    assert all(i["pred_label"] == int(i["pred_score"] > 0.5) == int(i["score"] > rep["threshold"]) for i in imgs)
+    tp = int((preds & labels).sum())
+    assert rep["image_F1Score"] == pytest.approx(2 * tp / (preds.sum() + labels.sum()))
+    # the metrics are those of igd_fast.metrics / scikit-learn on the reported scores
+    scores = [i["score"] for i in imgs]
+    assert rep["image_AUROC"] == pytest.approx(roc_auc_score(labels, scores))
+    assert rep["image_AUROC"] == pytest.approx(roc_auc_score(labels, [i["pred_score"] for i in imgs]))
+    p, r, _ = precision_recall_curve(labels, scores)
+    assert rep["image_F1Max"] == pytest.approx(np.max(2 * p * r / np.maximum(p + r, 1e-300)))
     with Image.open(out / "report.png") as fig:
         assert fig.size[0] > 400 and fig.size[1] > 300
+
+
+# ---------------------------------------------------------------- outputs: pred_score, pred_mask, TIFF, JSON lines
+
+
+def test_pred_score_normalisation_rules():
+    from igd_fast.metrics import auroc
+    from igd_fast.score.threshold import normalise_scores, score_scale
+
+    rng = np.random.default_rng(0)
+    t = 1.0
+    s = np.concatenate([rng.normal(size=300), [t, t + 1e-15, t - 1e-15, t + 50.0, t - 1e6]])
+    p = normalise_scores(s, t, 0.7)
+    assert ((p >= 0) & (p <= 1)).all() and normalise_scores([t], t, 0.7)[0] == 0.5
+    assert ((p > 0.5) == (s > t)).all()  # exactly, also within rounding of the threshold
+    order = np.argsort(s)
+    assert (np.diff(p[order]) >= 0).all()  # monotone
+    labels = rng.integers(0, 2, s.size)
+    labels[:2] = 0, 1
+    assert auroc(p[:300], labels[:300]) == auroc(s[:300], labels[:300])
+    assert score_scale([1.0, 3.0, 2.0], 3.0) == 2.0
+    assert score_scale([2.5], 2.5) == 2.5 and score_scale([0.0], 0.0) == 1.0
+
+
+def test_calibration_records_scale_and_pixel_threshold(trained, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(trained["model"], model)
+    (model / THRESHOLD_JSON).unlink(missing_ok=True)
+    scorer = Scorer(model, device="cpu")
+    cal = scorer.calibration()
+    val = list(cal["validation_scores"].values())
+    assert cal["score_scale"] == pytest.approx(max(val) - min(val))
+    maps = [r.map for r in scorer.score_paths(list(cal["validation_scores"]))]
+    # 3 validation images < 19: the conformal rule on per-image maxima is the largest pixel
+    assert cal["pixel_threshold"] == pytest.approx(max(float(m.max()) for m in maps))
+    assert all(not (m > cal["pixel_threshold"]).any() for m in maps)  # no validation pixel flagged
+    assert scorer.pred_scores([cal["threshold"]])[0] == 0.5
+    # a cache written before these fields existed is stale, silently (no warning)
+    old = {k: v for k, v in cal.items() if k not in ("score_scale", "pixel_threshold")}
+    (model / THRESHOLD_JSON).write_text(json.dumps(old))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_threshold(model, cal["alpha"]) is None
+
+
+def test_score_cli_masks_tiffs_and_jsonl(trained, tmp_path):
+    import tifffile  # the reader of the MVTec AD / LOCO evaluation scripts
+
+    out = tmp_path / "out"
+    test_dir = trained["data"] / CAT / "test"
+    code = main(["score", "--model", str(trained["model"]), "--input", str(test_dir), "--out", str(out),
+                 "--save-maps", "--save-masks", "--save-tiff", "--jsonl", "--no-overlays", "--workers", "0",
+                 "--no-progress"])  # fmt: skip
+    assert code == 0
+    cal = json.loads((trained["model"] / THRESHOLD_JSON).read_text())
+    rows = _read_csv(out / "scores.csv")
+    lines = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
+    assert [x["path"] for x in lines] == [r["path"] for r in rows] and len(rows) == 6
+    for r, x in zip(rows, lines, strict=True):
+        assert float(r["pred_score"]) == pytest.approx(x["pred_score"], abs=1e-9)
+        assert int(r["pred_label"]) == x["pred_label"] == int(x["pred_score"] > 0.5)
+        amap = np.load(x["anomaly_map"])
+        p = Path(x["path"])
+        tif = out / CAT / "test" / p.parent.name / f"{p.stem}.tiff"
+        assert x["anomaly_map_tiff"] == str(tif)
+        back = tifffile.imread(tif)
+        assert back.dtype == np.float32 and back.shape == amap.shape and np.array_equal(back, amap)
+        with Image.open(x["pred_mask"]) as im:
+            np.testing.assert_array_equal(np.asarray(im) > 127, amap > cal["pixel_threshold"])
+    # eval writes the same maps in the same layout
+    ev = tmp_path / "eval"
+    code = main(["eval", "--model", str(trained["model"]), "--data", str(trained["data"]), "--category", CAT,
+                 "--out", str(ev), "--save-tiff", "--save-masks", "--workers", "0", "--no-progress"])  # fmt: skip
+    assert code == 0
+    rep = json.loads((ev / "report.json").read_text())
+    for x, img in zip(lines, rep["images"], strict=True):
+        assert img["path"] == x["path"] and img["pred_score"] == pytest.approx(x["pred_score"], abs=1e-6)
+        p = Path(x["path"])
+        assert img["anomaly_map"] == str(ev / CAT / "test" / p.parent.name / f"{p.stem}.tiff")
+        np.testing.assert_allclose(tifffile.imread(img["anomaly_map"]), np.load(x["anomaly_map"]), atol=1e-5)
+        assert Path(img["pred_mask"]) == ev / "masks" / p.parent.name / f"{p.stem}.png"
+
+
+def test_tiff_without_tifffile_uses_pillow(tmp_path, monkeypatch):
+    import sys
+
+    import tifffile
+
+    from igd_fast.score.io import read_tiff, save_tiff
+
+    amap = np.random.default_rng(0).random((7, 11)).astype(np.float32) * 3 - 1
+    monkeypatch.setitem(sys.modules, "tifffile", None)  # import fails: the Pillow path
+    save_tiff(tmp_path / "a.tiff", amap)
+    assert np.array_equal(read_tiff(tmp_path / "a.tiff"), amap)
+    monkeypatch.undo()
+    assert np.array_equal(tifffile.imread(tmp_path / "a.tiff"), amap)  # readable by the evaluators
+
+
+def test_save_tiff_needs_the_mvtec_layout(trained, tmp_path, capsys):
+    code = main(["score", "--model", str(trained["model"]), "--input", str(trained["input"]), "--out",
+                 str(tmp_path / "o"), "--save-tiff"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--save-tiff" in err and "<category>/test/<defect>" in err
+    same = tmp_path / "d" / "cat" / "test" / "good"
+    same.mkdir(parents=True)
+    shutil.copy(trained["input"] / "good_000.png", same / "000.png")
+    shutil.copy(trained["input"] / "good_000.jpg", same / "000.jpg")
+    assert main(["score", "--model", str(trained["model"]), "--input", str(same), "--out", str(tmp_path / "o2"),
+                 "--save-tiff"]) == 2  # fmt: skip
+    assert "would both be written to cat/test/good/000.tiff" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- input layouts: MVTec LOCO, Folder
+
+METRICS = ("image_AUROC", "image_F1Score", "image_F1Max", "accuracy", "pixel_AUROC", "pixel_AUPRO", "pixel_F1Max",
+           "pixel_F1Score", "pixel_AUROC_per_anomalous_image_mean", "n_test", "n_anomalous")  # fmt: skip
+
+
+def _eval(model, out, *data):
+    assert main(["eval", "--model", str(model), *data, "--out", str(out), "--workers", "0", "--no-progress"]) == 0
+    return json.loads((out / "report.json").read_text())
+
+
+def test_loco_and_folder_layouts_evaluate_to_the_mvtec_numbers(trained, tmp_path):
+    from _layouts import to_folder, to_loco
+
+    cat = trained["data"] / CAT
+    ad = _eval(trained["model"], tmp_path / "ad", "--data", str(trained["data"]), "--category", CAT)
+    to_loco(cat, tmp_path / "loco")
+    loco = _eval(trained["model"], tmp_path / "lo", "--data", str(tmp_path / "loco"), "--category", CAT)
+    assert (ad["layout"], loco["layout"]) == ("mvtec", "mvtec_loco")
+    for k in METRICS:
+        assert loco[k] == ad[k], k
+    assert loco["per_defect"] == ad["per_defect"]
+    d = to_folder(cat, tmp_path / "folder")
+    folder = ["--normal-dir", str(d["normal"]), "--abnormal-dir", str(d["abnormal"])]
+    fo = _eval(trained["model"], tmp_path / "fo", *folder, "--mask-dir", str(d["mask"]),
+               "--normal-test-dir", str(d["normal_test"]))  # fmt: skip
+    assert fo["layout"] == "folder" and fo["category"] == "folder"
+    for k in METRICS:
+        assert fo[k] == pytest.approx(ad[k], abs=1e-6), k  # other batches: float rounding only
+    # without masks: image metrics, no pixel metrics
+    nm = _eval(trained["model"], tmp_path / "nm", *folder, "--normal-test-dir", str(d["normal_test"]))
+    assert nm["image_AUROC"] == pytest.approx(ad["image_AUROC"]) and nm["pixel_AUROC"] is None
+    assert "--mask-dir" in nm["undefined"]["pixel_AUROC"]
+
+
+def test_eval_layout_errors_exit_2(trained, tmp_path, capsys):
+    base = ["eval", "--model", str(trained["model"]), "--out", str(tmp_path / "o")]
+    assert main(base) == 2
+    assert "--data ROOT --category NAME" in capsys.readouterr().err
+    assert main([*base, "--normal-dir", str(tmp_path / "nope")]) == 2
+    assert "--normal-dir" in capsys.readouterr().err

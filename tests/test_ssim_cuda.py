@@ -7,7 +7,7 @@ import torch
 
 import igd_fast
 from igd_fast import GLOBAL, LOCAL, MSSSIMConfig
-from igd_fast.ops import _impls
+from igd_fast.ops.backends import ssim_kernels
 from igd_fast.reference import ssim as ref
 
 pytestmark = [
@@ -63,14 +63,14 @@ def _close_grad(a, b, tol=1e-4):
     ],
 )
 def test_scale_forward_and_backward(backend, cfg, shape):
-    mod = _impls.impl(backend, "ssim")
+    mod = ssim_kernels(backend)
     x, y = _pair(shape)
-    got = mod.ssim_scale_fwd(x, y, *_args(cfg), True)
-    want = ref.ssim_scale_fwd(x, y, *_args(cfg), True)
+    got = mod.ssim_scale(x, y, *_args(cfg), True)
+    want = ref.ssim_scale(x, y, *_args(cfg), True)
     for g, w in zip(got, want):
         assert g.dtype == torch.float32 and g.shape == w.shape
         torch.testing.assert_close(g, w, atol=1e-5, rtol=0)
-    no_maps = mod.ssim_scale_fwd(x, y, *_args(cfg), False)
+    no_maps = mod.ssim_scale(x, y, *_args(cfg), False)
     assert no_maps[2].numel() == 0
     torch.testing.assert_close(no_maps[0], want[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(no_maps[1], want[1], atol=1e-5, rtol=0)
@@ -81,8 +81,8 @@ def test_scale_forward_and_backward(backend, cfg, shape):
     e = torch.empty(0, device="cuda")
     for maps in ((g_sm, g_cm), (e, e), (g_sm, e)):
         for need_gx in (True, False):
-            gx, gy = mod.ssim_scale_bwd(x, y, *_args(cfg), g_s, g_cs, *maps, need_gx)
-            rx, ry = ref.ssim_scale_bwd(x, y, *_args(cfg), g_s, g_cs, *maps, need_gx)
+            gx, gy = mod.ssim_scale_backward(x, y, *_args(cfg), g_s, g_cs, *maps, need_gx)
+            rx, ry = ref.ssim_scale_backward(x, y, *_args(cfg), g_s, g_cs, *maps, need_gx)
             _close_grad(gy, ry)
             if need_gx:
                 _close_grad(gx, rx)
@@ -116,11 +116,11 @@ def test_combine_maps(backend):
     x, y = _pair((2, 3, 256, 256))
     maps = []
     for j in range(GLOBAL.scales):
-        s, cs, sm, cm = ref.ssim_scale_fwd(x, y, *_args(GLOBAL), True)
+        s, cs, sm, cm = ref.ssim_scale(x, y, *_args(GLOBAL), True)
         maps.append(sm if j == GLOBAL.scales - 1 else cm)
         x, y = ref.downsample(x), ref.downsample(y)
     maps[2] = maps[2] - 0.5  # negative values exercise relu
-    got = _impls.impl(backend, "ssim").combine_maps(maps, list(GLOBAL.weights), 256, 256, 11)
+    got = ssim_kernels(backend).combine_maps(maps, list(GLOBAL.weights), 256, 256, 11)
     want = ref.combine_maps(maps, list(GLOBAL.weights), 256, 256, 11)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
@@ -128,41 +128,41 @@ def test_combine_maps(backend):
 @pytest.mark.parametrize("backend", GPU_BACKENDS, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_dtypes_layouts_and_edge_inputs(backend, dtype):
-    mod = _impls.impl(backend, "ssim")
+    mod = ssim_kernels(backend)
     x, y = _pair((2, 3, 64, 70), dtype=dtype)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    got = mod.ssim_scale_fwd(x, y, *_args(GLOBAL), True)
-    want = ref.ssim_scale_fwd(x, y, *_args(GLOBAL), True)
+    got = mod.ssim_scale(x, y, *_args(GLOBAL), True)
+    want = ref.ssim_scale(x, y, *_args(GLOBAL), True)
     for g, w in zip(got, want):
         assert g.dtype == acc
         torch.testing.assert_close(g, w, atol=1e-5, rtol=0)
     g_s, g_cs = torch.randn(2, 3, device="cuda"), torch.randn(2, 3, device="cuda")
     e = torch.empty(0, device="cuda")
-    gx, gy = mod.ssim_scale_bwd(x, y, *_args(GLOBAL), g_s, g_cs, e, e, True)
-    rx, ry = ref.ssim_scale_bwd(x, y, *_args(GLOBAL), g_s, g_cs, e, e, True)
+    gx, gy = mod.ssim_scale_backward(x, y, *_args(GLOBAL), g_s, g_cs, e, e, True)
+    rx, ry = ref.ssim_scale_backward(x, y, *_args(GLOBAL), g_s, g_cs, e, e, True)
     assert gx.dtype == dtype and gy.dtype == dtype
     tol = 1e-4 if dtype == torch.float64 else 1e-2  # one rounding to the low precision
     _close_grad(gx, rx, tol)
     _close_grad(gy, ry, tol)
     # identical inputs -> 1, anti-correlated -> cs < 0, channels_last / strided views
-    s, cs, _, _ = mod.ssim_scale_fwd(x, x, *_args(GLOBAL), False)
+    s, cs, _, _ = mod.ssim_scale(x, x, *_args(GLOBAL), False)
     torch.testing.assert_close(s, torch.ones_like(s), atol=1e-6, rtol=0)
     xa, ya = _pair((2, 3, 64, 70), noise=0.1, sign=-1.0)
-    got = mod.ssim_scale_fwd(xa, ya, *_args(GLOBAL), False)
-    want = ref.ssim_scale_fwd(xa, ya, *_args(GLOBAL), False)
+    got = mod.ssim_scale(xa, ya, *_args(GLOBAL), False)
+    want = ref.ssim_scale(xa, ya, *_args(GLOBAL), False)
     assert float(want[1].max()) < 0
     torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=0)
     xl, yl = xa.to(memory_format=torch.channels_last), ya.to(memory_format=torch.channels_last)
     torch.testing.assert_close(
-        mod.ssim_scale_fwd(xl, yl, *_args(LOCAL), False)[0],
-        ref.ssim_scale_fwd(xa, ya, *_args(LOCAL), False)[0],
+        mod.ssim_scale(xl, yl, *_args(LOCAL), False)[0],
+        ref.ssim_scale(xa, ya, *_args(LOCAL), False)[0],
         atol=1e-5,
         rtol=0,
     )
     xs, ys = xa[:, ::2, 1:, :], ya[:, ::2, 1:, :]
     torch.testing.assert_close(
-        mod.ssim_scale_fwd(xs, ys, *_args(LOCAL), True)[2],
-        ref.ssim_scale_fwd(xs, ys, *_args(LOCAL), True)[2],
+        mod.ssim_scale(xs, ys, *_args(LOCAL), True)[2],
+        ref.ssim_scale(xs, ys, *_args(LOCAL), True)[2],
         atol=1e-5,
         rtol=0,
     )

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 import igd_fast
 from igd_fast import GLOBAL, LOCAL, MSSSIMConfig
-from igd_fast.ops._impls import impl
+from igd_fast.ops.backends import ssim_kernels
 from igd_fast.reference import ssim as ref
 
-_KERNEL_MODULES = {"cpu": "igd_fast.ops._ext.ssim", "cuda": "igd_fast.ops._ext.ssim", "triton": "igd_fast.kernels.ssim"}
+_KERNEL_MODULES = {"cpu": "igd_fast._C", "cuda": "igd_fast._C", "triton": "igd_fast.kernels.ssim"}
 BACKENDS = [
     b
     for b, ok in igd_fast.backends().items()
@@ -233,8 +233,8 @@ WINDOWS = [1, 3, 5, 7, 9, 11, 13, 15]
 
 
 def test_entry_points_match_reference(backend):
-    """ssim_scale_fwd / ssim_scale_bwd of one scale, every window size, map gradients."""
-    mod = impl(backend, "ssim")
+    """ssim_scale / ssim_scale_backward of one scale, every window size, map gradients."""
+    mod = ssim_kernels(backend)
     dev = _device(backend)
     small = backend == "triton" and INTERPRETED_TRITON
 
@@ -251,8 +251,8 @@ def test_entry_points_match_reference(backend):
     def run(k, extra_h, extra_w, c, need_gx, with_maps, seed):
         sigma, c1, c2 = 1.5, GLOBAL.c1, GLOBAL.c2
         x, y = _pair((2, c, k + extra_h, k + extra_w), "noisy", seed, dev)
-        got = mod.ssim_scale_fwd(x, y, k, sigma, c1, c2, True)
-        want = ref.ssim_scale_fwd(x, y, k, sigma, c1, c2, True)
+        got = mod.ssim_scale(x, y, k, sigma, c1, c2, True)
+        want = ref.ssim_scale(x, y, k, sigma, c1, c2, True)
         # k = 1: every variance is a cancellation of x^2 - x^2, kept to float32 rounding.
         atol = 2e-5 if k == 1 else 1e-5
         for a, b in zip(got, want):
@@ -264,8 +264,8 @@ def test_entry_points_match_reference(backend):
             gsm, gcm = (torch.randn(want[2].shape, generator=g).to(dev) for _ in range(2))
         else:
             gsm = gcm = torch.empty(0, device=dev)
-        got_g = mod.ssim_scale_bwd(x, y, k, sigma, c1, c2, gs, gc, gsm, gcm, need_gx)
-        want_g = ref.ssim_scale_bwd(x, y, k, sigma, c1, c2, gs, gc, gsm, gcm, need_gx)
+        got_g = mod.ssim_scale_backward(x, y, k, sigma, c1, c2, gs, gc, gsm, gcm, need_gx)
+        want_g = ref.ssim_scale_backward(x, y, k, sigma, c1, c2, gs, gc, gsm, gcm, need_gx)
         assert got_g[0].numel() == (x.numel() if need_gx else 0)
         if need_gx:
             _close_grad(got_g[0], want_g[0], 1e-4 if k > 1 else 1e-3)
@@ -275,7 +275,7 @@ def test_entry_points_match_reference(backend):
 
 
 def test_combine_maps_entry_point(backend):
-    mod = impl(backend, "ssim")
+    mod = ssim_kernels(backend)
     dev = _device(backend)
 
     @_settings(backend)
@@ -318,10 +318,10 @@ def test_combine_maps_special_values(backend, weight):
     m_fin = torch.nan_to_num(m, nan=float("nan"), posinf=5.0)
     maps = [m_fin, torch.tensor([0.5, 2.0, -1.0, 0.25]).view(1, 1, 1, 4)]
     for ms, ws in (([m], [weight]), (maps, [weight, 0.5])):
-        got = impl(backend, "ssim").combine_maps([t.to(_device(backend)) for t in ms], ws, 1, len(vals), 1)
+        got = ssim_kernels(backend).combine_maps([t.to(_device(backend)) for t in ms], ws, 1, len(vals), 1)
         want = ref.combine_maps(ms, ws, 1, len(vals), 1)
         torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=0, equal_nan=True)
-    ones = impl(backend, "ssim").combine_maps([torch.ones(1, 1, 3, 5, device=_device(backend))], [weight], 3, 5, 1)
+    ones = ssim_kernels(backend).combine_maps([torch.ones(1, 1, 3, 5, device=_device(backend))], [weight], 3, 5, 1)
     assert bool((ones == 1).all())  # log2(1) is exactly 0 and exp2(0) exactly 1
 
 
@@ -331,22 +331,22 @@ def test_cpu_ops_directly():
     ops = torch.ops.igd_fast_C
     x, y = _pair((2, 3, 30, 29), "noisy", 11, "cpu")
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    s, cs, sm, cm = ops.ssim_scale_fwd(x_cl, y, 3, 1.5, LOCAL.c1, LOCAL.c2, False)
+    s, cs, sm, cm = ops.ssim_scale(x_cl, y, 3, 1.5, LOCAL.c1, LOCAL.c2, False)
     assert sm.numel() == 0 and cm.numel() == 0 and sm.dtype == torch.float32
-    ws, wcs, _, _ = ref.ssim_scale_fwd(x, y, 3, 1.5, LOCAL.c1, LOCAL.c2, False)
+    ws, wcs, _, _ = ref.ssim_scale(x, y, 3, 1.5, LOCAL.c1, LOCAL.c2, False)
     _close_values(s, ws)
     _close_values(cs, wcs)
     g = torch.ones(2, 3)
-    gx, gy = ops.ssim_scale_bwd(x, y, 3, 1.5, LOCAL.c1, LOCAL.c2, g, g, torch.empty(0), torch.empty(0), False)
+    gx, gy = ops.ssim_scale_backward(x, y, 3, 1.5, LOCAL.c1, LOCAL.c2, g, g, torch.empty(0), torch.empty(0), False)
     assert gx.numel() == 0 and gy.shape == y.shape
     # Results do not depend on the thread count (row tiles change with it).
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = ops.ssim_scale_fwd(x[:1, :1], y[:1, :1], 3, 1.5, LOCAL.c1, LOCAL.c2, True)
+        one = ops.ssim_scale(x[:1, :1], y[:1, :1], 3, 1.5, LOCAL.c1, LOCAL.c2, True)
     finally:
         torch.set_num_threads(old)
-    many = ops.ssim_scale_fwd(x[:1, :1], y[:1, :1], 3, 1.5, LOCAL.c1, LOCAL.c2, True)
+    many = ops.ssim_scale(x[:1, :1], y[:1, :1], 3, 1.5, LOCAL.c1, LOCAL.c2, True)
     for a, b in zip(one, many):
         _close_values(a, b, atol=1e-7)
 
@@ -355,22 +355,22 @@ def test_cpu_ops_directly():
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda o, x: o.ssim_scale_fwd(x, x[:, :1], 3, 1.5, 0.1, 0.1, False), "same shape"),
-        (lambda o, x: o.ssim_scale_fwd(x, x, 4, 1.5, 0.1, 0.1, False), "odd"),
-        (lambda o, x: o.ssim_scale_fwd(x, x, 3, -1.0, 0.1, 0.1, False), "sigma"),
-        (lambda o, x: o.ssim_scale_fwd(x[..., :2], x[..., :2], 3, 1.5, 0.1, 0.1, False), "smaller"),
-        (lambda o, x: o.ssim_scale_fwd(x, x.double(), 3, 1.5, 0.1, 0.1, False), "dtype"),
-        (lambda o, x: o.ssim_scale_fwd(x[0], x[0], 3, 1.5, 0.1, 0.1, False), "4-D"),
-        (lambda o, x: o.ssim_scale_bwd(x, x, 3, 1.5, 0.1, 0.1, torch.ones(3), torch.ones(2, 3),
+        (lambda o, x: o.ssim_scale(x, x[:, :1], 3, 1.5, 0.1, 0.1, False), "same shape"),
+        (lambda o, x: o.ssim_scale(x, x, 4, 1.5, 0.1, 0.1, False), "odd"),
+        (lambda o, x: o.ssim_scale(x, x, 3, -1.0, 0.1, 0.1, False), "sigma"),
+        (lambda o, x: o.ssim_scale(x[..., :2], x[..., :2], 3, 1.5, 0.1, 0.1, False), "smaller"),
+        (lambda o, x: o.ssim_scale(x, x.double(), 3, 1.5, 0.1, 0.1, False), "dtype"),
+        (lambda o, x: o.ssim_scale(x[0], x[0], 3, 1.5, 0.1, 0.1, False), "4-D"),
+        (lambda o, x: o.ssim_scale_backward(x, x, 3, 1.5, 0.1, 0.1, torch.ones(3), torch.ones(2, 3),
                                        torch.empty(0), torch.empty(0), True), "g_ssim_mean"),
-        (lambda o, x: o.ssim_scale_bwd(x, x, 3, 1.5, 0.1, 0.1, torch.ones(2, 3), torch.ones(2, 3),
+        (lambda o, x: o.ssim_scale_backward(x, x, 3, 1.5, 0.1, 0.1, torch.ones(2, 3), torch.ones(2, 3),
                                        torch.ones(2, 3, 7, 7), torch.empty(0), True), "g_ssim_map"),
         (lambda o, x: o.combine_maps([x, x], [1.0], 8, 8, 3), "weights"),
         (lambda o, x: o.combine_maps([x, x[:1]], [1.0, 1.0], 8, 8, 3), "map 1"),
     ],
 )
 def test_cpu_ops_reject_bad_arguments(call, match):
-    import igd_fast.ops._ext.ssim  # noqa: F401  (registers the ops)
+    ssim_kernels("cpu")  # loads the extension (registers the ops)
 
     with pytest.raises(RuntimeError, match=match):
         call(torch.ops.igd_fast_C, torch.randn(2, 3, 10, 10))
@@ -410,7 +410,7 @@ def test_torch_compile_uses_fake_impls():
 def test_cpu_downsample_matches_reference(dtype, h, w):
     """The between-scales 2×2 pool (odd sizes padded) and its backward, bit for bit in
     float32/64 (same summation order as avg_pool2d)."""
-    from igd_fast.ops._ext import ssim as ext
+    ext = ssim_kernels("cpu")
 
     x = torch.randn(2, 3, h, w, dtype=torch.float64).to(dtype)
     want = ref.downsample(x)
@@ -421,7 +421,7 @@ def test_cpu_downsample_matches_reference(dtype, h, w):
     g = torch.randn(want.shape, dtype=torch.float64).to(dtype)
     xr = x.clone().requires_grad_(True)
     (want_g,) = torch.autograd.grad(ref.downsample(xr), xr, g)
-    torch.testing.assert_close(ext.downsample_bwd(g, h, w), want_g, atol=0, rtol=0)
+    torch.testing.assert_close(ext.downsample_backward(g, h, w), want_g, atol=0, rtol=0)
 
 
 # ------------------------------------------------------------------ fused small-plane map
@@ -443,7 +443,7 @@ def test_fused_map_matches_reference(k, scales, dh, dw, c, dtype, relation, seed
     """ms_ssim_fused (all scales, pools, combination and channel mean in one op) ==
     the reference's per-scale ops composed, from the minimum size up to 130 wide: both
     the one-pass path of small planes (<= 64 wide) and the per-scale path above it."""
-    from igd_fast.ops._ext import ssim as ext
+    ext = ssim_kernels("cpu")
 
     weights = [1.0 / scales] * scales
     lo = 2 ** (scales - 1) * (k - 1) + 1  # smallest size that keeps every scale >= k
@@ -470,7 +470,7 @@ def test_fused_map_matches_reference(k, scales, dh, dw, c, dtype, relation, seed
 def test_fused_map_of_the_paper_configs(cfg, shape, layout):
     """The fused op on both SPEC configurations above the small-plane limit, against the
     reference composition and against the public map with gradients (per-scale ops)."""
-    from igd_fast.ops._ext import ssim as ext
+    ext = ssim_kernels("cpu")
 
     x, y = _pair(shape, "noisy", 3, "cpu")
     args = (cfg.win_size, cfg.sigma, cfg.c1, cfg.c2, list(cfg.weights))
@@ -518,7 +518,7 @@ def test_public_ops_take_the_fused_kernel_only_without_gradients(monkeypatch):
     ],
 )
 def test_fused_map_rejects_bad_arguments(shape, weights, match):
-    import igd_fast.ops._ext.ssim  # noqa: F401  (registers the ops)
+    ssim_kernels("cpu")  # loads the extension (registers the ops)
 
     x = torch.randn(shape[:4]).to(torch.float16 if len(shape) > 4 else torch.float32)
     with pytest.raises(RuntimeError, match=match):
@@ -531,15 +531,15 @@ def test_cpu_scale_kernels_on_wide_rows(k, h, w):
     """Rows wider than one 128-column strip (several strips, a short last one) and
     rows past 256 columns: one scale forward (means and maps) and backward vs the
     reference."""
-    from igd_fast.ops._ext import ssim as ext
+    ext = ssim_kernels("cpu")
 
     x, y = _pair((2, 2, h, w), "noisy", k + w, "cpu")
     args = (k, 1.5, GLOBAL.c1, GLOBAL.c2)
-    for got, want in zip(ext.ssim_scale_fwd(x, y, *args, True), ref.ssim_scale_fwd(x, y, *args, True)):
+    for got, want in zip(ext.ssim_scale(x, y, *args, True), ref.ssim_scale(x, y, *args, True)):
         _close_values(got, want)
     g_mean = torch.randn(2, 2, dtype=torch.float32)
     g_map = torch.randn(2, 2, h - k + 1, w - k + 1)
-    got = ext.ssim_scale_bwd(x, y, *args, g_mean, g_mean, g_map, torch.empty(0), True)
-    want = ref.ssim_scale_bwd(x, y, *args, g_mean, g_mean, g_map, torch.empty(0), True)
+    got = ext.ssim_scale_backward(x, y, *args, g_mean, g_mean, g_map, torch.empty(0), True)
+    want = ref.ssim_scale_backward(x, y, *args, g_mean, g_mean, g_map, torch.empty(0), True)
     for a, b in zip(got, want):
         _close_grad(a, b)

@@ -53,12 +53,12 @@ def _close_grad(a, b):
 )
 def test_forward_values_and_maps(cfg, shape):
     x, y = _pair(shape)
-    got = _tk().ssim_scale_fwd(x, y, *_args(cfg), True)
-    want = ref.ssim_scale_fwd(x, y, *_args(cfg), True)
+    got = _tk().ssim_scale(x, y, *_args(cfg), True)
+    want = ref.ssim_scale(x, y, *_args(cfg), True)
     for g, w in zip(got, want):
         assert g.dtype == torch.float32 and g.shape == w.shape
         torch.testing.assert_close(g, w, atol=1e-5, rtol=0)
-    no_maps = _tk().ssim_scale_fwd(x, y, *_args(cfg), False)
+    no_maps = _tk().ssim_scale(x, y, *_args(cfg), False)
     assert no_maps[2].numel() == 0 and no_maps[3].numel() == 0
     torch.testing.assert_close(no_maps[0], want[0], atol=1e-5, rtol=0)
 
@@ -76,8 +76,8 @@ def test_backward_matches_reference(cfg, shape, with_maps):
     else:
         g_sm = g_cm = torch.empty(0, device=DEV)
     for need_gx in (True, False):
-        gx, gy = _tk().ssim_scale_bwd(x, y, *_args(cfg), g_s, g_cs, g_sm, g_cm, need_gx)
-        rx, ry = ref.ssim_scale_bwd(x, y, *_args(cfg), g_s, g_cs, g_sm, g_cm, need_gx)
+        gx, gy = _tk().ssim_scale_backward(x, y, *_args(cfg), g_s, g_cs, g_sm, g_cm, need_gx)
+        rx, ry = ref.ssim_scale_backward(x, y, *_args(cfg), g_s, g_cs, g_sm, g_cm, need_gx)
         _close_grad(gy, ry)
         if need_gx:
             _close_grad(gx, rx)
@@ -89,7 +89,7 @@ def test_combine_maps_matches_reference():
     x, y = _pair((2, 3, 48, 44))
     maps = []
     for j in range(SMALL3.scales):
-        s, cs, sm, cm = ref.ssim_scale_fwd(x, y, *_args(SMALL3), True)
+        s, cs, sm, cm = ref.ssim_scale(x, y, *_args(SMALL3), True)
         maps.append(sm if j == SMALL3.scales - 1 else cm)
         x, y = ref.downsample(x), ref.downsample(y)
     maps[1] = maps[1] - 0.5  # negative values exercise relu
@@ -120,27 +120,27 @@ def test_public_api_and_autograd(cfg, shape):
 
 def test_identical_anticorrelated_and_layouts():
     x, y = _pair((2, 3, 40, 36))
-    s, cs, _, _ = _tk().ssim_scale_fwd(x, x, *_args(GLOBAL), False)
+    s, cs, _, _ = _tk().ssim_scale(x, x, *_args(GLOBAL), False)
     torch.testing.assert_close(s, torch.ones_like(s), atol=1e-6, rtol=0)
     torch.testing.assert_close(cs, torch.ones_like(cs), atol=1e-6, rtol=0)
     xa, ya = _pair((2, 3, 40, 36), noise=0.1, sign=-1.0)
-    got = _tk().ssim_scale_fwd(xa, ya, *_args(GLOBAL), True)
-    want = ref.ssim_scale_fwd(xa, ya, *_args(GLOBAL), True)
+    got = _tk().ssim_scale(xa, ya, *_args(GLOBAL), True)
+    want = ref.ssim_scale(xa, ya, *_args(GLOBAL), True)
     assert float(want[1].max()) < 0  # anti-correlated: cs < 0
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=0)
     # channels_last and a non-contiguous slice give the same numbers
     xl, yl = x.to(memory_format=torch.channels_last), y.to(memory_format=torch.channels_last)
     torch.testing.assert_close(
-        _tk().ssim_scale_fwd(xl, yl, *_args(LOCAL), True)[2],
-        ref.ssim_scale_fwd(x, y, *_args(LOCAL), True)[2],
+        _tk().ssim_scale(xl, yl, *_args(LOCAL), True)[2],
+        ref.ssim_scale(x, y, *_args(LOCAL), True)[2],
         atol=1e-5,
         rtol=0,
     )
     xs, ys = x[:, ::2, :, 1:], y[:, ::2, :, 1:]
     torch.testing.assert_close(
-        _tk().ssim_scale_fwd(xs, ys, *_args(LOCAL), False)[0],
-        ref.ssim_scale_fwd(xs, ys, *_args(LOCAL), False)[0],
+        _tk().ssim_scale(xs, ys, *_args(LOCAL), False)[0],
+        ref.ssim_scale(xs, ys, *_args(LOCAL), False)[0],
         atol=1e-5,
         rtol=0,
     )
@@ -149,16 +149,16 @@ def test_identical_anticorrelated_and_layouts():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_dtypes(dtype):
     x, y = _pair((1, 2, 24, 20), dtype=dtype)
-    got = _tk().ssim_scale_fwd(x, y, *_args(LOCAL), True)
-    want = ref.ssim_scale_fwd(x, y, *_args(LOCAL), True)
+    got = _tk().ssim_scale(x, y, *_args(LOCAL), True)
+    want = ref.ssim_scale(x, y, *_args(LOCAL), True)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     for g, w in zip(got, want):
         assert g.dtype == acc
         torch.testing.assert_close(g, w, atol=1e-5, rtol=0)
     g_s, g_cs = torch.randn(1, 2, device=DEV), torch.randn(1, 2, device=DEV)
     e = torch.empty(0, device=DEV)
-    gx, gy = _tk().ssim_scale_bwd(x, y, *_args(LOCAL), g_s, g_cs, e, e, True)
-    rx, ry = ref.ssim_scale_bwd(x, y, *_args(LOCAL), g_s, g_cs, e, e, True)
+    gx, gy = _tk().ssim_scale_backward(x, y, *_args(LOCAL), g_s, g_cs, e, e, True)
+    rx, ry = ref.ssim_scale_backward(x, y, *_args(LOCAL), g_s, g_cs, e, e, True)
     assert gx.dtype == dtype and gy.dtype == dtype
     # low-precision gradients are rounded once, at the end
     tol = 1e-4 if dtype == torch.float64 else 1e-2
@@ -173,8 +173,8 @@ def test_shifted_load_path(monkeypatch, cfg, shape):
     tk = _tk()
     monkeypatch.setattr(tk, "USE_DOT", False)
     x, y = _pair(shape)
-    got = tk.ssim_scale_fwd(x, y, *_args(cfg), True)
-    want = ref.ssim_scale_fwd(x, y, *_args(cfg), True)
+    got = tk.ssim_scale(x, y, *_args(cfg), True)
+    want = ref.ssim_scale(x, y, *_args(cfg), True)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=0)
     n, c = shape[:2]
@@ -182,8 +182,8 @@ def test_shifted_load_path(monkeypatch, cfg, shape):
     g_sm = torch.randn_like(want[2])
     e = torch.empty(0, device=DEV)
     for need_gx in (True, False):
-        gx, gy = tk.ssim_scale_bwd(x, y, *_args(cfg), g_s, g_cs, g_sm, e, need_gx)
-        rx, ry = ref.ssim_scale_bwd(x, y, *_args(cfg), g_s, g_cs, g_sm, e, need_gx)
+        gx, gy = tk.ssim_scale_backward(x, y, *_args(cfg), g_s, g_cs, g_sm, e, need_gx)
+        rx, ry = ref.ssim_scale_backward(x, y, *_args(cfg), g_s, g_cs, g_sm, e, need_gx)
         _close_grad(gy, ry)
         if need_gx:
             _close_grad(gx, rx)

@@ -77,12 +77,12 @@ def test_global_only_model_dir_scores_and_evaluates(env, tmp_path, capsys):
     assert scorer.kinds == ("global",)
     assert main(_score(env, env["global"], tmp_path / "s")) == 0
     rows = (tmp_path / "s" / "scores.csv").read_text().splitlines()[1:]
-    assert rows and all(float(r.split(",")[3]) == 0.0 for r in rows)  # s_local column
+    assert rows and all(float(r.split(",")[5]) == 0.0 for r in rows)  # s_local column
     code = main(["eval", "--model", str(env["global"]), "--data", str(env["data"]), "--category", CAT,
                  "--out", str(tmp_path / "e"), "--workers", "0", "--no-progress"])  # fmt: skip
     assert code == 0
     rep = json.loads((tmp_path / "e" / "report.json").read_text())
-    assert rep["models"] == ["global"] and 0 <= rep["image_auroc"] <= 1
+    assert rep["models"] == ["global"] and 0 <= rep["image_AUROC"] <= 1
     assert all(i["score"] == pytest.approx(i["s_global"]) for i in rep["images"])
 
 

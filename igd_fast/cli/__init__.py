@@ -13,6 +13,7 @@ COMMANDS = {
     "train": "train IGD models (global, local or both) on an MVTec-layout folder",
     "score": "score images with a trained model: scores.csv, heat-map overlays, raw maps",
     "eval": "evaluate a trained model on a category's test split: AUROC, pixel AUROC, AUPRO",
+    "export": "export a model's scoring pipeline (pred_score, score, map) as ONNX",
     "bench": "time the fused kernels against pytorch_msssim and the reference",
     "demo": "generate a small dataset, train, score and evaluate it end to end",
     "protocol": "the paper's one-class protocols (MNIST one-vs-rest, MVTec), small/contaminated training sets",

@@ -1,8 +1,13 @@
 """``igd-fast eval``: evaluate a trained model on the test split of an MVTec-layout category.
 
-Writes ``report.json`` (image AUROC, accuracy at the calibrated threshold, pixel AUROC
-pooled over all test pixels, mean per-anomalous-image pixel AUROC, AUPRO up to 30 % FPR,
-counts, threshold, images/s, per-image scores) and ``report.png`` (image ROC curve and
+Writes ``report.json`` — metrics under anomalib's names: ``image_AUROC``,
+``image_F1Score`` (at the calibrated threshold), ``image_F1Max``, ``pixel_AUROC``
+(pooled over all test pixels), ``pixel_AUPRO`` (up to 30 % FPR, divided by 0.3),
+``pixel_F1Max`` (pooled), ``pixel_F1Score`` (at the calibrated pixel threshold); the
+IGD paper's mean per-anomalous-image pixel AUROC as
+``pixel_AUROC_per_anomalous_image_mean`` (not anomalib's pixel_AUROC); ``accuracy``
+at the threshold; counts, thresholds, images/s, and per image ``score`` (raw),
+``pred_score`` (0.5 = threshold), ``pred_label`` — and ``report.png`` (image ROC curve and
 the best / worst examples with their heat-maps) to ``--output``
 (default ``<model>/eval_<category>``). Pixel metrics use each image's map at its
 original resolution against its mask; a mask of another size than its image is an
@@ -41,15 +46,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "exit codes: 0 ok; 2 bad arguments, data layout or no threshold; 3 some test images could not be read\n\n"
     ) + examples(
         "igd-fast eval --model models/bottle --data /data/mvtec --category bottle",
-        "igd-fast eval --model models/bottle --data /data/mvtec --category bottle --out reports/bottle",
+        "igd-fast eval --model models/bottle --data /data/mvtec --category bottle --out reports/bottle --save-tiff",
+        "igd-fast eval --model models/bottle --data /data/mvtec_loco --category juice_bottle   # LOCO: same flags",
+        "igd-fast eval --model models/parts --normal-dir good/ --abnormal-dir bad/ --mask-dir masks/ "
+        "--normal-test-dir good_test/ --out reports/parts",
     )
     p.add_argument("--model", required=True, metavar="DIR",
                    help="trained model directory (global.pt and/or local.pt, run.json)")
-    p.add_argument("--data", required=True, metavar="ROOT",
-                   help="MVTec-layout root (holds <category>/test, ground_truth)")
-    p.add_argument("--category", required=True, metavar="NAME", help="category folder under ROOT")
+    p.add_argument("--data", metavar="ROOT",
+                   help="MVTec AD or MVTec LOCO root (holds <category>/test, ground_truth)")
+    p.add_argument("--category", metavar="NAME",
+                   help="category folder under ROOT (with --normal-dir: the name used in outputs, default 'folder')")
+    g = p.add_argument_group("Folder layout (anomalib's Folder; instead of --data)")
+    g.add_argument("--normal-dir", metavar="DIR", help="normal images (without --normal-test-dir a deterministic "
+                   "20 %% of them is the normal test part)")  # fmt: skip
+    g.add_argument("--abnormal-dir", metavar="DIR", help="anomalous test images")
+    g.add_argument("--mask-dir", metavar="DIR",
+                   help="their masks: same relative path, or same name with .png, or <stem>_mask.png")
+    g.add_argument("--normal-test-dir", metavar="DIR", help="normal test images")
     add_out(p, False, "report folder (default: <model>/eval_<category>)")
     p.add_argument("--examples", type=positive_int, default=4, help="examples per row of the figure (default 4)")
+    p.add_argument("--save-tiff", action="store_true",
+                   help="write each test map as a float32 TIFF at the image's size to "
+                        "OUT/<category>/test/<defect>/<id>.tiff (the MVTec AD / LOCO evaluators' layout)")
+    p.add_argument("--save-masks", action="store_true",
+                   help="write each pred_mask (map > calibrated pixel threshold) as a 0/255 PNG to "
+                        "OUT/masks/<defect>/<id>.png")
     add_runtime(p)
 
 
@@ -61,28 +83,66 @@ def _safe(fn, *a) -> tuple[float | None, str | None]:
         return None, str(e)
 
 
-def compute_report(results: list[dict], maps: list[np.ndarray], masks: list[np.ndarray], threshold: float) -> dict:
-    """The metrics of a scored test split (``results`` rows with score and label)."""
-    from ..metrics import accuracy, aupro, auroc, per_image_pixel_auroc, pixel_auroc
+# report.json metric names are anomalib's, so results drop into its users' tables
+IMAGE_METRICS = ("image_AUROC", "image_F1Score", "image_F1Max")
+PIXEL_METRICS = ("pixel_AUROC", "pixel_AUPRO", "pixel_F1Max", "pixel_F1Score", "pixel_AUROC_per_anomalous_image_mean")
+SUMMARY_KEYS = ("image_AUROC", "image_F1Score", "image_F1Max", "pixel_AUROC", "pixel_AUPRO", "pixel_F1Max",
+                "pixel_AUROC_per_anomalous_image_mean", "accuracy")  # fmt: skip
+
+
+def compute_report(
+    results: list[dict], maps: list[np.ndarray], masks: list[np.ndarray], threshold: float,
+    pixel_threshold: float | None = None, has_masks: bool = True,
+) -> dict:  # fmt: skip
+    """The metrics of a scored test split (``results`` rows with score and label).
+
+    image_F1Score is at ``threshold`` (score > threshold), pixel_F1Score at
+    ``pixel_threshold`` (map > pixel_threshold; left out when None); the F1Max values
+    are the best over all thresholds, their thresholds reported under ``f1max_thresholds``.
+    ``has_masks`` False (a Folder layout without --mask-dir): no pixel metrics.
+    """
+    from ..metrics import accuracy, aupro, auroc, f1_max, f1_score, per_image_pixel_auroc, pixel_auroc, pixel_f1_max
 
     scores = [r["score"] for r in results]
     labels = [r["label"] for r in results]
     no_map = any(m is None for m in maps)
     rep: dict = {"n_test": len(results), "n_normal": labels.count(0), "n_anomalous": labels.count(1)}
-    notes = {}
-    for key, fn, args in (
-        ("image_auroc", auroc, (scores, labels)),
+    notes, best_at = {}, {}
+
+    def pooled_f1(m, k):
+        pairs = [(a.reshape(-1), b.reshape(-1)) for a, b in zip(m, k, strict=True)]
+        return f1_score(np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs]), pixel_threshold)
+
+    def keep_best(name, fn):
+        def run(*a):
+            v, t = fn(*a)
+            best_at[name] = t
+            return v
+
+        return run
+
+    metrics = [
+        ("image_AUROC", auroc, (scores, labels)),
+        ("image_F1Score", lambda s, y: f1_score(s, y, threshold), (scores, labels)),
+        ("image_F1Max", keep_best("image", f1_max), (scores, labels)),
         ("accuracy", lambda s, y: accuracy(s, y, threshold), (scores, labels)),
-        ("pixel_auroc", pixel_auroc, (maps, masks)),
-        ("pixel_auroc_per_anomalous_image", per_image_pixel_auroc, (maps, masks)),
-        ("aupro_0.3", aupro, (maps, masks)),
-    ):
-        if no_map and key.startswith(("pixel", "aupro")):
+        ("pixel_AUROC", pixel_auroc, (maps, masks)),
+        ("pixel_AUPRO", aupro, (maps, masks)),  # FPR limit 0.3, divided by 0.3
+        ("pixel_F1Max", keep_best("pixel", pixel_f1_max), (maps, masks)),
+        ("pixel_AUROC_per_anomalous_image_mean", per_image_pixel_auroc, (maps, masks)),
+    ]
+    if pixel_threshold is not None:
+        metrics.insert(7, ("pixel_F1Score", pooled_f1, (maps, masks)))
+    for key, fn, args in metrics:
+        if no_map and key.startswith("pixel"):
             rep[key], why = None, "this model has no per-pixel map (Deep SVDD variant)"
+        elif not has_masks and key.startswith("pixel"):
+            rep[key], why = None, "no ground-truth masks (Folder layout without --mask-dir)"
         else:
             rep[key], why = _safe(fn, *args) if results else (None, "no images")
         if why:
             notes[key] = why
+    rep["f1max_thresholds"] = best_at
     rep["n_true_positive"] = sum(1 for s, y in zip(scores, labels, strict=True) if y == 1 and s > threshold)
     rep["n_false_positive"] = sum(1 for s, y in zip(scores, labels, strict=True) if y == 0 and s > threshold)
     per_defect = {}
@@ -91,7 +151,7 @@ def compute_report(results: list[dict], maps: list[np.ndarray], masks: list[np.n
         ds = [r["score"] for r in results if r["defect"] == d]
         per_defect[d] = {"n": len(ds)}
         if normals:
-            per_defect[d]["image_auroc_vs_good"] = auroc(normals + ds, [0] * len(normals) + [1] * len(ds))
+            per_defect[d]["image_AUROC_vs_good"] = auroc(normals + ds, [0] * len(normals) + [1] * len(ds))
     rep["per_defect"] = per_defect
     if notes:
         rep["undefined"] = notes
@@ -154,14 +214,17 @@ def write_figure(
 def _prepare(args: argparse.Namespace):
     """(samples, out folder, scorer) after every check that can fail before scoring."""
     from ..checkpoint import CheckpointError
-    from ..data import DataLayoutError, list_test_samples, mask_size_mismatches
+    from ..data import DataLayoutError, mask_size_mismatches, resolve_layout
     from ..score import Scorer
 
     check_device_backend(args)
     try:
-        samples = list_test_samples(args.data, args.category)
+        layout = resolve_layout(args.data, args.category, args.normal_dir, args.abnormal_dir, args.mask_dir,
+                                args.normal_test_dir)  # fmt: skip
+        samples = layout.test_samples()
     except DataLayoutError as e:
         raise UsageError(str(e)) from None
+    args.category, args._layout = layout.name, layout
     bad = mask_size_mismatches(samples)
     if bad:
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
@@ -174,12 +237,20 @@ def _prepare(args: argparse.Namespace):
     return samples, out, scorer
 
 
-def _score_test(scorer, samples, args):
+def sample_id(sample) -> str:
+    """The image's path below its defect folder without the extension ('000', 'sub/000'):
+    the id the MVTec evaluators look up."""
+    return str(Path(sample.rel or sample.path.name).with_suffix("").as_posix())
+
+
+def _score_test(scorer, samples, args, out: Path, calib: dict):
     from tqdm import tqdm
 
     from ..data import image_size_of, load_mask
     from ..score import Failure
+    from ..score.io import save_mask, save_tiff
 
+    threshold, pix_t = float(calib["threshold"]), float(calib["pixel_threshold"])
     results, maps, masks, skipped = [], [], [], []
     bar = tqdm(total=len(samples), desc=f"eval {args.category}", unit="img", disable=args.no_progress)
     for r in scorer.score_paths([s.path for s in samples], args.workers, want_maps=True, progress=bar):
@@ -192,8 +263,20 @@ def _score_test(scorer, samples, args):
         except ValueError as e:  # a corrupt mask: skip the image, like a corrupt image
             skipped.append({"path": str(s.mask), "error": str(e)})
             continue
-        results.append({"path": r.path, "defect": s.defect, "label": s.label, "score": r.score,
-                        "s_global": r.s_global, "s_local": r.s_local})  # fmt: skip
+        pred = float(scorer.pred_scores([r.score])[0])
+        row = {"path": r.path, "defect": s.defect, "label": s.label, "score": r.score, "pred_score": pred,
+               "pred_label": int(r.score > threshold), "s_global": r.s_global, "s_local": r.s_local}  # fmt: skip
+        if r.map is not None:
+            name = f"{s.defect}/{sample_id(s)}"
+            if args.save_tiff:
+                f = out / args.category / "test" / f"{name}.tiff"
+                save_tiff(f, r.map)
+                row["anomaly_map"] = str(f)
+            if args.save_masks:
+                f = out / "masks" / f"{name}.png"
+                save_mask(f, r.map > pix_t)
+                row["pred_mask"] = str(f)
+        results.append(row)
         maps.append(r.map)
         masks.append(mask)
     bar.close()
@@ -217,15 +300,17 @@ def run(args: argparse.Namespace) -> int:
     scorer.images_seen, scorer.seconds = 0, 0.0  # throughput of the test pass only
 
     t0 = time.perf_counter()
-    results, maps, masks, skipped = _score_test(scorer, samples, args)
+    results, maps, masks, skipped = _score_test(scorer, samples, args, out, calib)
     wall = time.perf_counter() - t0
 
     t_m = time.perf_counter()
-    rep = compute_report(results, maps, masks, threshold)
+    pix_t = float(calib["pixel_threshold"]) if calib.get("has_maps", True) else None
+    rep = compute_report(results, maps, masks, threshold, pix_t, args._layout.has_masks)
     t_m = time.perf_counter() - t_m
     report = {
         "category": args.category,
-        "data_root": str(Path(args.data).resolve()),
+        "layout": args._layout.kind,
+        "data_root": str(args._layout.root.resolve()),
         "model": str(Path(args.model).resolve()),
         "models": list(scorer.kinds),
         **rep,
@@ -233,6 +318,10 @@ def run(args: argparse.Namespace) -> int:
         "threshold_rule": calib.get("rule"),
         "alpha": calib.get("alpha"),
         "n_validation": calib.get("n_validation"),
+        "score_scale": calib.get("score_scale"),
+        "normalisation": calib.get("normalisation"),
+        "pixel_threshold": pix_t,
+        "pixel_rule": calib.get("pixel_rule"),
         "n_skipped": len(skipped),
         "skipped": skipped,
         "images_per_second": len(results) / wall if wall > 0 else 0.0,
@@ -240,19 +329,16 @@ def run(args: argparse.Namespace) -> int:
         "seconds": {"calibration": t_cal, "test_scoring": wall, "metrics": t_m},
         "device": str(scorer.device),
         "backend": args.backend,
-        "images": [{k: v for k, v in r.items()} | {"predicted": int(r["score"] > threshold)} for r in results],
+        "images": results,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
     if results and all(m is not None for m in maps):
         title = (
-            f"{args.category}: image AUROC {_fmt(rep['image_auroc'])}, pixel AUROC {_fmt(rep['pixel_auroc'])}, "
-            f"AUPRO@0.3 {_fmt(rep['aupro_0.3'])}"
+            f"{args.category}: image AUROC {_fmt(rep['image_AUROC'])}, pixel AUROC {_fmt(rep['pixel_AUROC'])}, "
+            f"AUPRO@0.3 {_fmt(rep['pixel_AUPRO'])}"
         )
         write_figure(out / "report.png", results, maps, masks, threshold, scorer.map_range(), args.examples, title)
-    summary = {
-        k: report[k] for k in ("image_auroc", "accuracy", "pixel_auroc", "pixel_auroc_per_anomalous_image", "aupro_0.3")
-    }
-    print(json.dumps(summary, indent=2))
+    print(json.dumps({k: report[k] for k in SUMMARY_KEYS}, indent=2))
     print(f"report: {out / 'report.json'}  figure: {out / 'report.png'}", file=sys.stderr)
     for s in skipped:
         print(f"  skipped {s['path']}: {s['error']}", file=sys.stderr)

@@ -1,9 +1,16 @@
 """``igd-fast score``: score a folder (or glob) of images with a trained model.
 
 Writes to ``--out``:
-  scores.csv      path, score, s_global, s_local, label (1 = anomalous: score > threshold)
+  scores.csv      path, score, pred_score, pred_label, s_global, s_local: ``score`` raw;
+                  ``pred_score`` in [0, 1] with the threshold at 0.5 (logistic scaled by
+                  the validation-normal score spread, see igd_fast.score.threshold);
+                  ``pred_label`` 1 = anomalous = pred_score > 0.5 = score > threshold
+  scores.jsonl    the same rows as JSON lines (plus the files written) with ``--jsonl``
   overlays/REL.png   jet heat-map blended over each image, at the image's own size
   maps/REL.npy       raw per-pixel maps (float32, original size) with ``--save-maps``
+  masks/REL.png      pred_mask (map > calibrated pixel threshold, 0/255) with ``--save-masks``
+  <category>/test/<defect>/<id>.tiff   float32 maps for the MVTec AD / LOCO evaluators
+                  with ``--save-tiff`` (inputs must lie in .../<category>/test/<defect>/)
   (REL: the input's path below the input folder, sub-folders kept and the extension
   kept in the name, e.g. sub/a.jpg -> overlays/sub/a.jpg.png: two inputs never share
   an output file)
@@ -29,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _dist
+from ..score.threshold import NORMALISATION, normalise_scores, score_scale
 from ._args import (
     EXIT_OK,
     EXIT_SKIPPED,
@@ -60,12 +68,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True, help="folder (searched recursively) or glob pattern of images")
     add_out(p, True, "output folder (created; checked writable before scoring)")
     p.add_argument("--save-maps", action="store_true", help="also write raw per-pixel maps as .npy")
+    p.add_argument("--save-masks", action="store_true",
+                   help="also write pred_mask PNGs (map > calibrated pixel threshold; 255 = anomalous)")
+    p.add_argument("--save-tiff", action="store_true",
+                   help="also write float32 TIFF maps as OUT/<category>/test/<defect>/<id>.tiff (the MVTec AD / "
+                        "LOCO evaluators' layout; inputs must lie in .../<category>/test/<defect>/)")
+    p.add_argument("--jsonl", action="store_true", help="also write scores.jsonl (one JSON object per image)")
     p.add_argument("--no-overlays", action="store_true", help="skip the heat-map overlay PNGs")
     p.add_argument("--threshold", type=finite_float, default=None,
                    help="use this threshold instead of the calibrated one")
     p.add_argument("--alpha", type=open_fraction, default=None,
                    help="target false-alarm rate of the calibration (default 0.05)")
     add_runtime(p)
+
+
+CSV_COLUMNS = ["path", "score", "pred_score", "pred_label", "s_global", "s_local"]
 
 
 def output_name(path: Path, base: Path) -> str:
@@ -86,9 +103,9 @@ def _out_file(folder: Path, name: str, suffix: str) -> Path:
 
 def _calibrate(scorer, args, proc: _dist.ProcessInfo) -> tuple[float | None, dict, str | None]:
     """(threshold, calibration record, error). Rank 0 calibrates and caches; the others
-    receive its result (no second pass over the validation images)."""
-    if args.threshold is not None:
-        return args.threshold, {"rule": "given on the command line (--threshold)"}, None
+    receive its result (no second pass over the validation images). With --threshold
+    the calibration is still used, when it can be had, for pred_score's scale and the
+    pixel threshold; without it the scale falls back to |threshold| (or 1)."""
     result = None
     if proc.is_main:
         try:
@@ -99,7 +116,23 @@ def _calibrate(scorer, args, proc: _dist.ProcessInfo) -> tuple[float | None, dic
     result = _dist.broadcast_object(result)
     if result[0] is not None:
         scorer._calibration = result[1]
-    return result
+    if args.threshold is None:
+        return result
+    rec = dict(result[1])
+    if not rec:
+        rec["score_scale"] = score_scale([], args.threshold)
+    rec.update(rule="given on the command line (--threshold)", threshold=args.threshold)
+    return args.threshold, rec, None
+
+
+def tiff_name(path: Path) -> str | None:
+    """'<category>/test/<defect>/<id>.tiff' for an image at .../<category>/test/<defect>/<id>.<ext>
+    (the nearest 'test' folder above it), else None."""
+    parts = Path(os.path.abspath(path)).parts
+    for i in range(len(parts) - 3, 1, -1):
+        if parts[i] == "test":
+            return Path(*parts[i - 1 : -1], Path(parts[-1]).stem + ".tiff").as_posix()
+    return None
 
 
 def _open(args: argparse.Namespace, proc: _dist.ProcessInfo):
@@ -125,47 +158,64 @@ def _base(spec: str, paths: list[Path]) -> Path:
 
 
 def _score_mine(scorer, args, paths: list[Path], proc: _dist.ProcessInfo, out: Path, vrange) -> tuple[list, list]:
-    """Score this rank's share of ``paths``, writing overlays / maps as they come."""
+    """Score this rank's share of ``paths``, writing overlays / maps / masks / TIFFs as they come."""
     from tqdm import tqdm
 
     from ..score import Failure, save_overlay
+    from ..score.io import save_mask, save_tiff
 
     base = _base(args.input, paths)
     mine = list(range(proc.rank, len(paths), proc.world))
     rows, failed = [], []
     desc = "scoring" if proc.world == 1 else f"scoring (rank 0's shard of {proc.world})"
     bar = tqdm(total=len(mine), desc=desc, unit="img", disable=not proc.is_main or args.no_progress, file=sys.stderr)
+    t, scale = args._threshold, float(args._calib["score_scale"])
     for r in scorer.score_paths([paths[i] for i in mine], args.workers, want_maps=True, indices=mine):
         bar.update(1)
         if isinstance(r, Failure):
             failed.append({"index": r.index, "path": r.path, "error": r.error})
             continue
         name = output_name(Path(r.path), base)
+        row = {"index": r.index, "path": r.path, "score": r.score,
+               "pred_score": float(normalise_scores([r.score], t, scale)[0]), "pred_label": int(r.score > t),
+               "s_global": r.s_global, "s_local": r.s_local}  # fmt: skip
+        rows.append(row)
         if r.map is None:  # a variant without a per-pixel map (Deep SVDD): the score only
-            rows.append((r.index, r.path, r.score, r.s_global, r.s_local, int(r.score > args._threshold)))
             continue
         # a threshold given by hand and no calibration: per-image colour scale
         lo, hi = (float(r.map.min()), float(r.map.max())) if vrange is None else vrange
-        if not args.no_overlays:
-            try:
+        try:
+            if not args.no_overlays:
                 save_overlay(_out_file(out / "overlays", name, ".png"), r.path, r.map, lo, hi)
-            except OSError as e:
-                failed.append({"index": r.index, "path": r.path, "error": f"overlay: {e}"})
-        if args.save_maps:
-            np.save(_out_file(out / "maps", name, ".npy"), r.map.astype(np.float32))
-        rows.append((r.index, r.path, r.score, r.s_global, r.s_local, int(r.score > args._threshold)))
+            if args.save_maps:
+                row["anomaly_map"] = str(_out_file(out / "maps", name, ".npy"))
+                np.save(row["anomaly_map"], r.map.astype(np.float32))
+            if args.save_masks:
+                row["pred_mask"] = str(_out_file(out / "masks", name, ".png"))
+                save_mask(row["pred_mask"], r.map > float(args._calib["pixel_threshold"]))
+            if args.save_tiff:
+                row["anomaly_map_tiff"] = str(out / tiff_name(Path(r.path)))
+                save_tiff(row["anomaly_map_tiff"], r.map)
+        except OSError as e:
+            failed.append({"index": r.index, "path": r.path, "error": f"writing outputs: {e}"})
     bar.close()
     return rows, failed
 
 
 def _write(out: Path, args, scorer, parts: list[dict], n_inputs: int, threshold: float, calib: dict, world: int):
-    rows = sorted((row for p in parts for row in p["rows"]), key=lambda row: row[0])
+    rows = sorted((row for p in parts for row in p["rows"]), key=lambda row: row["index"])
     failed = sorted((f for p in parts for f in p["failed"]), key=lambda f: f["index"])
     with open(out / "scores.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "score", "s_global", "s_local", "label"])
-        for _, path, s, sg, sl, lab in rows:
-            w.writerow([path, f"{s:.6f}", f"{sg:.6f}", f"{sl:.6f}", lab])
+        w.writerow(CSV_COLUMNS)
+        for r in rows:
+            # pred_score with 9 digits: values near 1 stay distinct
+            w.writerow([r["path"], f"{r['score']:.6f}", f"{r['pred_score']:.9f}", r["pred_label"],
+                        f"{r['s_global']:.6f}", f"{r['s_local']:.6f}"])  # fmt: skip
+    if args.jsonl:
+        with open(out / "scores.jsonl", "w") as f:
+            for r in rows:
+                f.write(json.dumps({k: v for k, v in r.items() if k != "index"}) + "\n")
     wall_max = max(p["wall"] for p in parts)
     summary = {
         "model": str(Path(args.model).resolve()),
@@ -174,12 +224,16 @@ def _write(out: Path, args, scorer, parts: list[dict], n_inputs: int, threshold:
         "n_inputs": n_inputs,
         "n_scored": len(rows),
         "n_skipped": len({f["path"] for f in failed}),
-        "n_anomalous": sum(row[5] for row in rows),
+        "n_anomalous": sum(r["pred_label"] for r in rows),
         "skipped": [{"path": f["path"], "error": f["error"]} for f in failed],
         "threshold": threshold,
         "threshold_rule": calib.get("rule"),
         "alpha": calib.get("alpha"),
         "n_validation": calib.get("n_validation"),
+        "score_scale": calib.get("score_scale"),
+        "normalisation": calib.get("normalisation", NORMALISATION),
+        "pixel_threshold": calib.get("pixel_threshold"),
+        "pixel_rule": calib.get("pixel_rule"),
         "world_size": world,
         "device": str(scorer.device),
         "backend": args.backend,
@@ -208,6 +262,20 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         print(f"igd-fast score: error: no image files match {args.input}", file=sys.stderr)
         return EXIT_USAGE
+    outside = [p for p in paths if tiff_name(p) is None] if args.save_tiff else []
+    if outside:
+        print(f"igd-fast score: error: --save-tiff needs inputs in the MVTec layout "
+              f".../<category>/test/<defect>/<id>.png; {outside[0]} is not"
+              + (f" (and {len(outside) - 1} more)" if len(outside) > 1 else ""), file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    if args.save_tiff:
+        seen: dict[str, Path] = {}
+        for p in paths:
+            other = seen.setdefault(tiff_name(p), p)
+            if other != p:  # the evaluators' layout drops the extension: a.png and a.jpg collide
+                print(f"igd-fast score: error: --save-tiff: {other} and {p} would both be written to "
+                      f"{tiff_name(p)}", file=sys.stderr)  # fmt: skip
+                return EXIT_USAGE
     proc = _dist.init()
     try:
         try:
@@ -221,7 +289,12 @@ def run(args: argparse.Namespace) -> int:
             if proc.is_main:
                 print(f"igd-fast score: error: {err}", file=sys.stderr)
             return EXIT_USAGE
-        args._threshold = threshold
+        if args.save_masks and "pixel_threshold" not in calib:
+            if proc.is_main:
+                print("igd-fast score: error: --save-masks needs the calibrated pixel threshold, and the "
+                      "calibration failed (run.json lists no readable validation images)", file=sys.stderr)  # fmt: skip
+            return EXIT_USAGE
+        args._threshold, args._calib = threshold, calib
         vrange = scorer.map_range() if "map_low" in calib else None
         out = Path(args.out)
         t0 = time.perf_counter()

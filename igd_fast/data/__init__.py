@@ -4,9 +4,12 @@
   ``image`` (3×S×S, ImageNet-normalised), ``mask``, ``label``, ``path``, ``defect``.
 * :func:`list_train_files`, :func:`list_test_samples`, :func:`split_train_val` (deterministic
   validation split of train/good), :func:`load_image`, :func:`load_mask`.
+* :func:`resolve_layout` -> :class:`Layout`: MVTec AD, MVTec LOCO AD (mask folders
+  OR-ed, validation/good) or an anomalib-style Folder layout behind one interface.
 * :func:`make_synthetic_mvtec` writes a tiny dataset of real PNG files.
 """
 
+from .layouts import Layout, resolve_layout
 from .mvtec import (
     IMAGE_EXTENSIONS,
     IMAGENET_MEAN,
@@ -20,6 +23,7 @@ from .mvtec import (
     images_under,
     list_test_samples,
     list_train_files,
+    list_validation_files,
     load_image,
     load_mask,
     mask_size_mismatches,
@@ -35,6 +39,7 @@ __all__ = [
     "LAYOUT",
     "CorruptImageError",
     "DataLayoutError",
+    "Layout",
     "MVTecDataset",
     "Sample",
     "image_size_of",
@@ -47,4 +52,6 @@ __all__ = [
     "split_train_val",
     "list_test_samples",
     "list_train_files",
+    "list_validation_files",
+    "resolve_layout",
 ]

@@ -1,10 +1,13 @@
-"""MVTec-AD layout reader.
+"""MVTec-AD layout reader (and MVTec LOCO AD, which differs only in its masks).
 
 Layout (``root/category``)::
 
     train/good/*.png                    training normals
+    validation/good/*.png               (MVTec LOCO only) validation normals
     test/<defect>/*.png                 test images, ``good`` = normal
-    ground_truth/<defect>/<name>_mask.png  masks of the anomalous test images
+    ground_truth/<defect>/<name>_mask.png  masks of the anomalous test images (MVTec AD)
+    ground_truth/<defect>/<name>/000.png, 001.png, ...  (MVTec LOCO) one file per
+                                        annotated region, merged with a logical OR
 
 Images are returned as float32 3×S×S tensors, resized to the model size and
 normalised with ImageNet mean/std (so values lie in [-2.1179, 2.6400], the data range
@@ -31,7 +34,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LAYOUT = (
     "expected the MVTec AD layout: <root>/<category>/train/good/*.png, "
     "<root>/<category>/test/<defect>/*.png (normal test images in test/good), "
-    "<root>/<category>/ground_truth/<defect>/<name>_mask.png"
+    "<root>/<category>/ground_truth/<defect>/<name>_mask.png (or, MVTec LOCO, "
+    "<root>/<category>/ground_truth/<defect>/<name>/000.png ...)"
 )
 
 
@@ -45,11 +49,13 @@ class CorruptImageError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One image of a split: its file, defect type ('good' = normal) and mask file."""
+    """One image of a split: its file, defect type ('good' = normal), mask file (or a
+    folder of mask files to OR, MVTec LOCO) and its path below its defect folder."""
 
     path: Path
     defect: str = "good"
     mask: Path | None = None
+    rel: str = ""
 
     @property
     def label(self) -> int:
@@ -97,14 +103,25 @@ def list_test_samples(root: str | Path, category: str, require_masks: bool = Tru
             if ddir.name != "good":
                 rel = f.relative_to(ddir)
                 mask = cat / "ground_truth" / ddir.name / rel.parent / f"{f.stem}_mask.png"
-                if not mask.is_file():
+                loco = mask.with_name(f.stem)  # MVTec LOCO: a folder of region masks
+                if not mask.is_file() and loco.is_dir() and images_under(loco):
+                    mask = loco
+                elif not mask.is_file():
                     if require_masks:
-                        raise DataLayoutError(f"no mask {mask} for test image {f}; {LAYOUT}")
+                        raise DataLayoutError(f"no mask {mask} (nor a folder {loco}/ of masks) for test image {f}; "
+                                              f"{LAYOUT}")  # fmt: skip
                     mask = None
-            out.append(Sample(f, ddir.name, mask))
+            out.append(Sample(f, ddir.name, mask, f.relative_to(ddir).as_posix()))
     if not out:
         raise DataLayoutError(f"{tdir} holds no image files in any <defect> sub-folder; {LAYOUT}")
     return out
+
+
+def list_validation_files(root: str | Path, category: str) -> list[Path]:
+    """Sorted image files of ``root/category/validation/good`` (MVTec LOCO's validation
+    split); [] when the category has none (MVTec AD: the split comes from train/good)."""
+    d = _category_dir(root, category) / "validation" / "good"
+    return images_under(d) if d.is_dir() else []
 
 
 def split_train_val(files: Sequence[Path], val_fraction: float = 0.1, seed: int = 0) -> tuple[list[Path], list[Path]]:
@@ -162,10 +179,27 @@ def load_image(path: str | Path, size: int | tuple[int, int] | None = 256) -> to
 
 
 def load_mask(path: str | Path | None, size: int | tuple[int, int]) -> torch.Tensor:
-    """1×H×W float32 {0, 1} mask (nearest resize to ``size``); zeros when ``path`` is None."""
+    """1×H×W float32 {0, 1} mask (nearest resize to ``size``); zeros when ``path`` is None.
+
+    A file: pixels > 127 are anomalous (MVTec AD's 0/255 masks). A folder (MVTec LOCO):
+    the logical OR of its mask files, where any non-zero pixel is anomalous (LOCO codes
+    each defect type by its own pixel value).
+    """
     hw = (size, size) if isinstance(size, int) else tuple(size)
     if path is None:
         return torch.zeros(1, *hw)
+    if Path(path).is_dir():
+        files = images_under(path)
+        if not files:
+            raise CorruptImageError(f"mask folder {path} holds no mask files")
+        out = np.zeros(hw, bool)
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    out |= np.asarray(im.convert("L").resize((hw[1], hw[0]), Image.NEAREST)) > 0
+            except (OSError, SyntaxError, ValueError) as e:
+                raise CorruptImageError(f"cannot read mask file {f}: {e}") from e
+        return torch.from_numpy(out.astype(np.float32))[None]
     try:
         with Image.open(path) as im:
             m = im.convert("L").resize((hw[1], hw[0]), Image.NEAREST)
@@ -190,12 +224,13 @@ def mask_size_mismatches(samples: Sequence[Sample]) -> list[str]:
     for s in samples:
         if s.mask is None:
             continue
-        try:
-            hi, hm = image_size_of(s.path), image_size_of(s.mask)
-        except CorruptImageError:
-            continue  # reported (and the image skipped) when it is read
-        if hi != hm:
-            bad.append(f"{s.mask} is {hm[1]}×{hm[0]} but its image {s.path} is {hi[1]}×{hi[0]} (W×H)")
+        for m in images_under(s.mask) if s.mask.is_dir() else [s.mask]:
+            try:
+                hi, hm = image_size_of(s.path), image_size_of(m)
+            except CorruptImageError:
+                continue  # reported (and the image skipped) when it is read
+            if hi != hm:
+                bad.append(f"{m} is {hm[1]}×{hm[0]} but its image {s.path} is {hi[1]}×{hi[0]} (W×H)")
     return bad
 
 

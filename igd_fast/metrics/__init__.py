@@ -5,17 +5,20 @@ pixels in one pass. They know nothing of models: inputs are scores/maps and labe
 Convention everywhere: a larger score means "more anomalous", label 1 = anomalous.
 """
 
-from .classification import accuracy, auroc, roc_curve
+from .classification import accuracy, auroc, f1_max, f1_score, roc_curve
 from .components import label_components
-from .localisation import aupro, per_image_pixel_auroc, pixel_auroc, pro_curve
+from .localisation import aupro, per_image_pixel_auroc, pixel_auroc, pixel_f1_max, pro_curve
 
 __all__ = [
     "accuracy",
     "aupro",
     "auroc",
+    "f1_max",
+    "f1_score",
     "label_components",
     "per_image_pixel_auroc",
     "pixel_auroc",
+    "pixel_f1_max",
     "pro_curve",
     "roc_curve",
 ]

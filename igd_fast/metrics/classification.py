@@ -1,4 +1,4 @@
-"""Image-level metrics: ROC curve, AUROC, accuracy at a threshold."""
+"""Image-level metrics: ROC curve, AUROC, accuracy and F1 at a threshold, F1Max."""
 
 from __future__ import annotations
 
@@ -100,3 +100,32 @@ def accuracy(scores: ArrayLike, labels: ArrayLike, threshold: float) -> float:
     y = as_flat(labels) > 0
     _check(s, y)
     return float(((s > threshold) == y).to(torch.float64).mean())
+
+
+def f1_score(scores: ArrayLike, labels: ArrayLike, threshold: float) -> float:
+    """F1 of the anomalous class when "anomalous" means score > threshold (as
+    :func:`accuracy`); 0 when nothing is predicted or labelled anomalous."""
+    s = as_flat(scores, torch.float64)
+    y = as_flat(labels) > 0
+    _check(s, y)
+    if not y.any():
+        raise ValueError("F1 needs at least one anomalous label")
+    pred = s > threshold
+    tp = float((pred & y).sum())
+    return 2.0 * tp / (float(pred.sum()) + float(y.sum()))
+
+
+def f1_max(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
+    """(max F1 over every threshold of the precision-recall curve, the threshold that
+    reaches it), anomalib's F1Max.
+
+    At a threshold t ("anomalous" = score >= t, the PR curve's convention) F1 is
+    2·TP / (TP + FP + P), P the number of anomalous labels; tied scores move together
+    (one point per distinct score). Among equal maxima the highest threshold is returned.
+    """
+    fps, tps, thr = binary_clf_curve(scores, labels)
+    if tps[-1] == 0:
+        raise ValueError("F1Max needs at least one anomalous label")
+    f1 = 2.0 * tps / (tps + fps + tps[-1])
+    i = int(torch.argmax(f1))  # first maximum = highest threshold
+    return float(f1[i]), float(thr[i])

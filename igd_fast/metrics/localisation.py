@@ -1,4 +1,4 @@
-"""Pixel-level metrics: pooled pixel AUROC, mean per-anomalous-image pixel AUROC, AUPRO."""
+"""Pixel-level metrics: pooled pixel AUROC and F1Max, mean per-anomalous-image pixel AUROC, AUPRO."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .classification import ArrayLike, auroc, trapezoid
+from .classification import ArrayLike, auroc, f1_max, trapezoid
 from .components import label_components
 
 MapsLike = ArrayLike | list
@@ -49,6 +49,12 @@ def pixel_auroc(maps: MapsLike, masks: MapsLike) -> float:
     """AUROC over all pixels of all images pooled together (the standard pixel AUROC)."""
     pairs = _pairs(maps, masks)
     return auroc(torch.cat([m.reshape(-1) for m, _ in pairs]), torch.cat([k.reshape(-1) for _, k in pairs]))
+
+
+def pixel_f1_max(maps: MapsLike, masks: MapsLike) -> tuple[float, float]:
+    """(F1Max, its threshold) over all pixels of all images pooled (anomalib's pixel_F1Max)."""
+    pairs = _pairs(maps, masks)
+    return f1_max(torch.cat([m.reshape(-1) for m, _ in pairs]), torch.cat([k.reshape(-1) for _, k in pairs]))
 
 
 def per_image_pixel_auroc(maps: MapsLike, masks: MapsLike) -> float:

@@ -18,7 +18,7 @@ from torch import Tensor
 from .. import _backends
 from ..config import LOCAL, MSSSIMConfig
 from ..reference import patches as ref
-from ._impls import impl
+from .backends import patch_kernels
 from .ssim import recon_terms
 
 _MODES = ("mean", "sum", "max")
@@ -91,7 +91,8 @@ class PatchGrid:
 
         return axis(self.rows, self.height)[:, None] * axis(self.cols, self.width)[None, :]
 
-    def _scalars(self) -> tuple[int, int, int, int]:
+    def scalars(self) -> tuple[int, int, int, int]:
+        """(height, width, size, stride): the grid as the kernels take it."""
         return self.height, self.width, self.size, self.stride
 
 
@@ -163,12 +164,14 @@ def patch_scores(
 
 
 @torch.library.custom_op("igd_fast::fold_patch_maps", mutates_args=())
-def _fold_op(patch_maps: Tensor, height: int, width: int, size: int, stride: int, mode: str, backend: str) -> Tensor:
-    """(N·P)×C×s×s -> N×C×H×W; see :func:`fold_patch_maps`."""
-    return impl(backend, "patches").fold_patch_maps(patch_maps, height, width, size, stride, mode)
+def fold_patch_maps_op(
+    patch_maps: Tensor, height: int, width: int, size: int, stride: int, mode: str, backend: str
+) -> Tensor:
+    """The op behind :func:`fold_patch_maps`: (N·P)×C×s×s -> N×C×H×W, grid as scalars."""
+    return patch_kernels(backend).fold_patch_maps(patch_maps, height, width, size, stride, mode)
 
 
-@_fold_op.register_fake
+@fold_patch_maps_op.register_fake
 def _(patch_maps, height, width, size, stride, mode, backend):
     p = len(ref.grid_starts(height, size, stride)) * len(ref.grid_starts(width, size, stride))
     return patch_maps.new_empty((patch_maps.shape[0] // p, patch_maps.shape[1], height, width))
@@ -178,7 +181,7 @@ def _fold_setup(ctx, inputs, output):
     ctx.params = inputs[1:]
 
 
-def _fold_bwd(ctx, grad):
+def _fold_grad(ctx, grad):
     height, width, size, stride, mode, _ = ctx.params
     if mode == "max":
         raise RuntimeError("fold_patch_maps(mode='max') is not differentiable; use 'mean' or 'sum'")
@@ -189,7 +192,7 @@ def _fold_bwd(ctx, grad):
     return extract_patches(grad, size, stride)[0], None, None, None, None, None, None
 
 
-_fold_op.register_autograd(_fold_bwd, setup_context=_fold_setup)
+fold_patch_maps_op.register_autograd(_fold_grad, setup_context=_fold_setup)
 
 
 def _check_patch_maps(patch_maps: Tensor, grid: PatchGrid, what: str) -> None:
@@ -214,21 +217,22 @@ def fold_patch_maps(patch_maps: Tensor, grid: PatchGrid, mode: str = "mean", bac
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     b = _backends.resolve(patch_maps.device, backend)
-    return _fold_op(patch_maps.contiguous(), *grid._scalars(), mode, b)
+    return fold_patch_maps_op(patch_maps.contiguous(), *grid.scalars(), mode, b)
 
 
 # ---------------------------------------------------------------- max-pooled map
 
 
 @torch.library.custom_op("igd_fast::anomaly_map", mutates_args=())
-def _anomaly_op(
+def anomaly_map_op(
     scores: Tensor, height: int, width: int, size: int, stride: int, backend: str
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """N×P scores -> (N×1×H×W pixel map, N image scores, N worst patch index)."""
-    return tuple(impl(backend, "patches").anomaly_map(scores, height, width, size, stride))
+    """The op behind :func:`anomaly_map`: N×P scores -> (N×1×H×W pixel map, N image
+    scores, N worst patch index), grid as scalars."""
+    return tuple(patch_kernels(backend).anomaly_map(scores, height, width, size, stride))
 
 
-@_anomaly_op.register_fake
+@anomaly_map_op.register_fake
 def _(scores, height, width, size, stride, backend):
     n = scores.shape[0]
     return (
@@ -261,7 +265,7 @@ def anomaly_map(patch_scores: Tensor, grid: PatchGrid, backend: str | None = Non
         )
     s = patch_scores.detach().reshape(-1, grid.count).contiguous()
     b = _backends.resolve(s.device, backend)
-    pixel_map, image_score, worst = _anomaly_op(s, *grid._scalars(), b)
+    pixel_map, image_score, worst = anomaly_map_op(s, *grid.scalars(), b)
     starts = grid.starts(s.device)[worst]
     return AnomalyMap(pixel_map, image_score, worst, starts)
 
@@ -270,7 +274,9 @@ __all__ = [
     "AnomalyMap",
     "PatchGrid",
     "anomaly_map",
+    "anomaly_map_op",
     "extract_patches",
     "fold_patch_maps",
+    "fold_patch_maps_op",
     "patch_scores",
 ]

@@ -2,7 +2,8 @@
 
 One op per kernel, registered with ``torch.library`` (fake impls for
 ``torch.compile``, autograd through registered backwards). The ``backend`` argument
-names the implementation; :mod:`igd_fast._backends` resolves it before the call.
+names the implementation; :mod:`igd_fast._backends` resolves it before the call and
+:data:`igd_fast.ops.backends.SSIM` maps it to the function that runs.
 The multi-scale glue (pooling, relu/pow/product over scales) is ordinary PyTorch so
 autograd composes it with the kernels.
 """
@@ -16,7 +17,7 @@ from .. import _backends
 from .._validate import check_image_pair
 from ..config import GLOBAL, MSSSIMConfig
 from ..reference import ssim as ref
-from ._impls import impl
+from .backends import ssim_kernels
 
 
 @torch.library.custom_op("igd_fast::ssim_scale", mutates_args=())
@@ -24,7 +25,7 @@ def ssim_scale(
     x: Tensor, y: Tensor, win_size: int, sigma: float, c1: float, c2: float, want_maps: bool, backend: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One scale: (ssim_mean N×C, cs_mean N×C, ssim_map | empty, cs_map | empty), float32."""
-    return tuple(impl(backend, "ssim").ssim_scale_fwd(x, y, win_size, sigma, c1, c2, want_maps))
+    return tuple(ssim_kernels(backend).ssim_scale(x, y, win_size, sigma, c1, c2, want_maps))
 
 
 @ssim_scale.register_fake
@@ -55,7 +56,7 @@ def ssim_scale_backward(
 ) -> tuple[Tensor, Tensor]:
     """Gradients (gx | empty, gy) of one scale; map grads may be empty (= zero)."""
     return tuple(
-        impl(backend, "ssim").ssim_scale_bwd(
+        ssim_kernels(backend).ssim_scale_backward(
             x, y, win_size, sigma, c1, c2, g_ssim_mean, g_cs_mean, g_ssim_map, g_cs_map, need_gx
         )
     )
@@ -73,7 +74,7 @@ def _ssim_scale_setup(ctx, inputs, output):
     ctx.params = (win_size, sigma, c1, c2, backend)
 
 
-def _ssim_scale_bwd(ctx, g_s_mean, g_cs_mean, g_s_map, g_cs_map):
+def _ssim_scale_grad(ctx, g_s_mean, g_cs_mean, g_s_map, g_cs_map):
     x, y = ctx.saved_tensors
     win_size, sigma, c1, c2, backend = ctx.params
     n, c = x.shape[:2]
@@ -90,7 +91,7 @@ def _ssim_scale_bwd(ctx, g_s_mean, g_cs_mean, g_s_map, g_cs_map):
     return (gx if need_gx else None), gy, None, None, None, None, None, None
 
 
-ssim_scale.register_autograd(_ssim_scale_bwd, setup_context=_ssim_scale_setup)
+ssim_scale.register_autograd(_ssim_scale_grad, setup_context=_ssim_scale_setup)
 
 
 @torch.library.custom_op("igd_fast::combine_maps", mutates_args=())
@@ -98,7 +99,7 @@ def combine_maps(
     maps: list[Tensor], weights: list[float], out_h: int, out_w: int, win_size: int, backend: str
 ) -> Tensor:
     """Per-pixel MS-SSIM from the per-scale maps, N×C×out_h×out_w (see reference)."""
-    return impl(backend, "ssim").combine_maps(maps, weights, out_h, out_w, win_size)
+    return ssim_kernels(backend).combine_maps(maps, weights, out_h, out_w, win_size)
 
 
 @combine_maps.register_fake
@@ -113,7 +114,7 @@ def _combine_setup(ctx, inputs, output):
     ctx.params = (list(weights), out_h, out_w, win_size)
 
 
-def _combine_bwd(ctx, grad):
+def _combine_grad(ctx, grad):
     # The product's backward is cheap elementwise work: autograd of the reference.
     maps = [m.detach().requires_grad_(True) for m in ctx.saved_tensors]
     with torch.enable_grad():
@@ -122,13 +123,13 @@ def _combine_bwd(ctx, grad):
     return list(grads), None, None, None, None, None
 
 
-combine_maps.register_autograd(_combine_bwd, setup_context=_combine_setup)
+combine_maps.register_autograd(_combine_grad, setup_context=_combine_setup)
 
 
 @torch.library.custom_op("igd_fast::downsample", mutates_args=())
 def downsample(x: Tensor, backend: str) -> Tensor:
     """2×2 average pool between scales (odd sizes padded, as pytorch_msssim)."""
-    return getattr(impl(backend, "ssim"), "downsample", ref.downsample)(x)
+    return ssim_kernels(backend).downsample(x)
 
 
 @downsample.register_fake
@@ -140,7 +141,7 @@ def _(x, backend):
 @torch.library.custom_op("igd_fast::downsample_backward", mutates_args=())
 def downsample_backward(grad: Tensor, h: int, w: int, backend: str) -> Tensor:
     """Adjoint of :func:`downsample` for an h×w input."""
-    return getattr(impl(backend, "ssim"), "downsample_bwd", ref.downsample_bwd)(grad.contiguous(), h, w)
+    return ssim_kernels(backend).downsample_backward(grad.contiguous(), h, w)
 
 
 @downsample_backward.register_fake
@@ -154,11 +155,11 @@ def _downsample_setup(ctx, inputs, output):
     ctx.backend = backend
 
 
-def _downsample_bwd(ctx, g):
+def _downsample_grad(ctx, g):
     return downsample_backward(g, *ctx.hw, ctx.backend), None
 
 
-downsample.register_autograd(_downsample_bwd, setup_context=_downsample_setup)
+downsample.register_autograd(_downsample_grad, setup_context=_downsample_setup)
 
 
 @torch.library.custom_op("igd_fast::ms_ssim_fused", mutates_args=())
@@ -168,7 +169,10 @@ def ms_ssim_fused(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Inference in one op: (ssim means N×C×S, cs means N×C×S, channel-mean map
     N×1×H×W or empty(0)). No autograd: used only when no gradient is needed."""
-    return tuple(impl(backend, "ssim").ms_ssim_fused(x, y, win_size, sigma, c1, c2, weights, want_map))
+    fused = ssim_kernels(backend).ms_ssim_fused
+    if fused is None:
+        raise RuntimeError(f"backend {backend!r} has no ms_ssim_fused (see igd_fast.ops.backends.SSIM)")
+    return tuple(fused(x, y, win_size, sigma, c1, c2, weights, want_map))
 
 
 @ms_ssim_fused.register_fake
@@ -182,13 +186,13 @@ def _(x, y, win_size, sigma, c1, c2, weights, want_map, backend):
 
 def _fused(x: Tensor, backend: str, needs_grad: bool) -> bool:
     """Whether the one-op inference path applies: no gradients, float32/64 CPU images,
-    and a backend that implements it (the C++ kernel; the ``torch`` backend's
+    and a backend that lists it (the C++ kernel; the ``torch`` backend's
     implementation is the reference composition of the per-scale ops)."""
     return (
         x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)  # fp16/bf16 pool in their own precision
         and not needs_grad
-        and hasattr(impl(backend, "ssim"), "ms_ssim_fused")
+        and ssim_kernels(backend).ms_ssim_fused is not None
     )
 
 

@@ -1,7 +1,7 @@
 """Reference SSIM / MS-SSIM in plain PyTorch (the ``torch`` backend).
 
 Conventions, shared by every backend:
-- separable Gaussian window (``MSSSIMConfig.window``), *valid* filtering, so a scale of
+- separable Gaussian window (:func:`igd_fast.config.gaussian_window`), *valid* filtering, so a scale of
   H×W gives SSIM and cs maps of (H-k+1)×(W-k+1);
 - statistics in float32 (float64 stays float64);
 - between scales a 2×2 average pool that pads odd sizes by one (as pytorch_msssim);
@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import config
 from ..config import MSSSIMConfig
 
 
@@ -22,10 +23,8 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def gaussian_window(win_size: int, sigma: float, device=None, dtype=torch.float32) -> torch.Tensor:
-    r = win_size // 2
-    coords = torch.arange(win_size, dtype=torch.float64) - r
-    g = torch.exp(-(coords**2) / (2.0 * sigma**2))
-    return (g / g.sum()).to(device=device, dtype=dtype)
+    """The taps of :func:`igd_fast.config.gaussian_window` (float64), cast to ``dtype``."""
+    return torch.tensor(config.gaussian_window(win_size, sigma), dtype=torch.float64).to(device=device, dtype=dtype)
 
 
 def gaussian_filter(t: torch.Tensor, win: torch.Tensor) -> torch.Tensor:
@@ -54,7 +53,7 @@ def ssim_maps(
     return lum * cs, cs
 
 
-def ssim_scale_fwd(x, y, win_size, sigma, c1, c2, want_maps):
+def ssim_scale(x, y, win_size, sigma, c1, c2, want_maps):
     """Backend entry point: (ssim_mean, cs_mean, ssim_map | empty, cs_map | empty)."""
     s, cs = ssim_maps(x, y, win_size, sigma, c1, c2)
     s_mean = s.mean(dim=(-2, -1))
@@ -72,7 +71,7 @@ def gaussian_filter_t(t: torch.Tensor, win: torch.Tensor) -> torch.Tensor:
     return F.conv_transpose2d(out, win.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
 
 
-def ssim_scale_bwd(x, y, win_size, sigma, c1, c2, g_s_mean, g_cs_mean, g_s_map, g_cs_map, need_gx):
+def ssim_scale_backward(x, y, win_size, sigma, c1, c2, g_s_mean, g_cs_mean, g_s_map, g_cs_map, need_gx):
     """Backend entry point: analytic gradients of one scale (the math every kernel does).
 
     With L = A1/B1 (luminance) and CS = A2/B2, the gradient of the maps with respect
@@ -120,7 +119,7 @@ def downsample(t: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(t, kernel_size=2, padding=pad)
 
 
-def downsample_bwd(grad: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def downsample_backward(grad: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Adjoint of :func:`downsample` for an input of h×w: each pixel lies in one window."""
     up = grad.repeat_interleave(2, -2).repeat_interleave(2, -1) / 4
     return up[..., h % 2 : h % 2 + h, w % 2 : w % 2 + w]
@@ -165,11 +164,11 @@ def combine_maps(maps, weights, out_h, out_w, win_size):
 def ms_ssim_fused(x, y, win_size, sigma, c1, c2, weights, want_map):
     """Backend entry point of the fused inference op: (ssim means N×C×S, cs means N×C×S,
     channel-mean map N×1×H×W, or empty(0) without want_map) = every scale of
-    ssim_scale_fwd, the pools between them, combine_maps and the mean over channels."""
+    ssim_scale, the pools between them, combine_maps and the mean over channels."""
     h, w = x.shape[-2:]
     s_means, c_means, maps = [], [], []
     for j in range(len(weights)):
-        s, cs, s_map, cs_map = ssim_scale_fwd(x, y, win_size, sigma, c1, c2, want_map)
+        s, cs, s_map, cs_map = ssim_scale(x, y, win_size, sigma, c1, c2, want_map)
         last = j == len(weights) - 1
         s_means.append(s)
         c_means.append(cs)

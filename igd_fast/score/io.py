@@ -125,3 +125,34 @@ def overlay(rgb: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, alpha: 
 
 def save_overlay(path: str | Path, image_path: str | Path, amap: np.ndarray, vmin: float, vmax: float) -> None:
     Image.fromarray(overlay(read_rgb(image_path), amap, vmin, vmax)).save(path)
+
+
+def save_tiff(path: str | Path, amap: np.ndarray) -> None:
+    """A real-valued H×W map as a float32 TIFF (what the MVTec AD / LOCO evaluation
+    scripts read): tifffile when installed, else Pillow (a float32 array is its mode "F")."""
+    a = np.ascontiguousarray(amap, dtype=np.float32)
+    if a.ndim != 2:
+        raise ValueError(f"a TIFF map must be H×W, got shape {a.shape}")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import tifffile
+    except ImportError:
+        Image.fromarray(a).save(path, format="TIFF")
+        return
+    tifffile.imwrite(path, a)
+
+
+def read_tiff(path: str | Path) -> np.ndarray:
+    """The float32 map of :func:`save_tiff` (tifffile when installed, else Pillow)."""
+    try:
+        import tifffile
+    except ImportError:
+        with Image.open(path) as im:
+            return np.asarray(im, dtype=np.float32)
+    return np.asarray(tifffile.imread(path), dtype=np.float32)
+
+
+def save_mask(path: str | Path, mask: np.ndarray) -> None:
+    """A boolean H×W mask as an 8-bit PNG, 255 = anomalous (the MVTec ground-truth convention)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(path)

@@ -31,7 +31,17 @@ from ..checkpoint import load_model, model_files, validation_files
 from ..models.terms import sample_scores
 from ..ops.patches import extract_patches, fold_patch_maps
 from .io import Item, ScoreDataset, collate
-from .threshold import DEFAULT_ALPHA, conformal_threshold, model_signature, read_threshold, write_threshold
+from .threshold import (
+    DEFAULT_ALPHA,
+    NORMALISATION,
+    PIXEL_RULE,
+    conformal_threshold,
+    model_signature,
+    normalise_scores,
+    read_threshold,
+    score_scale,
+    write_threshold,
+)
 
 
 @dataclass
@@ -226,7 +236,7 @@ class Scorer:
             files = validation_files(self.model_dir)
             if not files:
                 raise ValueError(f"{self.model_dir}/run.json lists no validation images to calibrate on")
-            scores, paths, pixels, failed = [], [], [], []
+            scores, paths, pixels, peaks, failed = [], [], [], [], []
             for r in self.score_paths(files, num_workers, want_maps=True):
                 if isinstance(r, Failure):
                     failed.append({"path": r.path, "error": r.error})
@@ -235,12 +245,14 @@ class Scorer:
                 paths.append(r.path)
                 if r.map is not None:
                     pixels.append(r.map.reshape(-1))
+                    peaks.append(float(r.map.max()))
             if not scores:
                 raise ValueError(f"none of the {len(files)} validation images of {self.model_dir} could be read")
             # no per-pixel map (Deep SVDD): a zero colour scale, never used for overlays
             px = np.concatenate(pixels) if pixels else np.zeros(1, np.float32)
+            threshold = conformal_threshold(scores, self.alpha)
             cached = {
-                "threshold": conformal_threshold(scores, self.alpha),
+                "threshold": threshold,
                 "rule": "split-conformal: k-th smallest validation score, k = min(n, ceil((n+1)(1-alpha))); "
                 "anomalous when score > threshold",
                 "alpha": self.alpha,
@@ -250,6 +262,11 @@ class Scorer:
                 "map_low": float(np.median(px)),
                 "map_high": float(px.max()),
                 "has_maps": bool(pixels),
+                "score_scale": score_scale(scores, threshold),
+                "normalisation": NORMALISATION,
+                # no map (Deep SVDD): 0, never used (no pred_mask without a map)
+                "pixel_threshold": conformal_threshold(peaks, self.alpha) if peaks else 0.0,
+                "pixel_rule": PIXEL_RULE,
                 "signature": model_signature(self.model_dir),
             }
             try:
@@ -262,6 +279,18 @@ class Scorer:
     @property
     def threshold(self) -> float:
         return float(self.calibration()["threshold"])
+
+    @property
+    def pixel_threshold(self) -> float:
+        """Map values above this are anomalous pixels (``pred_mask``); see :mod:`.threshold`."""
+        return float(self.calibration()["pixel_threshold"])
+
+    def pred_scores(self, scores, threshold: float | None = None) -> np.ndarray:
+        """pred_score in [0, 1] of raw scores, 0.5 at ``threshold`` (default: the
+        calibrated one), scaled by the validation-normal score spread."""
+        c = self.calibration()
+        t = float(c["threshold"]) if threshold is None else float(threshold)
+        return normalise_scores(scores, t, float(c["score_scale"]))
 
     def map_range(self) -> tuple[float, float]:
         """(vmin, vmax) for heat-maps: median normal pixel at 0, max normal pixel at 0.5."""

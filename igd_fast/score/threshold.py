@@ -14,6 +14,25 @@ The per-pixel colour scale for heat-maps is calibrated from the same images:
 ``map_low`` = median validation pixel value, ``map_high`` = max validation pixel value;
 overlays put ``map_low`` at 0 and ``map_high`` at 0.5 on the jet scale, so anything red
 is well beyond any pixel of a normal validation image.
+
+``pred_score`` (anomalib's name) puts the threshold at 0.5 on [0, 1] by a logistic of
+the raw score s, with the spread of the validation-normal scores as its scale:
+
+    pred_score = 1 / (1 + exp(-(s - threshold) / score_scale)),
+    score_scale = max - min of the validation-normal scores (|threshold|, or 1, when
+    that is 0: a single validation image).
+
+It is increasing, so image AUROC / F1Max are the same on pred_score as on s (up to
+float64 saturation at 1 beyond ~37 scales above the threshold); pred_score > 0.5
+exactly when s > threshold (a score within rounding of the threshold is nudged to the
+next float above 0.5). Logistic rather than anomalib's clipped min-max, because with
+normal-only validation a min-max scale saturates most anomalies at 1 and ties them.
+
+``pred_mask`` uses a pixel threshold calibrated the same way on per-image maxima:
+``pixel_threshold`` = the same split-conformal rule applied to each validation
+image's largest map value, so a new normal image has *any* pixel flagged with
+probability at most alpha (with fewer than 19 validation images: the largest
+validation pixel). A pixel is anomalous when its map value is > pixel_threshold.
 """
 
 from __future__ import annotations
@@ -24,12 +43,24 @@ import math
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from ..checkpoint import MODEL_FILES, atomic_write_bytes
 
 THRESHOLD_JSON = "threshold.json"
 DEFAULT_ALPHA = 0.05
 # fields a usable cached record must hold as finite numbers
-NUMERIC_FIELDS = ("threshold", "map_low", "map_high")
+NUMERIC_FIELDS = ("threshold", "map_low", "map_high", "score_scale", "pixel_threshold")
+# added after the first releases: a cache without them is stale, not damaged
+LATER_FIELDS = ("score_scale", "pixel_threshold")
+NORMALISATION = (
+    "pred_score = 1 / (1 + exp(-(score - threshold) / score_scale)); score_scale = max - min of the "
+    "validation-normal scores; 0.5 = threshold"
+)
+PIXEL_RULE = (
+    "split-conformal on each validation image's maximum map value (same alpha); pixel anomalous when map > "
+    "pixel_threshold"
+)
 
 
 def conformal_threshold(scores: list[float], alpha: float = DEFAULT_ALPHA) -> float:
@@ -41,6 +72,24 @@ def conformal_threshold(scores: list[float], alpha: float = DEFAULT_ALPHA) -> fl
     s = sorted(float(v) for v in scores)
     k = min(math.ceil((len(s) + 1) * (1 - alpha)), len(s))
     return s[k - 1]
+
+
+def score_scale(scores: list[float], threshold: float) -> float:
+    """The spread (max - min) of the validation-normal scores; |threshold| (or 1) when
+    they do not spread, so the normalisation is always defined."""
+    spread = max(scores) - min(scores) if scores else 0.0
+    if spread > 0 and math.isfinite(spread):
+        return float(spread)
+    return abs(float(threshold)) or 1.0
+
+
+def normalise_scores(scores, threshold: float, scale: float) -> np.ndarray:
+    """pred_score of raw scores (any array-like; float64 array out); see the module doc."""
+    s = np.asarray(scores, dtype=np.float64)
+    # 0.5 * (1 + tanh(z / 2)) is the logistic without overflow for large |z|
+    p = 0.5 * (1.0 + np.tanh((s - threshold) / (2.0 * scale)))
+    # keep pred_score > 0.5 <=> score > threshold through rounding near 0.5
+    return np.where((s > threshold) & (p <= 0.5), np.nextafter(0.5, 1.0), p)
 
 
 def model_signature(model_dir: str | Path) -> dict[str, str]:
@@ -64,6 +113,8 @@ def _problem(d: object) -> str | None:
     if not isinstance(d, dict):
         return f"it holds a JSON {type(d).__name__}, not an object"
     for k in NUMERIC_FIELDS:
+        if k in LATER_FIELDS and k not in d:
+            continue  # an older cache: stale (recalibrated silently), not damaged
         v = d.get(k)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return f"field {k!r} is {v!r}, not a number"
@@ -87,6 +138,8 @@ def read_threshold(model_dir: str | Path, alpha: float) -> dict | None:
     why = _problem(d)
     if why is not None:
         warnings.warn(f"ignoring {p}: {why}; recalibrating", stacklevel=2)
+        return None
+    if any(k not in d for k in LATER_FIELDS):
         return None
     if d.get("signature") != model_signature(model_dir) or d.get("alpha") != alpha:
         return None

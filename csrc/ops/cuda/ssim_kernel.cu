@@ -1,7 +1,7 @@
 // CUDA implementations of the SSIM kernels (schemas in csrc/ops/ssim.cpp).
 //
 // Semantics are those of igd_fast/reference/ssim.py: separable normalised Gaussian
-// window (MSSSIMConfig.window formula), *valid* filtering, statistics in float32
+// window (ops/gaussian_window.h), *valid* filtering, statistics in float32
 // (float64 stays float64; fp16/bf16 inputs accumulate in float32).
 //
 // One engine does every filtering pass (sep_filter_kernel):
@@ -15,7 +15,7 @@
 //   * when an output row is complete the op's epilogue runs on its filtered moments.
 // No filtered moment is ever written to global memory.
 //
-// Forward  = one launch: moments of (x, y, x², y², xy) -> SSIM / cs per pixel -> block
+// Forward  = one launch: moments of (x, y, (x-y)², xy) -> SSIM / cs per pixel -> block
 //            partial sums -> atomicAdd into the per-(n, c) means; maps only if asked.
 // Backward = two launches: (1) the same moments, then the per-pixel gradients with
 //            respect to the filtered moments (G_mu_y, G_var, G_cov[, G_mu_x]) written at
@@ -54,7 +54,7 @@ at::ScalarType acc_type_of(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ssim_scale_fwd_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ssim_scale_cuda(
     const at::Tensor& x_in, const at::Tensor& y_in, int64_t win_size, double sigma, double c1, double c2,
     bool want_maps) {
   check_pair(x_in, y_in, win_size);
@@ -70,7 +70,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ssim_scale_fwd_cuda(
   at::Tensor s_map = want_maps ? at::empty({n, c, ho, wo}, opts) : at::empty({0}, opts);
   at::Tensor cs_map = want_maps ? at::empty({n, c, ho, wo}, opts) : at::empty({0}, opts);
   if (n * c == 0) return {s_mean, cs_mean, s_map, cs_map};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ssim_scale_fwd_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ssim_scale_cuda", [&] {
     using acc_t = acc_of<scalar_t>;
     ssim_fwd_launch<scalar_t>(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), n * c, static_cast<int>(h),
                               static_cast<int>(w), k, sigma, c1, c2, s_mean.data_ptr<acc_t>(),
@@ -80,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ssim_scale_fwd_cuda(
   return {s_mean, cs_mean, s_map, cs_map};
 }
 
-std::tuple<at::Tensor, at::Tensor> ssim_scale_bwd_cuda(const at::Tensor& x_in, const at::Tensor& y_in,
+std::tuple<at::Tensor, at::Tensor> ssim_scale_backward_cuda(const at::Tensor& x_in, const at::Tensor& y_in,
                                                        int64_t win_size, double sigma, double c1,
                                                        double c2, const at::Tensor& g_s_mean_in,
                                                        const at::Tensor& g_cs_mean_in,
@@ -97,24 +97,24 @@ std::tuple<at::Tensor, at::Tensor> ssim_scale_bwd_cuda(const at::Tensor& x_in, c
   const auto opts = x.options().dtype(acc);
   const int64_t planes = n * c;
   TORCH_CHECK(g_s_mean_in.numel() == planes && g_cs_mean_in.numel() == planes,
-              "ssim_scale_bwd (cuda): g_ssim_mean and g_cs_mean must be N×C");
+              "ssim_scale_backward (cuda): g_ssim_mean and g_cs_mean must be N×C");
   const auto g_s_mean = g_s_mean_in.to(opts).contiguous();
   const auto g_cs_mean = g_cs_mean_in.to(opts).contiguous();
   const int64_t map_numel = planes * ho * wo;
   at::Tensor g_s_map, g_cs_map;
   if (g_s_map_in.numel()) {
-    TORCH_CHECK(g_s_map_in.numel() == map_numel, "ssim_scale_bwd (cuda): g_ssim_map has the wrong size");
+    TORCH_CHECK(g_s_map_in.numel() == map_numel, "ssim_scale_backward (cuda): g_ssim_map has the wrong size");
     g_s_map = g_s_map_in.to(opts).contiguous();
   }
   if (g_cs_map_in.numel()) {
-    TORCH_CHECK(g_cs_map_in.numel() == map_numel, "ssim_scale_bwd (cuda): g_cs_map has the wrong size");
+    TORCH_CHECK(g_cs_map_in.numel() == map_numel, "ssim_scale_backward (cuda): g_cs_map has the wrong size");
     g_cs_map = g_cs_map_in.to(opts).contiguous();
   }
   auto gy = at::empty_like(x, at::MemoryFormat::Contiguous);
   auto gx = need_gx ? at::empty_like(x, at::MemoryFormat::Contiguous) : at::empty({0}, x.options());
   if (planes == 0) return {gx, gy};
   auto ws = at::empty({need_gx ? 4 : 3, planes, ho, wo}, opts);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ssim_scale_bwd_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ssim_scale_backward_cuda", [&] {
     using acc_t = acc_of<scalar_t>;
     ssim_bwd_launch<scalar_t>(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), planes, static_cast<int>(h),
                               static_cast<int>(w), k, sigma, c1, c2, g_s_mean.data_ptr<acc_t>(),
@@ -220,7 +220,7 @@ at::Tensor combine_maps_cuda(at::TensorList maps_in, at::ArrayRef<double> weight
 }  // namespace igd_fast
 
 TORCH_LIBRARY_IMPL(igd_fast_C, CUDA, m) {
-  m.impl("ssim_scale_fwd", &igd_fast::ssim_cuda::ssim_scale_fwd_cuda);
-  m.impl("ssim_scale_bwd", &igd_fast::ssim_cuda::ssim_scale_bwd_cuda);
+  m.impl("ssim_scale", &igd_fast::ssim_cuda::ssim_scale_cuda);
+  m.impl("ssim_scale_backward", &igd_fast::ssim_cuda::ssim_scale_backward_cuda);
   m.impl("combine_maps", &igd_fast::ssim_cuda::combine_maps_cuda);
 }

@@ -2,7 +2,7 @@
 // by ssim_kernel.cu (op wrappers) and ssim_inst_*.cu (one dtype each).
 //
 // Semantics are those of igd_fast/reference/ssim.py: separable normalised Gaussian
-// window (MSSSIMConfig.window formula), *valid* filtering, statistics in float32
+// window (ops/gaussian_window.h), *valid* filtering, statistics in float32
 // (float64 stays float64; fp16/bf16 inputs accumulate in float32).
 //
 // One engine does every filtering pass (sep_filter_kernel):
@@ -16,7 +16,7 @@
 //   * when an output row is complete the op's epilogue runs on its filtered moments.
 // No filtered moment is ever written to global memory.
 //
-// Forward  = one launch: moments of (x, y, x², y², xy) -> SSIM / cs per pixel -> block
+// Forward  = one launch: moments of (x, y, (x-y)², xy) -> SSIM / cs per pixel -> block
 //            partial sums -> atomicAdd into the per-(n, c) means; maps only if asked.
 // Backward = two launches: (1) the same moments, then the per-pixel gradients with
 //            respect to the filtered moments (G_mu_y, G_var, G_cov[, G_mu_x]) written at
@@ -34,6 +34,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "ops/gaussian_window.h"
+#include "ops/ssim_math.h"
+
 namespace igd_fast {
 namespace ssim_cuda {
 
@@ -46,18 +49,12 @@ struct Taps {
   acc_t w[KMAX];
 };
 
-// MSSSIMConfig.window(): computed in double, then cast (as reference.gaussian_window).
+// The window of ops/gaussian_window.h, flipped for the adjoint.
 template <typename acc_t>
 Taps<acc_t> make_taps(int k, double sigma, bool flip) {
   Taps<acc_t> t{};
-  std::vector<double> g(k);
-  const int r = k / 2;
-  double s = 0.0;
-  for (int i = 0; i < k; ++i) {
-    g[i] = std::exp(-static_cast<double>((i - r) * (i - r)) / (2.0 * sigma * sigma));
-    s += g[i];
-  }
-  for (int i = 0; i < k; ++i) t.w[i] = static_cast<acc_t>(g[flip ? k - 1 - i : i] / s);
+  const std::vector<acc_t> g = gaussian_window<acc_t>(k, sigma);
+  for (int i = 0; i < k; ++i) t.w[i] = g[flip ? k - 1 - i : i];
   return t;
 }
 
@@ -271,28 +268,26 @@ __device__ __forceinline__ void load_xy(const scalar_t* __restrict__ x, const sc
   v[1] = static_cast<acc_t>(y[p]);
 }
 
+// The four filtered quantities of ops/ssim_math.h: x, y, (x - y)², xy.
 template <typename acc_t>
-__device__ __forceinline__ void expand_moments(const acc_t v[2], acc_t q[5]) {
+__device__ __forceinline__ void expand_moments(const acc_t v[2], acc_t q[4]) {
+  const acc_t d = v[0] - v[1];
   q[0] = v[0];
   q[1] = v[1];
-  q[2] = v[0] * v[0];
-  q[3] = v[1] * v[1];
-  q[4] = v[0] * v[1];
+  q[2] = d * d;
+  q[3] = v[0] * v[1];
 }
 
+// What the forward and the backward's first pass share: the inputs x, y of one scale,
+// their four moments per pixel, the output size and the constants.
 template <typename scalar_t, typename acc_t>
-struct FwdOp {
-  static constexpr int NIN = 2, NQ = 5;
-  static constexpr bool REDUCE = true;
+struct ScaleInputs {
+  static constexpr int NIN = 2, NQ = 4;
   using src_t = scalar_t;
   const scalar_t* x;
   const scalar_t* y;
   int h, w, out_h, out_w;
   acc_t c1, c2, inv_npix;
-  acc_t* s_sum;
-  acc_t* cs_sum;
-  acc_t* s_map;  // null unless want_maps
-  acc_t* cs_map;
 
   __device__ __forceinline__ void load(long long plane, int gy, int gx, acc_t v[2]) const {
     load_xy(x, y, plane, h, w, gy, gx, v);
@@ -300,39 +295,48 @@ struct FwdOp {
   __device__ __forceinline__ const scalar_t* src(int c, long long plane, int gy, int gx) const {
     return (c == 0 ? x : y) + (plane * h + gy) * w + gx;
   }
-  __device__ __forceinline__ static void expand(const acc_t v[2], acc_t q[5]) { expand_moments(v, q); }
-  __device__ __forceinline__ void emit(long long plane, int oy, int ox, const acc_t m[5], acc_t& r0,
+  __device__ __forceinline__ static void expand(const acc_t v[2], acc_t q[4]) { expand_moments(v, q); }
+};
+
+template <typename scalar_t, typename acc_t>
+ScaleInputs<scalar_t, acc_t> scale_inputs(const scalar_t* x, const scalar_t* y, int h, int w, int k,
+                                          double c1, double c2) {
+  const int ho = h - k + 1, wo = w - k + 1;
+  return {x, y, h, w, ho, wo, static_cast<acc_t>(c1), static_cast<acc_t>(c2),
+          static_cast<acc_t>(1.0 / (static_cast<double>(ho) * wo))};
+}
+
+template <typename scalar_t, typename acc_t>
+struct FwdOp : ScaleInputs<scalar_t, acc_t> {
+  static constexpr bool REDUCE = true;
+  acc_t* s_sum;
+  acc_t* cs_sum;
+  acc_t* s_map;  // null unless want_maps
+  acc_t* cs_map;
+
+  __device__ __forceinline__ void emit(long long plane, int oy, int ox, const acc_t m[4], acc_t& r0,
                                        acc_t& r1) const {
-    const acc_t mx = m[0], my = m[1];
-    const acc_t sxx = m[2] - mx * mx, syy = m[3] - my * my, sxy = m[4] - mx * my;
-    const acc_t cs = (acc_t(2) * sxy + c2) / (sxx + syy + c2);
-    const acc_t lum = (acc_t(2) * mx * my + c1) / (mx * mx + my * my + c1);
-    const acc_t s = lum * cs;
+    acc_t s, cs;
+    ssim_and_cs(m[0], m[1], m[2], m[3], this->c1, this->c2, s, cs);
     r0 += s;
     r1 += cs;
     if (s_map != nullptr) {
-      const long long p = (plane * out_h + oy) * out_w + ox;
+      const long long p = (plane * this->out_h + oy) * this->out_w + ox;
       s_map[p] = s;
       cs_map[p] = cs;
     }
   }
   __device__ __forceinline__ void finish(long long plane, acc_t s0, acc_t s1) const {
-    atomicAdd(s_sum + plane, s0 * inv_npix);
-    atomicAdd(cs_sum + plane, s1 * inv_npix);
+    atomicAdd(s_sum + plane, s0 * this->inv_npix);
+    atomicAdd(cs_sum + plane, s1 * this->inv_npix);
   }
 };
 
-// Backward, pass 1: gradients of the pooled/mapped outputs with respect to the five
-// filtered moments, per output pixel (as reference ssim_scale_bwd).
+// Backward, pass 1: gradients of the pooled/mapped outputs with respect to the filtered
+// moments, per output pixel (as reference ssim_scale_backward).
 template <typename scalar_t, typename acc_t>
-struct GradMomentsOp {
-  static constexpr int NIN = 2, NQ = 5;
+struct GradMomentsOp : ScaleInputs<scalar_t, acc_t> {
   static constexpr bool REDUCE = false;
-  using src_t = scalar_t;
-  const scalar_t* x;
-  const scalar_t* y;
-  int h, w, out_h, out_w;
-  acc_t c1, c2, inv_npix;
   const acc_t* g_s_mean;
   const acc_t* g_cs_mean;
   const acc_t* g_s_map;  // may be null (= 0)
@@ -341,35 +345,19 @@ struct GradMomentsOp {
   long long ws_stride;   // planes * out_h * out_w
   bool need_gx;
 
-  __device__ __forceinline__ void load(long long plane, int gy, int gx, acc_t v[2]) const {
-    load_xy(x, y, plane, h, w, gy, gx, v);
-  }
-  __device__ __forceinline__ const scalar_t* src(int c, long long plane, int gy, int gx) const {
-    return (c == 0 ? x : y) + (plane * h + gy) * w + gx;
-  }
-  __device__ __forceinline__ static void expand(const acc_t v[2], acc_t q[5]) { expand_moments(v, q); }
-  __device__ __forceinline__ void emit(long long plane, int oy, int ox, const acc_t m[5], acc_t&,
+  __device__ __forceinline__ void emit(long long plane, int oy, int ox, const acc_t m[4], acc_t&,
                                        acc_t&) const {
-    const long long p = (plane * out_h + oy) * out_w + ox;
-    const acc_t mx = m[0], my = m[1];
-    const acc_t sxx = m[2] - mx * mx, syy = m[3] - my * my, sxy = m[4] - mx * my;
-    const acc_t a1 = acc_t(2) * mx * my + c1, b1 = mx * mx + my * my + c1;
-    const acc_t a2 = acc_t(2) * sxy + c2, b2 = sxx + syy + c2;
-    const acc_t lum = a1 / b1, cs = a2 / b2;
-    acc_t gs = g_s_mean[plane] * inv_npix;
-    acc_t gc = g_cs_mean[plane] * inv_npix;
+    const long long p = (plane * this->out_h + oy) * this->out_w + ox;
+    acc_t gs = g_s_mean[plane] * this->inv_npix;
+    acc_t gc = g_cs_mean[plane] * this->inv_npix;
     if (g_s_map != nullptr) gs += g_s_map[p];
     if (g_cs_map != nullptr) gc += g_cs_map[p];
-    const acc_t g_lum = gs * cs;
-    const acc_t g_cs = gs * lum + gc;
-    const acc_t inv_b2 = acc_t(1) / b2;
-    const acc_t g_var = -g_cs * cs * inv_b2;
-    const acc_t g_cov = acc_t(2) * g_cs * inv_b2;
-    const acc_t t = acc_t(2) * g_lum / b1;
-    ws[p] = t * (mx - lum * my) - acc_t(2) * g_var * my - g_cov * mx;
+    acc_t g_var, g_cov, g_mu_y, g_mu_x;
+    ssim_moment_grads<true>(m[0], m[1], m[2], m[3], this->c1, this->c2, gs, gc, g_var, g_cov, g_mu_y, g_mu_x);
+    ws[p] = g_mu_y;
     ws[ws_stride + p] = g_var;
     ws[2 * ws_stride + p] = g_cov;
-    if (need_gx) ws[3 * ws_stride + p] = t * (my - lum * mx) - acc_t(2) * g_var * mx - g_cov * my;
+    if (need_gx) ws[3 * ws_stride + p] = g_mu_x;
   }
   __device__ __forceinline__ void finish(long long, acc_t, acc_t) const {}
 };
@@ -497,22 +485,9 @@ void ssim_fwd_launch(const scalar_t* x, const scalar_t* y, long long planes, int
                      double sigma, double c1, double c2, acc_of<scalar_t>* s_sum, acc_of<scalar_t>* cs_sum,
                      acc_of<scalar_t>* s_map, acc_of<scalar_t>* cs_map) {
   using acc_t = acc_of<scalar_t>;
-  const int ho = h - k + 1, wo = w - k + 1;
-  FwdOp<scalar_t, acc_t> op{};
-  op.x = x;
-  op.y = y;
-  op.h = h;
-  op.w = w;
-  op.out_h = ho;
-  op.out_w = wo;
-  op.c1 = static_cast<acc_t>(c1);
-  op.c2 = static_cast<acc_t>(c2);
-  op.inv_npix = static_cast<acc_t>(1.0 / (static_cast<double>(ho) * wo));
-  op.s_sum = s_sum;
-  op.cs_sum = cs_sum;
-  op.s_map = s_map;
-  op.cs_map = cs_map;
-  launch<acc_t>(k, op, make_taps<acc_t>(k, sigma, false), h, w, ho, wo, 0, planes);
+  const FwdOp<scalar_t, acc_t> op{scale_inputs<scalar_t, acc_t>(x, y, h, w, k, c1, c2), s_sum, cs_sum, s_map,
+                                  cs_map};
+  launch<acc_t>(k, op, make_taps<acc_t>(k, sigma, false), h, w, op.out_h, op.out_w, 0, planes);
 }
 
 // Backward of one scale: moment gradients into ws ([3|4][planes][ho][wo]), then the
@@ -525,23 +500,9 @@ void ssim_bwd_launch(const scalar_t* x, const scalar_t* y, long long planes, int
   using acc_t = acc_of<scalar_t>;
   const int ho = h - k + 1, wo = w - k + 1;
   const long long map_numel = planes * ho * wo;
-  GradMomentsOp<scalar_t, acc_t> gop{};
-  gop.x = x;
-  gop.y = y;
-  gop.h = h;
-  gop.w = w;
-  gop.out_h = ho;
-  gop.out_w = wo;
-  gop.c1 = static_cast<acc_t>(c1);
-  gop.c2 = static_cast<acc_t>(c2);
-  gop.inv_npix = static_cast<acc_t>(1.0 / (static_cast<double>(ho) * wo));
-  gop.g_s_mean = g_s_mean;
-  gop.g_cs_mean = g_cs_mean;
-  gop.g_s_map = g_s_map;
-  gop.g_cs_map = g_cs_map;
-  gop.ws = ws;
-  gop.ws_stride = map_numel;
-  gop.need_gx = gx != nullptr;
+  const GradMomentsOp<scalar_t, acc_t> gop{scale_inputs<scalar_t, acc_t>(x, y, h, w, k, c1, c2),
+                                           g_s_mean, g_cs_mean, g_s_map, g_cs_map, ws, map_numel,
+                                           gx != nullptr};
   launch<acc_t>(k, gop, make_taps<acc_t>(k, sigma, false), h, w, ho, wo, 0, planes);
   const auto flipped = make_taps<acc_t>(k, sigma, true);
   if (gx != nullptr) {

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backends import triton_interpret
+from igd_fast._backends import triton_interpret
 
 # the interpreter pays per program, not per element: few big blocks there
 _BLOCK = 4096 if triton_interpret() else 256

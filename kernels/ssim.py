@@ -1,4 +1,4 @@
-"""Triton SSIM kernels (the ``triton`` backend): ``ssim_scale_fwd``, ``ssim_scale_bwd``,
+"""Triton SSIM kernels (the ``triton`` backend): ``ssim_scale``, ``ssim_scale_backward``,
 ``combine_maps`` with the semantics of :mod:`igd_fast.reference.ssim`.
 
 A program owns a BH×BW tile of outputs of one (n, c) plane, forms the five filtered
@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from igd_fast.config import gaussian_window
+
 _MAX_TILE = 64
 _MIN_TILE = 16  # tl.dot needs every dimension >= 16
 
@@ -40,14 +42,9 @@ def _tl_acc(dtype: torch.dtype):
 
 
 def _taps(win_size: int, sigma: float, device, dtype, flip: bool = False) -> torch.Tensor:
-    """MSSSIMConfig.window(): normalised Gaussian computed in float64, then cast."""
-    r = win_size // 2
-    coords = torch.arange(win_size, dtype=torch.float64) - r
-    g = torch.exp(-(coords**2) / (2.0 * sigma**2))
-    g = g / g.sum()
-    if flip:
-        g = g.flip(0)
-    return g.to(device=device, dtype=dtype)
+    """The window of :func:`igd_fast.config.gaussian_window`, cast (flipped for the adjoint)."""
+    g = gaussian_window(win_size, sigma)
+    return torch.tensor(g[::-1] if flip else g, dtype=torch.float64).to(device=device, dtype=dtype)
 
 
 def _dot_tile(extent: int) -> int:
@@ -165,71 +162,31 @@ def _moments(
 
 
 @triton.jit
-def _ssim_fwd_kernel(
-    x_ptr,
-    y_ptr,
-    w_ptr,
-    s_sum_ptr,
-    cs_sum_ptr,
-    s_map_ptr,
-    cs_map_ptr,
-    H,
-    W,
-    HO,
-    WO,
-    tiles_x,
-    tiles_y,
-    c1,
-    c2,
-    inv_npix,
-    K: tl.constexpr,
-    BH: tl.constexpr,
-    BW: tl.constexpr,
-    SH: tl.constexpr,
-    SW: tl.constexpr,
-    ACC: tl.constexpr,
-    PREC: tl.constexpr,
-    USE_DOT: tl.constexpr,
-    WANT_MAPS: tl.constexpr,
-):
-    plane, r0, c0 = _tile(tiles_x, tiles_y, SH, SW)
-    mu_x, mu_y, exx, eyy, exy = _moments(
-        x_ptr, y_ptr, w_ptr, plane * H * W, r0, c0, H, W, HO, WO, K, BH, BW, ACC, PREC, USE_DOT
-    )
+def _ssim_terms(mu_x, mu_y, exx, eyy, exy, c1, c2):
+    """lum = a1 / b1 and cs = a2 / b2 from the five moments (reference ``ssim_maps``)."""
     sxx = exx - mu_x * mu_x
     syy = eyy - mu_y * mu_y
     sxy = exy - mu_x * mu_y
-    cs = (2.0 * sxy + c2) / (sxx + syy + c2)
-    lum = (2.0 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)
-    s = lum * cs
-    o_r = tl.arange(0, BH)
-    o_c = tl.arange(0, BW)
-    valid = (o_r[:, None] < SH) & (r0 + o_r[:, None] < HO) & (o_c[None, :] < SW) & (c0 + o_c[None, :] < WO)
-    tl.atomic_add(s_sum_ptr + plane, tl.sum(tl.sum(tl.where(valid, s, 0.0), 1), 0) * inv_npix)
-    tl.atomic_add(cs_sum_ptr + plane, tl.sum(tl.sum(tl.where(valid, cs, 0.0), 1), 0) * inv_npix)
-    if WANT_MAPS:
-        offs = plane * HO * WO + (r0 + o_r[:, None]) * WO + (c0 + o_c[None, :])
-        tl.store(s_map_ptr + offs, s, mask=valid)
-        tl.store(cs_map_ptr + offs, cs, mask=valid)
+    return 2.0 * mu_x * mu_y + c1, mu_x * mu_x + mu_y * mu_y + c1, 2.0 * sxy + c2, sxx + syy + c2
 
 
 @triton.jit
-def _ssim_grad_moments_kernel(
+def _ssim_scale_kernel(
     x_ptr,
     y_ptr,
     w_ptr,
-    gsm_ptr,
-    gcm_ptr,
-    gs_map_ptr,
-    gc_map_ptr,
+    mean0_ptr,
+    mean1_ptr,
+    map0_ptr,
+    map1_ptr,
     ws_ptr,
+    ws_stride,
     H,
     W,
     HO,
     WO,
     tiles_x,
     tiles_y,
-    ws_stride,
     c1,
     c2,
     inv_npix,
@@ -241,45 +198,52 @@ def _ssim_grad_moments_kernel(
     ACC: tl.constexpr,
     PREC: tl.constexpr,
     USE_DOT: tl.constexpr,
-    HAS_GS_MAP: tl.constexpr,
-    HAS_GC_MAP: tl.constexpr,
+    BACKWARD: tl.constexpr,
+    MAP0: tl.constexpr,
+    MAP1: tl.constexpr,
     NEED_GX: tl.constexpr,
 ):
+    """One scale at outputs of one tile. Forward: mean0/mean1 += the tile's SSIM / cs sums
+    (scaled by inv_npix), and the maps into map0/map1 (MAP0: both). Backward (pass 1):
+    mean0/mean1 are the mean gradients, map0/map1 the map gradients (MAP0/MAP1: present);
+    writes G_mu_y, G_var, G_cov[, G_mu_x] at ws + m * ws_stride."""
     plane, r0, c0 = _tile(tiles_x, tiles_y, SH, SW)
     mu_x, mu_y, exx, eyy, exy = _moments(
         x_ptr, y_ptr, w_ptr, plane * H * W, r0, c0, H, W, HO, WO, K, BH, BW, ACC, PREC, USE_DOT
     )
-    sxx = exx - mu_x * mu_x
-    syy = eyy - mu_y * mu_y
-    sxy = exy - mu_x * mu_y
-    a1 = 2.0 * mu_x * mu_y + c1
-    b1 = mu_x * mu_x + mu_y * mu_y + c1
-    a2 = 2.0 * sxy + c2
-    b2 = sxx + syy + c2
+    a1, b1, a2, b2 = _ssim_terms(mu_x, mu_y, exx, eyy, exy, c1, c2)
     lum = a1 / b1
     cs = a2 / b2
     o_r = tl.arange(0, BH)
     o_c = tl.arange(0, BW)
     valid = (o_r[:, None] < SH) & (r0 + o_r[:, None] < HO) & (o_c[None, :] < SW) & (c0 + o_c[None, :] < WO)
     offs = plane * HO * WO + (r0 + o_r[:, None]) * WO + (c0 + o_c[None, :])
-    g_s = tl.load(gsm_ptr + plane).to(ACC) * inv_npix
-    g_c = tl.load(gcm_ptr + plane).to(ACC) * inv_npix
-    if HAS_GS_MAP:
-        g_s = g_s + tl.load(gs_map_ptr + offs, mask=valid, other=0.0).to(ACC)
-    if HAS_GC_MAP:
-        g_c = g_c + tl.load(gc_map_ptr + offs, mask=valid, other=0.0).to(ACC)
-    g_lum = g_s * cs
-    g_cs = g_s * lum + g_c
-    g_var = -g_cs * cs / b2
-    g_cov = 2.0 * g_cs / b2
-    t = 2.0 * g_lum / b1
-    g_mu_y = t * (mu_x - lum * mu_y) - 2.0 * g_var * mu_y - g_cov * mu_x
-    tl.store(ws_ptr + offs, g_mu_y, mask=valid)
-    tl.store(ws_ptr + ws_stride + offs, g_var, mask=valid)
-    tl.store(ws_ptr + 2 * ws_stride + offs, g_cov, mask=valid)
-    if NEED_GX:
-        g_mu_x = t * (mu_y - lum * mu_x) - 2.0 * g_var * mu_x - g_cov * mu_y
-        tl.store(ws_ptr + 3 * ws_stride + offs, g_mu_x, mask=valid)
+    if BACKWARD:
+        g_s = tl.load(mean0_ptr + plane).to(ACC) * inv_npix
+        g_c = tl.load(mean1_ptr + plane).to(ACC) * inv_npix
+        if MAP0:
+            g_s = g_s + tl.load(map0_ptr + offs, mask=valid, other=0.0).to(ACC)
+        if MAP1:
+            g_c = g_c + tl.load(map1_ptr + offs, mask=valid, other=0.0).to(ACC)
+        g_lum = g_s * cs
+        g_cs = g_s * lum + g_c
+        g_var = -g_cs * cs / b2
+        g_cov = 2.0 * g_cs / b2
+        t = 2.0 * g_lum / b1
+        g_mu_y = t * (mu_x - lum * mu_y) - 2.0 * g_var * mu_y - g_cov * mu_x
+        tl.store(ws_ptr + offs, g_mu_y, mask=valid)
+        tl.store(ws_ptr + ws_stride + offs, g_var, mask=valid)
+        tl.store(ws_ptr + 2 * ws_stride + offs, g_cov, mask=valid)
+        if NEED_GX:
+            g_mu_x = t * (mu_y - lum * mu_x) - 2.0 * g_var * mu_x - g_cov * mu_y
+            tl.store(ws_ptr + 3 * ws_stride + offs, g_mu_x, mask=valid)
+    else:
+        s = lum * cs
+        tl.atomic_add(mean0_ptr + plane, tl.sum(tl.sum(tl.where(valid, s, 0.0), 1), 0) * inv_npix)
+        tl.atomic_add(mean1_ptr + plane, tl.sum(tl.sum(tl.where(valid, cs, 0.0), 1), 0) * inv_npix)
+        if MAP0:
+            tl.store(map0_ptr + offs, s, mask=valid)
+            tl.store(map1_ptr + offs, cs, mask=valid)
 
 
 @triton.jit
@@ -452,34 +416,20 @@ def _check(x: torch.Tensor, y: torch.Tensor, win_size: int) -> None:
 _PREC = "ieee"
 
 
-def ssim_scale_fwd(x, y, win_size, sigma, c1, c2, want_maps):
-    """(ssim_mean N×C, cs_mean N×C, ssim_map | empty, cs_map | empty) in float32/float64."""
-    _check(x, y, win_size)
-    x, y = x.contiguous(), y.contiguous()
+def _launch_scale(x, y, k, sigma, c1, c2, means, maps, ws, backward, map0, map1, need_gx):
+    """Run _ssim_scale_kernel over every tile of x, y (contiguous N×C×H×W)."""
     n, c, h, w = x.shape
-    k = int(win_size)
     ho, wo = h - k + 1, w - k + 1
-    acc = _acc_dtype(x.dtype)
-    s_sum = torch.zeros((n, c), device=x.device, dtype=acc)
-    cs_sum = torch.zeros((n, c), device=x.device, dtype=acc)
-    if want_maps:
-        s_map = torch.empty((n, c, ho, wo), device=x.device, dtype=acc)
-        cs_map = torch.empty((n, c, ho, wo), device=x.device, dtype=acc)
-    else:
-        s_map = torch.empty(0, device=x.device, dtype=acc)
-        cs_map = torch.empty(0, device=x.device, dtype=acc)
-    if n * c == 0:
-        return s_sum, cs_sum, s_map, cs_map
     bh, bw, sh, sw, use_dot, warps = _plan(h, w, k, x.device)
     tiles_x, tiles_y, grid = _grid(n * c, ho, wo, sh, sw)
-    _ssim_fwd_kernel[grid](
+    _ssim_scale_kernel[grid](
         x,
         y,
-        _taps(k, sigma, x.device, acc),
-        s_sum,
-        cs_sum,
-        s_map if want_maps else s_sum,
-        cs_map if want_maps else cs_sum,
+        _taps(k, sigma, x.device, _acc_dtype(x.dtype)),
+        *means,
+        *maps,
+        ws,
+        n * c * ho * wo,
         h,
         w,
         ho,
@@ -497,13 +447,38 @@ def ssim_scale_fwd(x, y, win_size, sigma, c1, c2, want_maps):
         ACC=_tl_acc(x.dtype),
         PREC=_PREC,
         USE_DOT=use_dot,
-        WANT_MAPS=bool(want_maps),
+        BACKWARD=backward,
+        MAP0=map0,
+        MAP1=map1,
+        NEED_GX=need_gx,
         num_warps=warps,
     )
+
+
+def ssim_scale(x, y, win_size, sigma, c1, c2, want_maps):
+    """(ssim_mean N×C, cs_mean N×C, ssim_map | empty, cs_map | empty) in float32/float64."""
+    _check(x, y, win_size)
+    x, y = x.contiguous(), y.contiguous()
+    n, c, h, w = x.shape
+    k = int(win_size)
+    ho, wo = h - k + 1, w - k + 1
+    acc = _acc_dtype(x.dtype)
+    s_sum = torch.zeros((n, c), device=x.device, dtype=acc)
+    cs_sum = torch.zeros((n, c), device=x.device, dtype=acc)
+    if want_maps:
+        s_map = torch.empty((n, c, ho, wo), device=x.device, dtype=acc)
+        cs_map = torch.empty((n, c, ho, wo), device=x.device, dtype=acc)
+    else:
+        s_map = torch.empty(0, device=x.device, dtype=acc)
+        cs_map = torch.empty(0, device=x.device, dtype=acc)
+    if n * c == 0:
+        return s_sum, cs_sum, s_map, cs_map
+    maps = (s_map, cs_map) if want_maps else (s_sum, cs_sum)
+    _launch_scale(x, y, k, sigma, c1, c2, (s_sum, cs_sum), maps, s_sum, False, bool(want_maps), False, False)
     return s_sum, cs_sum, s_map, cs_map
 
 
-def ssim_scale_bwd(x, y, win_size, sigma, c1, c2, g_s_mean, g_cs_mean, g_s_map, g_cs_map, need_gx):
+def ssim_scale_backward(x, y, win_size, sigma, c1, c2, g_s_mean, g_cs_mean, g_s_map, g_cs_map, need_gx):
     """(gx | empty, gy) in the input dtype; map gradients may be empty (= zero)."""
     _check(x, y, win_size)
     x, y = x.contiguous(), y.contiguous()
@@ -519,51 +494,21 @@ def ssim_scale_bwd(x, y, win_size, sigma, c1, c2, g_s_mean, g_cs_mean, g_s_map, 
     gsm = g_s_mean.to(acc).contiguous().reshape(-1)
     gcm = g_cs_mean.to(acc).contiguous().reshape(-1)
     if gsm.numel() != planes or gcm.numel() != planes:
-        raise ValueError("ssim_scale_bwd (triton): g_ssim_mean and g_cs_mean must be N×C")
+        raise ValueError("ssim_scale_backward (triton): g_ssim_mean and g_cs_mean must be N×C")
     has_gs = g_s_map.numel() > 0
     has_gc = g_cs_map.numel() > 0
     gs_map = g_s_map.to(acc).contiguous() if has_gs else gsm
     gc_map = g_cs_map.to(acc).contiguous() if has_gc else gcm
     for name, t, has in (("g_ssim_map", gs_map, has_gs), ("g_cs_map", gc_map, has_gc)):
         if has and t.numel() != planes * ho * wo:
-            raise ValueError(f"ssim_scale_bwd (triton): {name} has {t.numel()} elements, expected {planes * ho * wo}")
+            raise ValueError(
+                f"ssim_scale_backward (triton): {name} has {t.numel()} elements, expected {planes * ho * wo}"
+            )
     ws_stride = planes * ho * wo
     ws = torch.empty((4 if need_gx else 3, planes, ho, wo), device=x.device, dtype=acc)
+    _launch_scale(x, y, k, sigma, c1, c2, (gsm, gcm), (gs_map, gc_map), ws, True, has_gs, has_gc, bool(need_gx))
     bh, bw, sh, sw, use_dot, warps = _plan(h, w, k, x.device)
     tacc = _tl_acc(x.dtype)
-    tiles_x, tiles_y, grid = _grid(planes, ho, wo, sh, sw)
-    _ssim_grad_moments_kernel[grid](
-        x,
-        y,
-        _taps(k, sigma, x.device, acc),
-        gsm,
-        gcm,
-        gs_map,
-        gc_map,
-        ws,
-        h,
-        w,
-        ho,
-        wo,
-        tiles_x,
-        tiles_y,
-        ws_stride,
-        float(c1),
-        float(c2),
-        1.0 / (ho * wo),
-        K=k,
-        BH=bh,
-        BW=bw,
-        SH=sh,
-        SW=sw,
-        ACC=tacc,
-        PREC=_PREC,
-        USE_DOT=use_dot,
-        HAS_GS_MAP=has_gs,
-        HAS_GC_MAP=has_gc,
-        NEED_GX=bool(need_gx),
-        num_warps=warps,
-    )
     tiles_x, tiles_y, grid = _grid(planes, h, w, sh, sw)
     _ssim_adjoint_kernel[grid](
         ws,

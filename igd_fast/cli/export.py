@@ -1,0 +1,74 @@
+"""``igd-fast export``: the scoring pipeline of a model directory as one ONNX file
+(``--format onnx``) or as OpenVINO IR (``--format openvino``: .xml + .bin, float32).
+
+The graph uses the pure-PyTorch reference ops (backend "torch"), so any ONNX runtime
+runs it: input ``input`` (N×3×S×S, ImageNet-normalised, N dynamic), outputs
+``pred_score``, ``pred_label``, ``score`` and ``anomaly_map`` (at the model size).
+Beside it, ``<out>.json`` records the preprocessing and the thresholds. Unless
+``--no-check``, onnxruntime runs the file on random images and it must agree with the
+Scorer within 1e-4 (onnxruntime for ONNX; OpenVINO's CPU plugin in float32 for IR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ._args import EXIT_OK, EXIT_USAGE, UsageError, check_out_dir, examples, positive_int
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = "exit codes: 0 ok; 2 bad arguments, model, missing export packages or a failed export / check\n\n" + (
+        examples(
+            "igd-fast export --model runs/bottle --format onnx --out deploy/bottle.onnx",
+            "igd-fast export --model runs/bottle --format openvino --out deploy/bottle.xml",
+            "pip install 'igd_fast[export]'   # onnx, onnxscript, onnxruntime (and openvino for --format openvino)",
+        )
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="trained model directory (global.pt and/or local.pt)")
+    p.add_argument("--format", default="onnx", choices=("onnx", "openvino"), help="export format (default onnx)")
+    p.add_argument("--out", "--output", dest="out", required=True, metavar="PATH",
+                   help="file to write (a folder: PATH/model.onnx or .xml); its .json beside it")  # fmt: skip
+    p.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default 18)")
+    p.add_argument("--no-check", action="store_true", help="skip the parity check against the Scorer")
+    p.add_argument("--check-batch", type=positive_int, default=2, help="images in the parity check (default 2)")
+
+
+def _target(out: str, fmt: str) -> Path:
+    p = Path(out)
+    if p.is_dir() or out.endswith(("/", "\\")):
+        check_out_dir(p)
+        return p / ("model.xml" if fmt == "openvino" else "model.onnx")
+    check_out_dir(p.parent, "--out's folder")
+    return p.with_suffix(".xml") if fmt == "openvino" else p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import CheckpointError
+    from ..export import DEFAULT_OPSET, ExportError, export_onnx, export_openvino, missing_packages
+
+    try:
+        out = _target(args.out, args.format)
+        missing = missing_packages(not args.no_check, args.format)
+        if missing:
+            extra = "openvino" if args.format == "openvino" else "export"
+            raise UsageError(f"--format {args.format} needs {', '.join(missing)}: pip install 'igd_fast[{extra}]'")
+        export = export_openvino if args.format == "openvino" else export_onnx
+        try:
+            rec = export(args.model, out, args.opset or DEFAULT_OPSET, not args.no_check, args.check_batch)
+        except (CheckpointError, FileNotFoundError) as e:
+            raise UsageError(f"--model {args.model}: {e}") from None
+        except (OSError, ValueError, KeyError) as e:  # e.g. no validation images to calibrate on
+            raise UsageError(f"--model {args.model}: cannot calibrate the threshold the export embeds: {e}") from None
+    except UsageError as e:
+        print(f"igd-fast export: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ExportError as e:
+        print(f"igd-fast export: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps({k: rec.get(k) for k in ("file", "outputs", "threshold", "max_abs_diff")}))
+    print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
+    return EXIT_OK

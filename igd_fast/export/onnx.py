@@ -1,0 +1,123 @@
+"""ONNX export of :class:`.pipeline.ScoringPipeline` (torch.onnx's dynamo exporter,
+which needs the ``onnx`` and ``onnxscript`` packages: ``pip install igd_fast[export]``)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import IMAGENET_MEAN, IMAGENET_STD
+from .pipeline import ScoringPipeline
+
+DEFAULT_OPSET = 18
+MAX_BATCH = 4096  # the exported graph's upper bound on the dynamic batch axis
+
+
+class ExportError(RuntimeError):
+    """The export, or its parity check, failed; the message says how."""
+
+
+def missing_packages(check: bool = True, fmt: str = "onnx") -> list[str]:
+    """Packages an export to ``fmt`` (and, with ``check``, its parity check) lacks."""
+    import importlib.util
+
+    need = ["onnx", "onnxscript"] + (["openvino"] if fmt == "openvino" else ["onnxruntime"] if check else [])
+    return [n for n in need if importlib.util.find_spec(n) is None]
+
+
+def export_onnx(
+    model_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, check: bool = True, check_batch: int = 2
+) -> dict:
+    """Write ``out`` (ONNX) and ``out`` with ``.json`` (what a deployment needs: input
+    name and size, normalisation, thresholds); returns that record. With ``check`` the
+    file is run in onnxruntime on random inputs of ``check_batch`` images and compared
+    with the Scorer (``max_abs_diff`` in the record; ExportError above 1e-4)."""
+    scorer, pipe = open_pipeline(model_dir)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_graph(pipe, out, opset)
+    record = describe(scorer, pipe, model_dir, "onnx", out, opset)
+    if check:
+        record["max_abs_diff"] = check_parity(out, scorer, check_batch)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def open_pipeline(model_dir: str | Path):
+    """(Scorer on the reference backend, its ScoringPipeline in eval mode)."""
+    from ..score import Scorer
+
+    scorer = Scorer(model_dir, device="cpu", backend="torch", channels_last=False)
+    return scorer, ScoringPipeline(scorer).eval()
+
+
+def write_graph(pipe: ScoringPipeline, out: Path, opset: int = DEFAULT_OPSET) -> None:
+    """``pipe`` as an ONNX file, batch axis dynamic (1..MAX_BATCH), input named ``input``."""
+    s = pipe.image_size
+    example = torch.zeros(2, 3, s, s)
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log), torch.no_grad():  # the exporter prints its progress
+            torch.onnx.export(
+                pipe, (example,), str(out), input_names=["input"], output_names=pipe.output_names,
+                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}},
+                opset_version=opset, dynamo=True, external_data=False,
+            )  # fmt: skip
+    except Exception as e:  # the exporter raises many types; name the step and keep its log
+        raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {e}\n{log.getvalue()[-2000:]}") from e
+
+
+def describe(scorer, pipe: ScoringPipeline, model_dir: str | Path, fmt: str, out: Path, opset: int) -> dict:
+    """The sidecar record: input, preprocessing, outputs and thresholds of an export."""
+    s = scorer.image_size
+    cal = scorer.calibration()
+    return {
+        "format": fmt,
+        "file": out.name,
+        "opset": opset,
+        "model": str(Path(model_dir).resolve()),
+        "models": list(scorer.kinds),
+        "input": {"name": "input", "shape": ["batch", 3, s, s], "dtype": "float32",
+                  "preprocess": f"RGB resized to {s}x{s} (bilinear), /255, minus mean, divided by std",
+                  "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},  # fmt: skip
+        "outputs": pipe.output_names,
+        "threshold": float(cal["threshold"]),
+        "score_scale": float(cal["score_scale"]),
+        "normalisation": cal.get("normalisation"),
+        "pixel_threshold": float(cal["pixel_threshold"]),
+        "anomaly_map_size": [s, s] if pipe.has_map else None,
+    }
+
+
+def onnxruntime_runner(path: str | Path):
+    """A function images (N×3×S×S float32) -> {output name: array}, in onnxruntime."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return lambda x: dict(zip(names, sess.run(None, {"input": x}), strict=True))
+
+
+def check_parity(path: str | Path, scorer, batch: int, tol: float = 1e-4, seed: int = 0, runner=None) -> dict:
+    """Run the exported file (onnxruntime unless ``runner`` is given) on ``batch``
+    random images and compare each output with the Scorer's; ExportError when one
+    differs by more than ``tol``. Returns the largest difference per output."""
+    s = scorer.image_size
+    x = torch.from_numpy(np.random.default_rng(seed).standard_normal((batch, 3, s, s)).astype(np.float32))
+    got = (runner or onnxruntime_runner(path))(x.numpy())
+    ref = scorer.score_batch(x)
+    want = {"pred_score": scorer.pred_scores(ref.score.double().cpu().numpy()), "score": ref.score.cpu().numpy()}
+    if ref.maps is not None:
+        want["anomaly_map"] = ref.maps.cpu().numpy()
+    diff = {k: float(np.abs(got[k].astype(np.float64) - v).max()) for k, v in want.items()}
+    raw, thr = ref.score.cpu().numpy(), float(scorer.calibration()["threshold"])
+    clear = np.abs(raw - thr) > tol  # within rounding of the threshold either label is right
+    if (got["pred_label"][clear] != (raw > thr)[clear]).any() or max(diff.values()) > tol:
+        raise ExportError(f"the exported model differs from the Scorer on {batch} random images: {diff} "
+                          f"(tolerance {tol})")  # fmt: skip
+    return diff

@@ -1,0 +1,120 @@
+"""``igd-fast export``: ONNX of the scoring pipeline, run in onnxruntime against the Scorer."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from igd_fast.cli import main
+from igd_fast.data import make_synthetic_mvtec
+from igd_fast.models import ModelConfig
+from igd_fast.score import Scorer
+
+onnxruntime = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+CAT = "synth"
+GLOBAL_CFG = dict(kind="global", image_size=64, width=8, latent=16, blocks=(1, 1, 1, 1), weights=(0.3, 0.3, 0.4))
+LOCAL_CFG = dict(kind="local", image_size=64, width=8, latent=16, blocks=(1, 1, 1, 1))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from igd_fast.train import train
+
+    root = tmp_path_factory.mktemp("igd_export")
+    make_synthetic_mvtec(root / "data", CAT, n_train=12, n_test_good=2, n_test_bad=2, size=64, seed=2)
+    for kw in (GLOBAL_CFG, LOCAL_CFG):
+        train(ModelConfig(**kw), root / "data", CAT, root / "model", epochs=1, batch_size=4, workers=0, seed=0,
+              val_fraction=0.25, progress=False, patches_per_image=4)  # fmt: skip
+    return root / "model"
+
+
+def test_pipeline_module_equals_scorer(model):
+    from igd_fast.export import ScoringPipeline
+
+    scorer = Scorer(model, device="cpu", backend="torch", channels_last=False)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        p, label, score, amap = ScoringPipeline(scorer)(x)
+    ref = scorer.score_batch(x)
+    torch.testing.assert_close(score, ref.score, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(amap, ref.maps, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(p.numpy(), scorer.pred_scores(ref.score.double().numpy()), atol=1e-6)
+    assert label.tolist() == (ref.score > scorer.threshold).long().tolist()
+
+
+@pytest.mark.parametrize("keep", ["global.pt", "local.pt"])
+def test_pipeline_module_of_a_single_model_dir(model, tmp_path, keep):
+    import shutil
+
+    from igd_fast.export import ScoringPipeline
+
+    one = tmp_path / "one"
+    shutil.copytree(model, one)
+    (one / ({"global.pt", "local.pt"} - {keep}).pop()).unlink()
+    (one / "threshold.json").unlink(missing_ok=True)
+    scorer = Scorer(one, device="cpu", backend="torch", channels_last=False)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        _, _, score, amap = ScoringPipeline(scorer)(x)
+    ref = scorer.score_batch(x)
+    torch.testing.assert_close(score, ref.score, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(amap, ref.maps, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_export_onnx_parity_batch_1_and_5(model, tmp_path):
+    out = tmp_path / "deploy" / "igd.onnx"
+    assert main(["export", "--model", str(model), "--format", "onnx", "--out", str(out)]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["outputs"] == ["pred_score", "pred_label", "score", "anomaly_map"]
+    assert max(meta["max_abs_diff"].values()) < 1e-4
+    sess = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["input"]
+    # the fast kernels' Scorer (the default backend), not the reference the graph was built from
+    scorer = Scorer(model, device="cpu")
+    rng = np.random.default_rng(5)
+    for n in (1, 5):
+        x = rng.standard_normal((n, 3, 64, 64)).astype(np.float32)
+        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x}), strict=True))
+        ref = scorer.score_batch(torch.from_numpy(x))
+        assert got["pred_score"].shape == (n,)
+        np.testing.assert_allclose(got["pred_score"], scorer.pred_scores(ref.score.double().numpy()), atol=1e-4)
+        np.testing.assert_allclose(got["score"], ref.score.numpy(), atol=1e-4)
+        np.testing.assert_allclose(got["anomaly_map"], ref.maps.numpy(), atol=1e-4)
+        assert (got["pred_label"] == (ref.score.numpy() > scorer.threshold)).all()
+
+
+def test_export_errors_exit_2(model, tmp_path, capsys, monkeypatch):
+    assert main(["export", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "--model" in capsys.readouterr().err
+    import igd_fast.export as ex
+
+    monkeypatch.setattr(ex, "missing_packages", lambda check=True, fmt="onnx": ["onnxscript"])
+    assert main(["export", "--model", str(model), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "igd_fast[export]" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["export", "--model", str(model), "--out", str(tmp_path / "m"), "--format", "tflite"])
+    assert e.value.code == 2
+
+
+@pytest.mark.slow
+def test_export_openvino_parity_batch_1_and_5(model, tmp_path):
+    pytest.importorskip("openvino")
+    from igd_fast.export.openvino import openvino_runner
+
+    out = tmp_path / "ov"
+    assert main(["export", "--model", str(model), "--format", "openvino", "--out", f"{out}/"]) == 0
+    xml = out / "model.xml"
+    assert xml.is_file() and xml.with_suffix(".bin").is_file() and not list(out.glob(".igd_export.*"))
+    assert json.loads(xml.with_suffix(".json").read_text())["format"] == "openvino"
+    run = openvino_runner(xml)
+    scorer = Scorer(model, device="cpu")
+    rng = np.random.default_rng(6)
+    for n in (1, 5):
+        x = rng.standard_normal((n, 3, 64, 64)).astype(np.float32)
+        got, ref = run(x), scorer.score_batch(torch.from_numpy(x))
+        np.testing.assert_allclose(got["pred_score"], scorer.pred_scores(ref.score.double().numpy()), atol=1e-4)
+        np.testing.assert_allclose(got["anomaly_map"], ref.maps.numpy(), atol=1e-4)
