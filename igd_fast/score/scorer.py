@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from .._dist import resolve_device
 from ..checkpoint import load_model, model_files, validation_files
+from ..models.fold import fold_batchnorm
 from ..models.terms import sample_scores
 from ..ops.patches import extract_patches, fold_patch_maps
 from .io import Item, ScoreDataset, collate
@@ -84,7 +85,8 @@ class Scorer:
     ``backend`` overrides the kernel backend (``None``: by device / IGD_FAST_BACKEND).
     ``channels_last`` runs the networks in that memory format (measured 1.3-1.8× faster
     convolutions on CPU here; same results to float rounding); the kernels always get
-    contiguous NCHW tensors.
+    contiguous NCHW tensors. ``fold_bn`` folds every BatchNorm into its convolution
+    (:func:`igd_fast.models.fold.fold_batchnorm`; the same function up to rounding).
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class Scorer:
         patch_chunk: int = 4096,
         alpha: float = DEFAULT_ALPHA,
         channels_last: bool = True,
+        fold_bn: bool = True,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.device = resolve_device(device)
@@ -106,8 +109,8 @@ class Scorer:
         self.patch_chunk = int(patch_chunk)
         self.alpha = alpha
         files = model_files(self.model_dir)
-        self.global_model = load_model(files["global"], self.device) if "global" in files else None
-        self.local_model = load_model(files["local"], self.device) if "local" in files else None
+        self.global_model = self._load(files, "global", fold_bn)
+        self.local_model = self._load(files, "local", fold_bn)
         self._fmt = torch.channels_last if channels_last else torch.contiguous_format
         for kind, m in (("global", self.global_model), ("local", self.local_model)):
             if m is None:
@@ -122,6 +125,14 @@ class Scorer:
         self.images_seen = 0
         self.seconds = 0.0
         self._calibration: dict | None = None
+
+    def _load(self, files: dict, kind: str, fold_bn: bool):
+        if kind not in files:
+            return None
+        model = load_model(files[kind], self.device)
+        # scoring networks with BatchNorm folded into the convolutions: the same
+        # function up to float rounding (tests/test_fold.py), one pass fewer per layer
+        return fold_batchnorm(model) if fold_bn else model
 
     @property
     def kinds(self) -> tuple[str, ...]:
