@@ -118,3 +118,58 @@ def test_export_openvino_parity_batch_1_and_5(model, tmp_path):
         got, ref = run(x), scorer.score_batch(torch.from_numpy(x))
         np.testing.assert_allclose(got["pred_score"], scorer.pred_scores(ref.score.double().numpy()), atol=1e-4)
         np.testing.assert_allclose(got["anomaly_map"], ref.maps.numpy(), atol=1e-4)
+
+
+def _csv(path):
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_score_cli_with_an_exported_model_matches_the_scorer(model, tmp_path, runtime):
+    """The exported file through the same CLI: same scores, labels and maps as the
+    model directory, for the pair and for a global-only directory."""
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
+    import shutil
+
+    inp = model.parent / "data" / CAT / "test"
+    one = tmp_path / "global_only"
+    shutil.copytree(model, one)
+    (one / "local.pt").unlink()
+    (one / "threshold.json").unlink(missing_ok=True)
+    for mdir in (model, one):
+        target = tmp_path / f"{mdir.name}_{runtime}" / ("model.xml" if runtime == "openvino" else "model.onnx")
+        fmt = "openvino" if runtime == "openvino" else "onnx"
+        assert main(["export", "--model", str(mdir), "--format", fmt, "--out", str(target)]) == 0
+        rec = json.loads(target.with_suffix(".json").read_text())
+        if runtime == "openvino":
+            import openvino as ov
+
+            info = ov.Core().read_model(str(target)).get_rt_info()["model_info"]
+            assert float(info["image_threshold"].astype(str)) == pytest.approx(rec["threshold"])
+        common = ["--input", str(inp), "--workers", "0", "--no-progress", "--save-maps", "--batch-size", "3"]
+        out_t, out_x = tmp_path / f"t_{mdir.name}", tmp_path / f"x_{mdir.name}_{runtime}"
+        assert main(["score", "--model", str(mdir), "--out", str(out_t), *common]) == 0
+        assert main(["score", "--runtime", runtime, "--model", str(target), "--out", str(out_x), *common]) == 0
+        a, b = _csv(out_t / "scores.csv"), _csv(out_x / "scores.csv")
+        assert [r["path"] for r in a] == [r["path"] for r in b] and len(a) == 4
+        for ra, rb in zip(a, b, strict=True):
+            assert float(rb["score"]) == pytest.approx(float(ra["score"]), abs=1e-4)
+            assert float(rb["pred_score"]) == pytest.approx(float(ra["pred_score"]), abs=1e-4)
+            assert rb["pred_label"] == ra["pred_label"]
+        for f in (out_t / "maps").rglob("*.npy"):
+            ma, mb = np.load(f), np.load(out_x / "maps" / f.relative_to(out_t / "maps"))
+            assert np.abs(ma - mb).max() <= 1e-3 * (ma.max() - ma.min())
+
+
+def test_score_cli_exported_model_errors(model, tmp_path, capsys):
+    base = ["score", "--input", str(model.parent / "data" / CAT / "test"), "--out", str(tmp_path / "o")]
+    assert main([*base, "--runtime", "onnxruntime", "--model", str(tmp_path / "none.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "bare.onnx").write_bytes(b"x")
+    assert main([*base, "--runtime", "onnxruntime", "--model", str(tmp_path / "bare.onnx")]) == 2
+    assert "export record" in capsys.readouterr().err

@@ -79,6 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="use this threshold instead of the calibrated one")
     p.add_argument("--alpha", type=open_fraction, default=None,
                    help="target false-alarm rate of the calibration (default 0.05)")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default="torch",
+                   help="torch (default): --model is a model directory; onnxruntime / openvino: --model is a file "
+                        "written by igd-fast export (.onnx / .xml, with its .json beside it)")
     add_runtime(p)
 
 
@@ -144,10 +147,29 @@ def _open(args: argparse.Namespace, proc: _dist.ProcessInfo):
 
     check_device_backend(args)
     check_out_dir(args.out)
+    if args.runtime != "torch":
+        return _open_exported(args)
     try:
         return Scorer(args.model, device=resolve_device(args.device, proc.local_rank), batch_size=args.batch_size,
                       backend=args.backend, alpha=DEFAULT_ALPHA if args.alpha is None else args.alpha)  # fmt: skip
     except (CheckpointError, FileNotFoundError, ValueError) as e:
+        raise UsageError(f"--model {args.model}: {e}") from None
+
+
+def _open_exported(args: argparse.Namespace):
+    import importlib.util
+
+    from ..export.runtime import ExportedScorer
+
+    if args.alpha is not None:
+        raise UsageError("--alpha recalibrates on the model directory's validation images; an exported model "
+                         "carries its calibration (re-export, or pass --threshold)")  # fmt: skip
+    if importlib.util.find_spec(args.runtime) is None:
+        extra = "openvino" if args.runtime == "openvino" else "export"
+        raise UsageError(f"--runtime {args.runtime} needs the {args.runtime} package: pip install 'igd_fast[{extra}]'")
+    try:
+        return ExportedScorer(args.model, args.runtime, args.batch_size)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         raise UsageError(f"--model {args.model}: {e}") from None
 
 

@@ -90,6 +90,11 @@ def describe(scorer, pipe: ScoringPipeline, model_dir: str | Path, fmt: str, out
         "score_scale": float(cal["score_scale"]),
         "normalisation": cal.get("normalisation"),
         "pixel_threshold": float(cal["pixel_threshold"]),
+        "map_low": float(cal["map_low"]),
+        "map_high": float(cal["map_high"]),
+        "alpha": cal.get("alpha"),
+        "rule": cal.get("rule"),
+        "n_validation": cal.get("n_validation"),
         "anomaly_map_size": [s, s] if pipe.has_map else None,
     }
 

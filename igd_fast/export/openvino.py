@@ -38,8 +38,17 @@ def export_openvino(
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".igd_export.") as tmp:
         onnx_file = Path(tmp) / "model.onnx"
         write_graph(pipe, onnx_file, opset)
-        ov.save_model(ov.convert_model(str(onnx_file)), str(out), compress_to_fp16=False)
-    record = describe(scorer, pipe, model_dir, "openvino", out, opset)
+        ov_model = ov.convert_model(str(onnx_file))
+        record = describe(scorer, pipe, model_dir, "openvino", out, opset)
+        # the keys OpenVINO's Model API reads for anomaly models (rt_info model_info)
+        info = {"model_type": "AnomalyDetection", "task": "segmentation" if pipe.has_map else "classification",
+                "image_threshold": record["threshold"], "pixel_threshold": record["pixel_threshold"],
+                "normalization_scale": record["score_scale"], "image_shape": [scorer.image_size] * 2,
+                "labels": "Normal Anomaly"}  # fmt: skip
+        for k, v in info.items():
+            # floats as their repr: OpenVINO would keep only 6 digits
+            ov_model.set_rt_info(repr(v) if isinstance(v, float) else v, ["model_info", k])
+        ov.save_model(ov_model, str(out), compress_to_fp16=False)
     record["runtime_config"] = {"INFERENCE_PRECISION_HINT": "f32"}
     if check:
         record["max_abs_diff"] = check_parity(out, scorer, check_batch, runner=openvino_runner(out))
