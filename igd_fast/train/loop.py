@@ -50,23 +50,51 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.checkpoint, self.epoch = checkpoint, epoch
 
 
+_stop = {"requested": False}
+
+
+def stop_requested() -> bool:
+    """True once Ctrl-C / SIGTERM arrived inside :func:`sigterm_as_interrupt`."""
+    return _stop["requested"]
+
+
+# logging's os.register_at_fork hooks run in the parent around every fork (a
+# DataLoader starting workers); an exception there is printed and swallowed
+_FORK_HOOKS = {"_acquireLock", "_releaseLock"}
+
+
+def _in_fork_hook(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_name in _FORK_HOOKS and frame.f_code.co_filename.endswith(("logging/__init__.py",)):
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextmanager
 def sigterm_as_interrupt():
-    """Within the block SIGTERM raises KeyboardInterrupt (as Ctrl-C does), so a killed
-    run unwinds the same way: workers stopped, the last checkpoint named."""
+    """Within the block SIGINT and SIGTERM both raise KeyboardInterrupt, so a stopped
+    run unwinds one way: workers stopped, the last checkpoint named. The signal is also
+    remembered: one that lands in an at-fork hook (a DataLoader starting its workers),
+    where Python would print and swallow it, is not raised there but stops training at
+    the next step boundary (:func:`stop_requested`)."""
 
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        _stop["requested"] = True
+        if not _in_fork_hook(frame):
+            raise KeyboardInterrupt
 
+    _stop["requested"] = False
     try:
-        old = signal.signal(signal.SIGTERM, handler)
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 def _write_logs(out_dir: Path, kind: str, history: list[dict]) -> None:
@@ -121,6 +149,8 @@ def _epoch(run: Run, step: MStep, ld: Loaders, epoch: int, last_saved: int | Non
         if run.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         terms = _dist.all_sum(step(x, gen)) / world
+        if stop_requested():
+            raise KeyboardInterrupt
         vals = terms.tolist()
         run.global_step += 1
         if not all(math.isfinite(v) for v in vals):
@@ -190,7 +220,12 @@ def train(
         for epoch in range(run.start_epoch, opts.epochs):
             if _estep_due(cfg, epoch):
                 estimate_descriptor(run.model, ld.estep, run.device, run.channels_last, run.micro_batch)
-            run.history.append(_epoch(run, step, ld, epoch, last_saved))
+            if stop_requested():
+                raise KeyboardInterrupt
+            row = _epoch(run, step, ld, epoch, last_saved)
+            if stop_requested():  # the epoch's validation swallowed the interrupt: not saved
+                raise KeyboardInterrupt
+            run.history.append(row)
             if main:
                 _save(run, epoch + 1)
             last_saved = epoch + 1
