@@ -50,7 +50,7 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.checkpoint, self.epoch = checkpoint, epoch
 
 
-_stop = {"requested": False}
+_stop = {"requested": False, "defer": 0}
 
 
 def stop_requested() -> bool:
@@ -81,7 +81,7 @@ def sigterm_as_interrupt():
 
     def handler(signum, frame):
         _stop["requested"] = True
-        if not _in_fork_hook(frame):
+        if not _stop["defer"] and not _in_fork_hook(frame):
             raise KeyboardInterrupt
 
     _stop["requested"] = False
@@ -126,7 +126,23 @@ def _progress(it, enabled: bool, desc: str):
     return tqdm(it, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
 
 
+@contextmanager
+def _uninterrupted():
+    """A checkpoint write finishes before an interrupt is acted on (the file would be
+    intact anyway, the write being atomic, but the epoch's work would be lost)."""
+    _stop["defer"] += 1
+    try:
+        yield
+    finally:
+        _stop["defer"] -= 1
+
+
 def _save(run: Run, epoch: int) -> None:
+    with _uninterrupted():
+        _save_now(run, epoch)
+
+
+def _save_now(run: Run, epoch: int) -> None:
     save_checkpoint(run.ckpt_path, run.model, run.opt_ae, run.opt_critic, epoch, run.global_step, run.history,
                     run.ckpt_run, rng_state())  # fmt: skip
     _write_logs(run.out, run.cfg.kind, run.history)
@@ -229,6 +245,8 @@ def train(
             if main:
                 _save(run, epoch + 1)
             last_saved = epoch + 1
+            if stop_requested():  # arrived while saving: the new checkpoint is complete
+                raise KeyboardInterrupt
             _dist.barrier()
     except KeyboardInterrupt:
         raise TrainingInterrupted(run.ckpt_path, last_saved) from None
