@@ -30,6 +30,8 @@ EPILOG = """\
 data layout: ROOT/CATEGORY/train/good/*.png (training normals; a validation part is
 carved from them with --val-fraction/--seed and recorded in OUT/run.json),
 ROOT/CATEGORY/test/<defect>/*.png, ROOT/CATEGORY/ground_truth/<defect>/<name>_mask.png.
+MVTec LOCO (recognised by CATEGORY/validation/good): that folder is the validation part.
+Folder layout: --normal-dir DIR [--normal-test-dir DIR] instead of --data/--category.
 
 writes OUT/global.pt and/or OUT/local.pt (checkpoint after every epoch, atomically),
 OUT/<kind>_log.csv/.json (per-epoch losses, validation loss, images/s), OUT/run.json.
@@ -55,8 +57,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
     g = p.add_argument_group("data")
-    g.add_argument("--data", required=True, metavar="ROOT", help="dataset root holding CATEGORY/")
-    g.add_argument("--category", required=True, metavar="NAME", help="category folder under ROOT")
+    g.add_argument("--data", metavar="ROOT", help="dataset root holding CATEGORY/ (MVTec AD or MVTec LOCO layout)")
+    g.add_argument("--category", metavar="NAME", help="category folder under ROOT")
+    g.add_argument("--normal-dir", metavar="DIR",
+                   help="Folder layout instead of --data: the normal images (as in eval, a fixed 20 %% is left "
+                        "for eval's normal test part unless --normal-test-dir is given)")
+    g.add_argument("--normal-test-dir", metavar="DIR",
+                   help="Folder layout: normal test images (then every --normal-dir image trains)")
     g.add_argument("--val-fraction", type=fraction, default=0.1,
                    help="fraction of train/good held out for validation (default 0.1)")
     g.add_argument("--skip-corrupt", action="store_true",
@@ -114,7 +121,7 @@ def _resume_command(argv: list[str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import CheckpointError
-    from ..data import CorruptImageError, DataLayoutError
+    from ..data import CorruptImageError, DataLayoutError, resolve_layout
     from ..models import ModelConfig
     from ..train import NonFiniteLossError, TrainingInterrupted, TrainOptions, sigterm_as_interrupt, train
 
@@ -129,6 +136,10 @@ def run(args: argparse.Namespace) -> int:
             patches_per_image=args.patches_per_image, micro_batch=args.micro_batch, resume=args.resume,
             progress=not args.no_progress,
         )  # fmt: skip
+        try:
+            data = resolve_layout(args.data, args.category, args.normal_dir, normal_test_dir=args.normal_test_dir)
+        except DataLayoutError as e:
+            raise UsageError(str(e)) from None
         kinds = ("global", "local") if args.model == "both" else (args.model,)
         # every config is checked before the first model trains for hours
         cfgs = [_config(args, kind, ModelConfig) for kind in kinds]
@@ -138,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with sigterm_as_interrupt():
             for cfg in cfgs:
-                res = train(cfg, args.data, args.category, args.out, opts)
+                res = train(cfg, data, None, args.out, opts)
                 if _dist.init().is_main:
                     if res.note:
                         print(f"{cfg.kind}: {res.note}")

@@ -199,14 +199,16 @@ def _estep_due(cfg: ModelConfig, epoch: int) -> bool:
 
 def train(
     cfg: ModelConfig,
-    data_root: str | Path,
-    category: str,
+    data_root,
+    category: str | None,
     out_dir: str | Path,
     options: TrainOptions | None = None,
     recon_fn: ReconFn | None = None,
     **overrides,
 ) -> TrainResult:
-    """Train one IGD model; writes ``out_dir/<kind>.pt`` every epoch (atomically),
+    """Train one model on ``data_root``/``category`` (MVTec AD or LOCO layout) or on a
+    resolved :class:`igd_fast.data.Layout` (``category`` then unused); writes
+    ``out_dir/<kind>.pt`` every epoch (atomically),
     ``<kind>_log.csv`` / ``.json`` and ``run.json``. Keyword ``overrides`` set
     :class:`TrainOptions` fields. Works unchanged under ``torchrun``."""
     opts = replace(options or TrainOptions(), **overrides)

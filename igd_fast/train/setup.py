@@ -4,6 +4,7 @@ wrappers (DDP, compile) and the DataLoaders."""
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from .. import _dist
 from ..checkpoint import load_checkpoint, set_rng_state
-from ..data import MVTecDataset
+from ..data import Layout, MVTecDataset, resolve_layout, split_train_val
 from ..models import IGD, ModelConfig, distill_encoder, load_trunk
 from .estep import model_inputs
 from .mstep import autoencoder_step, make_optimizers
@@ -109,22 +110,35 @@ class Run:
         return {**self.record, "options": asdict(self.opts)}
 
 
-def _datasets(cfg: ModelConfig, data_root, category: str, opts: TrainOptions):
-    kw = dict(val_fraction=opts.val_fraction, seed=opts.seed, skip_corrupt=opts.skip_corrupt)
-    train_ds = MVTecDataset(data_root, category, "train", cfg.image_size, **kw)
-    val_ds = MVTecDataset(data_root, category, "val", cfg.image_size, **kw)
+def _datasets(cfg: ModelConfig, data, category: str | None, opts: TrainOptions):
+    """Training and validation datasets of a layout (``data``: a dataset root with
+    ``category``, or a resolved :class:`igd_fast.data.Layout`). The validation normals
+    are the layout's own (MVTec LOCO's validation/good) or, otherwise, ``val_fraction``
+    of the training normals split off by ``seed``."""
+    layout = data if isinstance(data, Layout) else resolve_layout(data, category)
+    files = layout.train_files()
+    own_val = layout.validation_files()
+    tr, va = (files, own_val) if own_val else split_train_val(files, opts.val_fraction, opts.seed)
+    kw = dict(image_size=cfg.image_size, skip_corrupt=opts.skip_corrupt)
+    train_ds = MVTecDataset(layout.root.parent, layout.name, "train", files=tr, **kw)
+    val_ds = MVTecDataset(layout.root.parent, layout.name, "val", files=va, **kw) if va else _empty(layout, kw)
     if len(train_ds) < 2:
-        raise ValueError(f"need at least 2 training images, {data_root}/{category} gives {len(train_ds)}")
-    cat_dir = Path(data_root).resolve() / category
+        raise ValueError(f"need at least 2 training images, {layout.root} gives {len(train_ds)}")
+    base = layout.root.resolve()  # run.json paths are relative to it (validation_files())
     record = {
-        "data_root": str(Path(data_root).resolve()),
-        "category": category,
+        "data_root": str(base.parent),
+        "category": base.name,
+        "layout": layout.kind,
         "seed": opts.seed,
         "val_fraction": opts.val_fraction,
-        "val_files": [str(p.resolve().relative_to(cat_dir)) for p in val_ds.files],
-        "train_files": [str(p.resolve().relative_to(cat_dir)) for p in train_ds.files],
+        "val_files": [os.path.relpath(p.resolve(), base) for p in val_ds.files],
+        "train_files": [os.path.relpath(p.resolve(), base) for p in train_ds.files],
     }
     return train_ds, val_ds, record
+
+
+def _empty(layout, kw) -> MVTecDataset:
+    return MVTecDataset(layout.root.parent, layout.name, "val", files=[], **kw)
 
 
 def _check_resume(ck: dict, path: Path, cfg: ModelConfig, opts: TrainOptions, record: dict) -> None:
