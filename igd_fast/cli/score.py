@@ -44,11 +44,13 @@ from ._args import (
     UsageError,
     add_out,
     add_runtime,
+    add_scoring,
     check_device_backend,
     check_out_dir,
     examples,
     finite_float,
     open_fraction,
+    scoring_options,
 )
 
 
@@ -79,6 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="use this threshold instead of the calibrated one")
     p.add_argument("--alpha", type=open_fraction, default=None,
                    help="target false-alarm rate of the calibration (default 0.05)")
+    add_scoring(p)
     add_runtime(p)
 
 
@@ -146,7 +149,8 @@ def _open(args: argparse.Namespace, proc: _dist.ProcessInfo):
     check_out_dir(args.out)
     try:
         return Scorer(args.model, device=resolve_device(args.device, proc.local_rank), batch_size=args.batch_size,
-                      backend=args.backend, alpha=DEFAULT_ALPHA if args.alpha is None else args.alpha)  # fmt: skip
+                      backend=args.backend, alpha=DEFAULT_ALPHA if args.alpha is None else args.alpha,
+                      **scoring_options(args))  # fmt: skip
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         raise UsageError(f"--model {args.model}: {e}") from None
 
@@ -234,6 +238,7 @@ def _write(out: Path, args, scorer, parts: list[dict], n_inputs: int, threshold:
         "normalisation": calib.get("normalisation", NORMALISATION),
         "pixel_threshold": calib.get("pixel_threshold"),
         "pixel_rule": calib.get("pixel_rule"),
+        "scoring": scorer.scoring,
         "world_size": world,
         "device": str(scorer.device),
         "backend": args.backend,
