@@ -165,6 +165,17 @@ def test_threshold_cache_is_keyed_by_scoring(trained):
     assert Scorer(model, device="cpu", score_norm="standard").threshold == pytest.approx(t_std)
 
 
+def test_damaged_term_stats_are_recalibrated(trained):
+    model = trained["model"]
+    good = Scorer(model, device="cpu", score_norm="standard").calibration(recompute=True)
+    d = json.loads((model / THRESHOLD_JSON).read_text())
+    d["term_stats"]["local"]["std"] = 0.0
+    (model / THRESHOLD_JSON).write_text(json.dumps(d))
+    with pytest.warns(UserWarning, match="term_stats"):
+        again = Scorer(model, device="cpu", score_norm="standard").calibration()
+    assert again["term_stats"] == good["term_stats"]
+
+
 @pytest.mark.parametrize("kw", [dict(score_norm="zscore"), dict(latent_weight=-1.0), dict(local_topk=0),
                                 dict(map_sigma=float("nan"))])  # fmt: skip
 def test_bad_options_are_refused(trained, kw):

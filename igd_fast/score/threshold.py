@@ -125,6 +125,13 @@ def _problem(d: object) -> str | None:
             return f"field {k!r} is {v!r}, not a number"
         if not math.isfinite(v):
             return f"field {k!r} is {v}, not finite"
+    for kind, st in (d.get("term_stats") or {}).items():
+        ok = isinstance(st, dict) and all(
+            isinstance(st.get(k), (int, float)) and not isinstance(st.get(k), bool) and math.isfinite(st[k])
+            for k in ("mean", "std")
+        )
+        if not ok or st["std"] <= 0:
+            return f"term_stats[{kind!r}] is {st!r}, not a finite mean and a positive std"
     return None
 
 
