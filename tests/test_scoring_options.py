@@ -43,7 +43,8 @@ def _scored(scorer, paths):
 
 def test_defaults_are_the_paper_sum(trained):
     s = Scorer(trained["model"], device="cpu")
-    assert s.scoring == {"score_norm": "sum", "latent_weight": 1.0, "local_topk": 1, "map_sigma": 0.0}
+    assert s.scoring == {"score_norm": "sum", "latent_weight": 1.0, "local_topk": 1, "map_sigma": 0.0,
+                         "map_norm": "sum"}  # fmt: skip
     for r in _scored(s, trained["test"]):
         assert r.score == pytest.approx(r.s_global + r.s_local, rel=1e-6, abs=1e-7)
 
@@ -148,6 +149,42 @@ def test_map_sigma_smooths_maps_at_original_size(trained):
     ] + 1e-6
 
 
+def _kind_maps(scorer, paths):
+    # each model's map at model resolution, through the Scorer's own per-model path
+    out = {"global": [], "local": []}
+    with torch.inference_mode():
+        for batch in scorer.loader(paths):
+            x = batch.images.float()
+            out["global"].append(scorer._global_terms(x, True)[1].double())
+            out["local"].append(scorer._local_terms(x, True)[1].double())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def test_map_norm_standardises_each_map_by_validation_pixels(trained):
+    model = trained["model"]
+    s = Scorer(model, device="cpu", map_norm="standard")
+    cal = s.calibration(recompute=True)
+    val = _kind_maps(s, validation_files(model))
+    for kind in ("global", "local"):
+        v = val[kind].flatten()
+        assert cal["map_stats"][kind]["mean"] == pytest.approx(float(v.mean()), rel=1e-9)
+        assert cal["map_stats"][kind]["std"] == pytest.approx(float(v.std()), rel=1e-6)  # ddof 1
+    paths = trained["test"][:3]
+    x = next(iter(s.loader(paths))).images.float()
+    parts = _kind_maps(s, paths)
+    st = cal["map_stats"]
+    want = (parts["global"] - st["global"]["mean"]) / st["global"]["std"] + (
+        parts["local"] - st["local"]["mean"]
+    ) / st["local"]["std"]
+    got = s.score_batch(x).maps.double()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # image scores do not use the maps; the heat-map scale is calibrated on the combined maps
+    assert s.score_batch(x).score.tolist() == Scorer(model, device="cpu").score_batch(x).score.tolist()
+    assert cal["map_low"] == pytest.approx(float(np.median(torch.cat([(val["global"] - st["global"]["mean"])
+                                           / st["global"]["std"] + (val["local"] - st["local"]["mean"])
+                                           / st["local"]["std"]]).numpy())), abs=0.2)  # fmt: skip
+
+
 def test_threshold_cache_is_keyed_by_scoring(trained):
     model = trained["model"]
     t_sum = Scorer(model, device="cpu").calibration(recompute=True)["threshold"]
@@ -176,8 +213,8 @@ def test_damaged_term_stats_are_recalibrated(trained):
     assert again["term_stats"] == good["term_stats"]
 
 
-@pytest.mark.parametrize("kw", [dict(score_norm="zscore"), dict(latent_weight=-1.0), dict(local_topk=0),
-                                dict(map_sigma=float("nan"))])  # fmt: skip
+@pytest.mark.parametrize("kw", [dict(score_norm="zscore"), dict(map_norm="max"), dict(latent_weight=-1.0),
+                                dict(local_topk=0), dict(map_sigma=float("nan"))])  # fmt: skip
 def test_bad_options_are_refused(trained, kw):
     with pytest.raises(ValueError):
         Scorer(trained["model"], device="cpu", **kw)
@@ -190,7 +227,8 @@ def test_eval_flags_reach_the_scorer(trained, tmp_path, capsys):
                "--latent-weight", "0.5", "--local-topk", "2", "--map-sigma", "2"])  # fmt: skip
     assert rc == 0
     rep = json.loads((out / "report.json").read_text())
-    assert rep["scoring"] == {"score_norm": "standard", "latent_weight": 0.5, "local_topk": 2, "map_sigma": 2.0}
+    assert rep["scoring"] == {"score_norm": "standard", "latent_weight": 0.5, "local_topk": 2, "map_sigma": 2.0,
+                              "map_norm": "sum"}  # fmt: skip
     s = Scorer(trained["model"], device="cpu", score_norm="standard", latent_weight=0.5, local_topk=2, map_sigma=2)
     want = {r.path: r.score for r in _scored(s, trained["test"])}
     for row in rep["images"]:

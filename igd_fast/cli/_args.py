@@ -89,7 +89,7 @@ def add_runtime(p: argparse.ArgumentParser, batch_default: int = 16) -> None:
 
 
 def add_scoring(p: argparse.ArgumentParser) -> None:
-    """--score-norm, --latent-weight, --local-topk, --map-sigma: the Scorer's scoring
+    """--score-norm, --latent-weight, --local-topk, --map-norm, --map-sigma: the Scorer's scoring
     options, the same in ``score`` and ``eval`` (defaults: igd_fast.score.threshold.DEFAULT_SCORING)."""
     from ..score.threshold import DEFAULT_SCORING as d
     from ..score.threshold import SCORE_NORMS
@@ -102,6 +102,9 @@ def add_scoring(p: argparse.ArgumentParser) -> None:
                    help=f"weight of l_h in each model's term, 0 drops it (default {d['latent_weight']:g})")
     g.add_argument("--local-topk", type=positive_int, default=d["local_topk"],
                    help=f"s_L = mean of the K largest patch terms, 1 = max (default {d['local_topk']})")
+    g.add_argument("--map-norm", choices=SCORE_NORMS, default=d["map_norm"],
+                   help="sum: map = global map + local map (the paper); standard: each standardised by its "
+                        f"validation-normal pixel mean/std before summing (default {d['map_norm']})")
     g.add_argument("--map-sigma", type=non_negative_float, default=d["map_sigma"],
                    help="Gaussian smoothing of each map, sigma in pixels of the original image, 0 = none "
                         f"(default {d['map_sigma']:g})")  # fmt: skip
@@ -110,7 +113,7 @@ def add_scoring(p: argparse.ArgumentParser) -> None:
 def scoring_options(args: argparse.Namespace) -> dict:
     """The Scorer keyword arguments of :func:`add_scoring`'s flags."""
     return {"score_norm": args.score_norm, "latent_weight": args.latent_weight, "local_topk": args.local_topk,
-            "map_sigma": args.map_sigma}  # fmt: skip
+            "map_sigma": args.map_sigma, "map_norm": args.map_norm}  # fmt: skip
 
 
 def check_device_backend(args: argparse.Namespace) -> None:

@@ -14,6 +14,9 @@ for the ablation that chose the defaults):
       so neither model's scale dominates the sum; "sum" (the paper): s = s_G + s_L.
   latent_weight w: each model's term is l_r + w·l_h (1 = the paper; 0 drops l_h).
   local_topk k: s_L = mean of the k largest patch terms (1 = the paper's max).
+  map_norm "standard": map = (map_G - pm_G) / psd_G + (map_L - pm_L) / psd_L with each
+      model's map mean and standard deviation over all validation-normal pixels (at model
+      resolution; kept in threshold.json); "sum" (the paper): map_G + map_L.
   map_sigma: Gaussian smoothing (σ in pixels of the original resolution, truncated at
       4σ, symmetric edges: scipy.ndimage.gaussian_filter's "reflect") of each map; 0 = none.
 
@@ -100,7 +103,7 @@ class Scorer:
     convolutions on CPU here; same results to float rounding); the kernels always get
     contiguous NCHW tensors. ``fold_bn`` folds every BatchNorm into its convolution
     (:func:`igd_fast.models.fold.fold_batchnorm`; the same function up to rounding).
-    ``score_norm``, ``latent_weight``, ``local_topk`` and ``map_sigma``: the scoring
+    ``score_norm``, ``latent_weight``, ``local_topk``, ``map_norm`` and ``map_sigma``: the scoring
     options of the module doc.
     """
 
@@ -118,6 +121,7 @@ class Scorer:
         latent_weight: float = DEFAULT_SCORING["latent_weight"],
         local_topk: int = DEFAULT_SCORING["local_topk"],
         map_sigma: float = DEFAULT_SCORING["map_sigma"],
+        map_norm: str = DEFAULT_SCORING["map_norm"],
     ) -> None:
         self.model_dir = Path(model_dir)
         self.device = resolve_device(device)
@@ -131,6 +135,8 @@ class Scorer:
             raise ValueError(f"score_norm must be one of {SCORE_NORMS}, got {score_norm!r}")
         if not (np.isfinite(latent_weight) and latent_weight >= 0):
             raise ValueError(f"latent_weight must be a finite number >= 0, got {latent_weight}")
+        if map_norm not in SCORE_NORMS:
+            raise ValueError(f"map_norm must be one of {SCORE_NORMS}, got {map_norm!r}")
         if int(local_topk) < 1:
             raise ValueError(f"local_topk must be >= 1, got {local_topk}")
         if not (np.isfinite(map_sigma) and map_sigma >= 0):
@@ -139,6 +145,8 @@ class Scorer:
         self.latent_weight = float(latent_weight)
         self.local_topk = int(local_topk)
         self.map_sigma = float(map_sigma)
+        self.map_norm = map_norm
+        self._map_stats: dict | None = None  # set while calibrating, before the maps are combined
         self._raw = False  # True while calibrating: term stats are not known yet
         files = model_files(self.model_dir)
         self.global_model = self._load(files, "global", fold_bn)
@@ -175,7 +183,7 @@ class Scorer:
     def scoring(self) -> dict:
         """The scoring options (recorded in threshold.json: a cache for others is stale)."""
         return {"score_norm": self.score_norm, "latent_weight": self.latent_weight, "local_topk": self.local_topk,
-                "map_sigma": self.map_sigma}  # fmt: skip
+                "map_sigma": self.map_sigma, "map_norm": self.map_norm}  # fmt: skip
 
     # ------------------------------------------------------------------ core
 
@@ -187,8 +195,39 @@ class Scorer:
         s_g, map_g = self._global_terms(x, want_maps) if self.global_model is not None else (zero, None)
         s_l, map_l = self._local_terms(x, want_maps) if self.local_model is not None else (zero, None)
         # a model without a map (Deep SVDD) leaves the other's map; neither: None
-        maps = map_l if map_g is None else map_g if map_l is None else map_g + map_l
-        return BatchScores(self._combine(s_g, s_l), s_g, s_l, maps)
+        return BatchScores(self._combine(s_g, s_l), s_g, s_l, self._combine_maps(map_g, map_l))
+
+    def _combine_maps(self, map_g: Tensor | None, map_l: Tensor | None) -> Tensor | None:
+        # a model without a map (Deep SVDD) leaves the other's map; neither: None
+        if map_g is None or map_l is None:
+            return map_l if map_g is None else map_g
+        if self.map_norm == "sum":
+            return map_g + map_l
+        st = self._map_stats if self._map_stats is not None else self.calibration()["map_stats"]
+        g, loc = st["global"], st["local"]
+        return (map_g - g["mean"]) / g["std"] + (map_l - loc["mean"]) / loc["std"]
+
+    @torch.inference_mode()
+    def _pixel_stats(self, paths: Sequence[str | Path], num_workers: int) -> dict:
+        """Mean and std of each model's map over all pixels of ``paths`` (model resolution)."""
+        acc = {"global": [0.0, 0.0, 0], "local": [0.0, 0.0, 0]}
+        for batch in self.loader(paths, num_workers):
+            if batch.images is None:
+                continue
+            x = batch.images.to(self.device, torch.float32)
+            for kind, fn in (("global", self._global_terms), ("local", self._local_terms)):
+                m = fn(x, True)[1]
+                if m is None:  # no map (Deep SVDD): the other map is used as is
+                    continue
+                m, a = m.double(), acc[kind]
+                a[0], a[1], a[2] = a[0] + float(m.sum()), a[1] + float((m * m).sum()), a[2] + m.numel()
+        out = {}
+        for kind, (s1, s2, n) in acc.items():
+            mean = s1 / max(n, 1)
+            var = (s2 - n * mean * mean) / (n - 1) if n > 1 else 0.0
+            sd = float(np.sqrt(var)) if var > 0 else 0.0
+            out[kind] = {"mean": mean, "std": sd if sd > 0 and np.isfinite(sd) else 1.0}
+        return out
 
     def _combine(self, s_g: Tensor, s_l: Tensor, stats: dict | None = None) -> Tensor:
         if self.score_norm == "sum" or (self._raw and stats is None):
@@ -316,6 +355,10 @@ class Scorer:
             if not files:
                 raise ValueError(f"{self.model_dir}/run.json lists no validation images to calibrate on")
             s_g, s_l, paths, pixels, peaks, failed = [], [], [], [], [], []
+            map_stats = None
+            if self.map_norm == "standard" and len(self.kinds) == 2:
+                # a first pass for the pixel stats the combined maps of the second need
+                map_stats = self._map_stats = self._pixel_stats(files, num_workers)
             self._raw = True  # the combined score needs the term stats computed here
             try:
                 for r in self.score_paths(files, num_workers, want_maps=True):
@@ -329,7 +372,7 @@ class Scorer:
                         pixels.append(r.map.reshape(-1))
                         peaks.append(float(r.map.max()))
             finally:
-                self._raw = False
+                self._raw, self._map_stats = False, None
             if not paths:
                 raise ValueError(f"none of the {len(files)} validation images of {self.model_dir} could be read")
             stats = term_stats({"global": s_g, "local": s_l}, self.kinds)
@@ -359,6 +402,8 @@ class Scorer:
                 "scoring": self.scoring,
                 "term_stats": stats,
             }
+            if map_stats is not None:
+                cached["map_stats"] = map_stats
             try:
                 write_threshold(self.model_dir, cached)
             except OSError as e:  # a read-only model dir still scores; it just recalibrates next time

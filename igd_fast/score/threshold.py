@@ -52,7 +52,7 @@ DEFAULT_ALPHA = 0.05
 SCORE_NORMS = ("sum", "standard")
 # the Scorer's scoring options (see igd_fast.score.scorer); a cache records the ones it
 # was calibrated with, and one without that record was made with LEGACY_SCORING
-LEGACY_SCORING = {"score_norm": "sum", "latent_weight": 1.0, "local_topk": 1, "map_sigma": 0.0}
+LEGACY_SCORING = {"score_norm": "sum", "latent_weight": 1.0, "local_topk": 1, "map_sigma": 0.0, "map_norm": "sum"}
 DEFAULT_SCORING = dict(LEGACY_SCORING)
 # fields a usable cached record must hold as finite numbers
 NUMERIC_FIELDS = ("threshold", "map_low", "map_high", "score_scale", "pixel_threshold")
@@ -125,13 +125,13 @@ def _problem(d: object) -> str | None:
             return f"field {k!r} is {v!r}, not a number"
         if not math.isfinite(v):
             return f"field {k!r} is {v}, not finite"
-    for kind, st in (d.get("term_stats") or {}).items():
+    for kind, st in [*(d.get("term_stats") or {}).items(), *(d.get("map_stats") or {}).items()]:
         ok = isinstance(st, dict) and all(
             isinstance(st.get(k), (int, float)) and not isinstance(st.get(k), bool) and math.isfinite(st[k])
             for k in ("mean", "std")
         )
         if not ok or st["std"] <= 0:
-            return f"term_stats[{kind!r}] is {st!r}, not a finite mean and a positive std"
+            return f"term_stats/map_stats[{kind!r}] is {st!r}, not a finite mean and a positive std"
     return None
 
 
@@ -172,6 +172,9 @@ def read_threshold(model_dir: str | Path, alpha: float, scoring: dict | None = N
         return None
     if scoring is not None and scoring.get("score_norm") == "standard" and not isinstance(d.get("term_stats"), dict):
         return None
+    if scoring is not None and scoring.get("map_norm") == "standard" and "map_stats" not in d:
+        # a one-model directory has no map to standardise against the other: no stats needed
+        return d if len(d.get("signature", {})) < 2 else None
     return d
 
 
