@@ -44,7 +44,7 @@ def _scored(scorer, paths):
 def test_defaults_are_the_paper_sum(trained):
     s = Scorer(trained["model"], device="cpu")
     assert s.scoring == {"score_norm": "sum", "latent_weight": 1.0, "local_topk": 1, "map_sigma": 0.0,
-                         "map_norm": "sum"}  # fmt: skip
+                         "map_norm": "sum", "map_term": "lr"}  # fmt: skip
     for r in _scored(s, trained["test"]):
         assert r.score == pytest.approx(r.s_global + r.s_local, rel=1e-6, abs=1e-7)
 
@@ -185,6 +185,21 @@ def test_map_norm_standardises_each_map_by_validation_pixels(trained):
                                            / st["local"]["std"]]).numpy())), abs=0.2)  # fmt: skip
 
 
+def test_map_term_abs_is_the_absolute_error(trained):
+    paths = trained["test"][:3]
+    s = Scorer(trained["model"], device="cpu", map_term="abs", fold_bn=False, channels_last=False)
+    x = next(iter(s.loader(paths))).images.float()
+    with torch.inference_mode():
+        g = s.global_model
+        want_g = (x - g(x)[1]).abs().mean(1, keepdim=True) / g.config.data_range
+        got_g = s._global_terms(x, True)[1]
+    torch.testing.assert_close(got_g, want_g, rtol=1e-5, atol=1e-6)
+    # scores are unchanged: only the map is another
+    plain = Scorer(trained["model"], device="cpu", fold_bn=False, channels_last=False)
+    torch.testing.assert_close(s.score_batch(x).score, plain.score_batch(x).score, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(s.score_batch(x).maps, plain.score_batch(x).maps)
+
+
 def test_threshold_cache_is_keyed_by_scoring(trained):
     model = trained["model"]
     t_sum = Scorer(model, device="cpu").calibration(recompute=True)["threshold"]
@@ -213,7 +228,8 @@ def test_damaged_term_stats_are_recalibrated(trained):
     assert again["term_stats"] == good["term_stats"]
 
 
-@pytest.mark.parametrize("kw", [dict(score_norm="zscore"), dict(map_norm="max"), dict(latent_weight=-1.0),
+@pytest.mark.parametrize("kw", [dict(score_norm="zscore"), dict(map_norm="max"), dict(map_term="ssim"),
+                                dict(latent_weight=-1.0),
                                 dict(local_topk=0), dict(map_sigma=float("nan"))])  # fmt: skip
 def test_bad_options_are_refused(trained, kw):
     with pytest.raises(ValueError):
@@ -228,7 +244,7 @@ def test_eval_flags_reach_the_scorer(trained, tmp_path, capsys):
     assert rc == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["scoring"] == {"score_norm": "standard", "latent_weight": 0.5, "local_topk": 2, "map_sigma": 2.0,
-                              "map_norm": "sum"}  # fmt: skip
+                              "map_norm": "sum", "map_term": "lr"}  # fmt: skip
     s = Scorer(trained["model"], device="cpu", score_norm="standard", latent_weight=0.5, local_topk=2, map_sigma=2)
     want = {r.path: r.score for r in _scored(s, trained["test"])}
     for row in rep["images"]:

@@ -89,10 +89,10 @@ def add_runtime(p: argparse.ArgumentParser, batch_default: int = 16) -> None:
 
 
 def add_scoring(p: argparse.ArgumentParser) -> None:
-    """--score-norm, --latent-weight, --local-topk, --map-norm, --map-sigma: the Scorer's scoring
+    """--score-norm, --latent-weight, --local-topk, --map-norm, --map-term, --map-sigma: the Scorer's scoring
     options, the same in ``score`` and ``eval`` (defaults: igd_fast.score.threshold.DEFAULT_SCORING)."""
     from ..score.threshold import DEFAULT_SCORING as d
-    from ..score.threshold import SCORE_NORMS
+    from ..score.threshold import MAP_TERMS, SCORE_NORMS
 
     g = p.add_argument_group("scoring (need no retraining; the threshold is recalibrated for each setting)")
     g.add_argument("--score-norm", choices=SCORE_NORMS, default=d["score_norm"],
@@ -105,6 +105,9 @@ def add_scoring(p: argparse.ArgumentParser) -> None:
     g.add_argument("--map-norm", choices=SCORE_NORMS, default=d["map_norm"],
                    help="sum: map = global map + local map (the paper); standard: each standardised by its "
                         f"validation-normal pixel mean/std before summing (default {d['map_norm']})")
+    g.add_argument("--map-term", choices=MAP_TERMS, default=d["map_term"],
+                   help="lr: each map is the l_r map (the paper); abs: its absolute-error part |x - x_hat| / L "
+                        f"alone (default {d['map_term']})")
     g.add_argument("--map-sigma", type=non_negative_float, default=d["map_sigma"],
                    help="Gaussian smoothing of each map, sigma in pixels of the original image, 0 = none "
                         f"(default {d['map_sigma']:g})")  # fmt: skip
@@ -113,7 +116,8 @@ def add_scoring(p: argparse.ArgumentParser) -> None:
 def scoring_options(args: argparse.Namespace) -> dict:
     """The Scorer keyword arguments of :func:`add_scoring`'s flags."""
     return {"score_norm": args.score_norm, "latent_weight": args.latent_weight, "local_topk": args.local_topk,
-            "map_sigma": args.map_sigma, "map_norm": args.map_norm}  # fmt: skip
+            "map_sigma": args.map_sigma, "map_norm": args.map_norm,
+            "map_term": args.map_term}  # fmt: skip
 
 
 def check_device_backend(args: argparse.Namespace) -> None:

@@ -17,6 +17,10 @@ for the ablation that chose the defaults):
   map_norm "standard": map = (map_G - pm_G) / psd_G + (map_L - pm_L) / psd_L with each
       model's map mean and standard deviation over all validation-normal pixels (at model
       resolution; kept in threshold.json); "sum" (the paper): map_G + map_L.
+  map_term "abs": each model's map is its absolute error mean_c |x - x_hat| / L alone
+      (the l_r map's first part), not "lr" (the paper): rho·|x - x_hat|/L + (1 - rho)(1 -
+      MS-SSIM map), whose SSIM part saturates where a texture is not reconstructed.
+      Variants without an MS-SSIM term keep their own map.
   map_sigma: Gaussian smoothing (σ in pixels of the original resolution, truncated at
       4σ, symmetric edges: scipy.ndimage.gaussian_filter's "reflect") of each map; 0 = none.
 
@@ -48,6 +52,7 @@ from .io import Item, ScoreDataset, collate
 from .threshold import (
     DEFAULT_ALPHA,
     DEFAULT_SCORING,
+    MAP_TERMS,
     NORMALISATION,
     PIXEL_RULE,
     SCORE_NORMS,
@@ -103,7 +108,7 @@ class Scorer:
     convolutions on CPU here; same results to float rounding); the kernels always get
     contiguous NCHW tensors. ``fold_bn`` folds every BatchNorm into its convolution
     (:func:`igd_fast.models.fold.fold_batchnorm`; the same function up to rounding).
-    ``score_norm``, ``latent_weight``, ``local_topk``, ``map_norm`` and ``map_sigma``: the scoring
+    ``score_norm``, ``latent_weight``, ``local_topk``, ``map_norm``, ``map_term`` and ``map_sigma``: the scoring
     options of the module doc.
     """
 
@@ -122,6 +127,7 @@ class Scorer:
         local_topk: int = DEFAULT_SCORING["local_topk"],
         map_sigma: float = DEFAULT_SCORING["map_sigma"],
         map_norm: str = DEFAULT_SCORING["map_norm"],
+        map_term: str = DEFAULT_SCORING["map_term"],
     ) -> None:
         self.model_dir = Path(model_dir)
         self.device = resolve_device(device)
@@ -137,6 +143,8 @@ class Scorer:
             raise ValueError(f"latent_weight must be a finite number >= 0, got {latent_weight}")
         if map_norm not in SCORE_NORMS:
             raise ValueError(f"map_norm must be one of {SCORE_NORMS}, got {map_norm!r}")
+        if map_term not in MAP_TERMS:
+            raise ValueError(f"map_term must be one of {MAP_TERMS}, got {map_term!r}")
         if int(local_topk) < 1:
             raise ValueError(f"local_topk must be >= 1, got {local_topk}")
         if not (np.isfinite(map_sigma) and map_sigma >= 0):
@@ -146,6 +154,7 @@ class Scorer:
         self.local_topk = int(local_topk)
         self.map_sigma = float(map_sigma)
         self.map_norm = map_norm
+        self.map_term = map_term
         self._map_stats: dict | None = None  # set while calibrating, before the maps are combined
         self._raw = False  # True while calibrating: term stats are not known yet
         files = model_files(self.model_dir)
@@ -183,7 +192,8 @@ class Scorer:
     def scoring(self) -> dict:
         """The scoring options (recorded in threshold.json: a cache for others is stale)."""
         return {"score_norm": self.score_norm, "latent_weight": self.latent_weight, "local_topk": self.local_topk,
-                "map_sigma": self.map_sigma, "map_norm": self.map_norm}  # fmt: skip
+                "map_sigma": self.map_sigma, "map_norm": self.map_norm,
+                "map_term": self.map_term}  # fmt: skip
 
     # ------------------------------------------------------------------ core
 
@@ -241,13 +251,18 @@ class Scorer:
 
     def _terms(self, model, x: Tensor, want_maps: bool) -> tuple[Tensor, Tensor | None]:
         """The variant's per-sample term l_r + latent_weight·l_h and its map."""
-        if self.latent_weight == 1.0:  # the training code's own sum, unchanged
+        if self.latent_weight == 1.0 and self.map_term == "lr":  # the training code's own sum, unchanged
             return sample_scores(model, x, want_maps, self.backend, self._fmt)
         z, x_hat = model(x.contiguous(memory_format=self._fmt))
         extra = latent_term(model, z) * self.latent_weight
         cfg = model.config
         if cfg.method.recon == "msssim":
-            return patch_scores(x, x_hat.contiguous(), cfg.msssim(), cfg.rho, extra, want_maps, self.backend)
+            abs_map = want_maps and self.map_term == "abs"
+            s, m = patch_scores(x, x_hat.contiguous(), cfg.msssim(), cfg.rho, extra, want_maps and not abs_map,
+                                self.backend)  # fmt: skip
+            if abs_map:
+                m = (x.float() - x_hat.float()).abs().mean(1, keepdim=True) / cfg.data_range
+            return s, m
         if cfg.method.recon == "mse":
             err = (x.float() - x_hat.float()).pow(2)
             return err.mean((1, 2, 3)) + extra, (err.mean(1, keepdim=True) if want_maps else None)

@@ -52,7 +52,9 @@ DEFAULT_ALPHA = 0.05
 SCORE_NORMS = ("sum", "standard")
 # the Scorer's scoring options (see igd_fast.score.scorer); a cache records the ones it
 # was calibrated with, and one without that record was made with LEGACY_SCORING
-LEGACY_SCORING = {"score_norm": "sum", "latent_weight": 1.0, "local_topk": 1, "map_sigma": 0.0, "map_norm": "sum"}
+LEGACY_SCORING = {"score_norm": "sum", "latent_weight": 1.0, "local_topk": 1, "map_sigma": 0.0, "map_norm": "sum",
+                  "map_term": "lr"}  # fmt: skip
+MAP_TERMS = ("lr", "abs")
 DEFAULT_SCORING = dict(LEGACY_SCORING)
 # fields a usable cached record must hold as finite numbers
 NUMERIC_FIELDS = ("threshold", "map_low", "map_high", "score_scale", "pixel_threshold")
