@@ -54,8 +54,8 @@ def write_markdown(csv_path: str | Path, md_path: str | Path) -> str:
     """Regenerate the Markdown table of every CSV row (metrics to 3 decimals); returns it."""
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
-    cols = ("category", "variant", "model", "image_size", "width", "blocks", "epochs", "patches_per_image", "seed",
-            "train_seconds", "scoring", *METRICS)  # fmt: skip
+    cols = ("category", "variant", "model", "image_size", "width", "blocks", "epochs", "patches_per_image",
+            "extra_train", "seed", "train_seconds", "scoring", *METRICS)  # fmt: skip
 
     def cell(r: dict, k: str) -> str:
         v = r.get(k, "")
