@@ -88,6 +88,38 @@ def add_runtime(p: argparse.ArgumentParser, batch_default: int = 16) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")  # fmt: skip
 
 
+def add_scoring(p: argparse.ArgumentParser) -> None:
+    """--score-norm, --latent-weight, --local-topk, --map-norm, --map-term, --map-sigma: the Scorer's scoring
+    options, the same in ``score`` and ``eval`` (defaults: igd_fast.score.threshold.DEFAULT_SCORING)."""
+    from ..score.threshold import DEFAULT_SCORING as d
+    from ..score.threshold import MAP_TERMS, SCORE_NORMS
+
+    g = p.add_argument_group("scoring (need no retraining; the threshold is recalibrated for each setting)")
+    g.add_argument("--score-norm", choices=SCORE_NORMS, default=d["score_norm"],
+                   help="sum: s = s_G + s_L (the paper); standard: each term standardised by its validation-normal "
+                        f"mean/std before summing (default {d['score_norm']})")
+    g.add_argument("--latent-weight", type=non_negative_float, default=d["latent_weight"],
+                   help=f"weight of l_h in each model's term, 0 drops it (default {d['latent_weight']:g})")
+    g.add_argument("--local-topk", type=positive_int, default=d["local_topk"],
+                   help=f"s_L = mean of the K largest patch terms, 1 = max (default {d['local_topk']})")
+    g.add_argument("--map-norm", choices=SCORE_NORMS, default=d["map_norm"],
+                   help="sum: map = global map + local map (the paper); standard: each standardised by its "
+                        f"validation-normal pixel mean/std before summing (default {d['map_norm']})")
+    g.add_argument("--map-term", choices=MAP_TERMS, default=d["map_term"],
+                   help="lr: each map is the l_r map (the paper); abs: its absolute-error part |x - x_hat| / L "
+                        f"alone (default {d['map_term']})")
+    g.add_argument("--map-sigma", type=non_negative_float, default=d["map_sigma"],
+                   help="Gaussian smoothing of each map, sigma in pixels of the original image, 0 = none "
+                        f"(default {d['map_sigma']:g})")  # fmt: skip
+
+
+def scoring_options(args: argparse.Namespace) -> dict:
+    """The Scorer keyword arguments of :func:`add_scoring`'s flags."""
+    return {"score_norm": args.score_norm, "latent_weight": args.latent_weight, "local_topk": args.local_topk,
+            "map_sigma": args.map_sigma, "map_norm": args.map_norm,
+            "map_term": args.map_term}  # fmt: skip
+
+
 def check_device_backend(args: argparse.Namespace) -> None:
     """UsageError when --device cannot run here or --backend cannot run on it."""
     from .._backends import backends

@@ -33,10 +33,12 @@ from ._args import (
     UsageError,
     add_out,
     add_runtime,
+    add_scoring,
     check_device_backend,
     check_out_dir,
     examples,
     positive_int,
+    scoring_options,
 )
 
 
@@ -72,6 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-masks", action="store_true",
                    help="write each pred_mask (map > calibrated pixel threshold) as a 0/255 PNG to "
                         "OUT/masks/<defect>/<id>.png")
+    add_scoring(p)
     add_runtime(p)
 
 
@@ -231,7 +234,8 @@ def _prepare(args: argparse.Namespace):
         raise UsageError("masks must have their image's size: " + "; ".join(bad[:5]) + more)
     out = check_out_dir(args.out or Path(args.model) / f"eval_{args.category}")
     try:
-        scorer = Scorer(args.model, device=args.device, batch_size=args.batch_size, backend=args.backend)
+        scorer = Scorer(args.model, device=args.device, batch_size=args.batch_size, backend=args.backend,
+                        **scoring_options(args))
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         raise UsageError(f"--model {args.model}: {e}") from None
     return samples, out, scorer
@@ -322,6 +326,7 @@ def run(args: argparse.Namespace) -> int:
         "normalisation": calib.get("normalisation"),
         "pixel_threshold": pix_t,
         "pixel_rule": calib.get("pixel_rule"),
+        "scoring": scorer.scoring,
         "n_skipped": len(skipped),
         "skipped": skipped,
         "images_per_second": len(results) / wall if wall > 0 else 0.0,

@@ -44,11 +44,13 @@ from ._args import (
     UsageError,
     add_out,
     add_runtime,
+    add_scoring,
     check_device_backend,
     check_out_dir,
     examples,
     finite_float,
     open_fraction,
+    scoring_options,
 )
 
 
@@ -82,6 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default="torch",
                    help="torch (default): --model is a model directory; onnxruntime / openvino: --model is a file "
                         "written by igd-fast export (.onnx / .xml, with its .json beside it)")
+    add_scoring(p)
     add_runtime(p)
 
 
@@ -151,7 +154,8 @@ def _open(args: argparse.Namespace, proc: _dist.ProcessInfo):
         return _open_exported(args)
     try:
         return Scorer(args.model, device=resolve_device(args.device, proc.local_rank), batch_size=args.batch_size,
-                      backend=args.backend, alpha=DEFAULT_ALPHA if args.alpha is None else args.alpha)  # fmt: skip
+                      backend=args.backend, alpha=DEFAULT_ALPHA if args.alpha is None else args.alpha,
+                      **scoring_options(args))  # fmt: skip
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         raise UsageError(f"--model {args.model}: {e}") from None
 
@@ -164,6 +168,12 @@ def _open_exported(args: argparse.Namespace):
     if args.alpha is not None:
         raise UsageError("--alpha recalibrates on the model directory's validation images; an exported model "
                          "carries its calibration (re-export, or pass --threshold)")  # fmt: skip
+    from ..score.threshold import DEFAULT_SCORING
+
+    changed = [k for k, v in scoring_options(args).items() if v != DEFAULT_SCORING[k]]
+    if changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        raise UsageError(f"{flags}: an exported model computes the default score and map; use a model directory")
     if importlib.util.find_spec(args.runtime) is None:
         extra = "openvino" if args.runtime == "openvino" else "export"
         raise UsageError(f"--runtime {args.runtime} needs the {args.runtime} package: pip install 'igd_fast[{extra}]'")
@@ -256,6 +266,7 @@ def _write(out: Path, args, scorer, parts: list[dict], n_inputs: int, threshold:
         "normalisation": calib.get("normalisation", NORMALISATION),
         "pixel_threshold": calib.get("pixel_threshold"),
         "pixel_rule": calib.get("pixel_rule"),
+        "scoring": scorer.scoring,
         "world_size": world,
         "device": str(scorer.device),
         "backend": args.backend,

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..score.scorer import BatchScores, Scorer
+from ..score.threshold import DEFAULT_SCORING
 
 RUNTIMES = ("onnxruntime", "openvino")
 
@@ -58,6 +59,9 @@ class ExportedScorer(Scorer):
         self.backend = None
         self.images_seen, self.seconds = 0, 0.0
         self._calibration = self.record
+        # the exported graph is the paper's score and map: the default scoring options
+        for k, v in DEFAULT_SCORING.items():
+            setattr(self, k, v)
 
     @property
     def kinds(self) -> tuple[str, ...]:

@@ -7,6 +7,23 @@ Image score s = s_G + s_L (SPEC section 1):
 Per-pixel map = global per-pixel l_r + local per-pixel l_r (patch maps folded back,
 overlaps averaged), brought back to the image's original resolution (bilinear).
 
+Scoring options (``Scorer`` arguments and ``score`` / ``eval`` flags; see docs/results_quality.md
+for the ablation that chose the defaults):
+  score_norm "standard": s = (s_G - m_G) / sd_G + (s_L - m_L) / sd_L with each term's mean and
+      standard deviation (ddof 1) over the validation normals (kept in threshold.json),
+      so neither model's scale dominates the sum; "sum" (the paper): s = s_G + s_L.
+  latent_weight w: each model's term is l_r + w·l_h (1 = the paper; 0 drops l_h).
+  local_topk k: s_L = mean of the k largest patch terms (1 = the paper's max).
+  map_norm "standard": map = (map_G - pm_G) / psd_G + (map_L - pm_L) / psd_L with each
+      model's map mean and standard deviation over all validation-normal pixels (at model
+      resolution; kept in threshold.json); "sum" (the paper): map_G + map_L.
+  map_term "abs": each model's map is its absolute error mean_c |x - x_hat| / L alone
+      (the l_r map's first part), not "lr" (the paper): rho·|x - x_hat|/L + (1 - rho)(1 -
+      MS-SSIM map), whose SSIM part saturates where a texture is not reconstructed.
+      Variants without an MS-SSIM term keep their own map.
+  map_sigma: Gaussian smoothing (σ in pixels of the original resolution, truncated at
+      4σ, symmetric edges: scipy.ndimage.gaussian_filter's "reflect") of each map; 0 = none.
+
 Single-model directories (the paper's one-class protocols, ``train --model global``):
 with only ``global.pt`` the score is s = s_G and the map the global map; with only
 ``local.pt``, s = s_L and the folded local map. The missing term is reported as 0.
@@ -29,18 +46,22 @@ from torch.utils.data import DataLoader
 from .._dist import resolve_device
 from ..checkpoint import load_model, model_files, validation_files
 from ..models.fold import fold_batchnorm
-from ..models.terms import sample_scores
-from ..ops.patches import extract_patches, fold_patch_maps
+from ..models.terms import latent_term, sample_scores
+from ..ops.patches import extract_patches, fold_patch_maps, patch_scores
 from .io import Item, ScoreDataset, collate
 from .threshold import (
     DEFAULT_ALPHA,
+    DEFAULT_SCORING,
+    MAP_TERMS,
     NORMALISATION,
     PIXEL_RULE,
+    SCORE_NORMS,
     conformal_threshold,
     model_signature,
     normalise_scores,
     read_threshold,
     score_scale,
+    term_stats,
     write_threshold,
 )
 
@@ -87,6 +108,8 @@ class Scorer:
     convolutions on CPU here; same results to float rounding); the kernels always get
     contiguous NCHW tensors. ``fold_bn`` folds every BatchNorm into its convolution
     (:func:`igd_fast.models.fold.fold_batchnorm`; the same function up to rounding).
+    ``score_norm``, ``latent_weight``, ``local_topk``, ``map_norm``, ``map_term`` and ``map_sigma``: the scoring
+    options of the module doc.
     """
 
     def __init__(
@@ -99,6 +122,12 @@ class Scorer:
         alpha: float = DEFAULT_ALPHA,
         channels_last: bool = True,
         fold_bn: bool = True,
+        score_norm: str = DEFAULT_SCORING["score_norm"],
+        latent_weight: float = DEFAULT_SCORING["latent_weight"],
+        local_topk: int = DEFAULT_SCORING["local_topk"],
+        map_sigma: float = DEFAULT_SCORING["map_sigma"],
+        map_norm: str = DEFAULT_SCORING["map_norm"],
+        map_term: str = DEFAULT_SCORING["map_term"],
     ) -> None:
         self.model_dir = Path(model_dir)
         self.device = resolve_device(device)
@@ -108,6 +137,26 @@ class Scorer:
         self.backend = backend
         self.patch_chunk = int(patch_chunk)
         self.alpha = alpha
+        if score_norm not in SCORE_NORMS:
+            raise ValueError(f"score_norm must be one of {SCORE_NORMS}, got {score_norm!r}")
+        if not (np.isfinite(latent_weight) and latent_weight >= 0):
+            raise ValueError(f"latent_weight must be a finite number >= 0, got {latent_weight}")
+        if map_norm not in SCORE_NORMS:
+            raise ValueError(f"map_norm must be one of {SCORE_NORMS}, got {map_norm!r}")
+        if map_term not in MAP_TERMS:
+            raise ValueError(f"map_term must be one of {MAP_TERMS}, got {map_term!r}")
+        if int(local_topk) < 1:
+            raise ValueError(f"local_topk must be >= 1, got {local_topk}")
+        if not (np.isfinite(map_sigma) and map_sigma >= 0):
+            raise ValueError(f"map_sigma must be a finite number >= 0, got {map_sigma}")
+        self.score_norm = score_norm
+        self.latent_weight = float(latent_weight)
+        self.local_topk = int(local_topk)
+        self.map_sigma = float(map_sigma)
+        self.map_norm = map_norm
+        self.map_term = map_term
+        self._map_stats: dict | None = None  # set while calibrating, before the maps are combined
+        self._raw = False  # True while calibrating: term stats are not known yet
         files = model_files(self.model_dir)
         self.global_model = self._load(files, "global", fold_bn)
         self.local_model = self._load(files, "local", fold_bn)
@@ -139,6 +188,13 @@ class Scorer:
         """The models this scorer runs: ("global", "local"), ("global",) or ("local",)."""
         return tuple(k for k, m in (("global", self.global_model), ("local", self.local_model)) if m is not None)
 
+    @property
+    def scoring(self) -> dict:
+        """The scoring options (recorded in threshold.json: a cache for others is stale)."""
+        return {"score_norm": self.score_norm, "latent_weight": self.latent_weight, "local_topk": self.local_topk,
+                "map_sigma": self.map_sigma, "map_norm": self.map_norm,
+                "map_term": self.map_term}  # fmt: skip
+
     # ------------------------------------------------------------------ core
 
     @torch.inference_mode()
@@ -149,13 +205,73 @@ class Scorer:
         s_g, map_g = self._global_terms(x, want_maps) if self.global_model is not None else (zero, None)
         s_l, map_l = self._local_terms(x, want_maps) if self.local_model is not None else (zero, None)
         # a model without a map (Deep SVDD) leaves the other's map; neither: None
-        maps = map_l if map_g is None else map_g if map_l is None else map_g + map_l
-        return BatchScores(s_g + s_l, s_g, s_l, maps)
+        return BatchScores(self._combine(s_g, s_l), s_g, s_l, self._combine_maps(map_g, map_l))
+
+    def _combine_maps(self, map_g: Tensor | None, map_l: Tensor | None) -> Tensor | None:
+        # a model without a map (Deep SVDD) leaves the other's map; neither: None
+        if map_g is None or map_l is None:
+            return map_l if map_g is None else map_g
+        if self.map_norm == "sum":
+            return map_g + map_l
+        st = self._map_stats if self._map_stats is not None else self.calibration()["map_stats"]
+        g, loc = st["global"], st["local"]
+        return (map_g - g["mean"]) / g["std"] + (map_l - loc["mean"]) / loc["std"]
+
+    @torch.inference_mode()
+    def _pixel_stats(self, paths: Sequence[str | Path], num_workers: int) -> dict:
+        """Mean and std of each model's map over all pixels of ``paths`` (model resolution)."""
+        acc = {"global": [0.0, 0.0, 0], "local": [0.0, 0.0, 0]}
+        for batch in self.loader(paths, num_workers):
+            if batch.images is None:
+                continue
+            x = batch.images.to(self.device, torch.float32)
+            for kind, fn in (("global", self._global_terms), ("local", self._local_terms)):
+                m = fn(x, True)[1]
+                if m is None:  # no map (Deep SVDD): the other map is used as is
+                    continue
+                m, a = m.double(), acc[kind]
+                a[0], a[1], a[2] = a[0] + float(m.sum()), a[1] + float((m * m).sum()), a[2] + m.numel()
+        out = {}
+        for kind, (s1, s2, n) in acc.items():
+            mean = s1 / max(n, 1)
+            var = (s2 - n * mean * mean) / (n - 1) if n > 1 else 0.0
+            sd = float(np.sqrt(var)) if var > 0 else 0.0
+            out[kind] = {"mean": mean, "std": sd if sd > 0 and np.isfinite(sd) else 1.0}
+        return out
+
+    def _combine(self, s_g: Tensor, s_l: Tensor, stats: dict | None = None) -> Tensor:
+        if self.score_norm == "sum" or (self._raw and stats is None):
+            return s_g + s_l
+        st = self.calibration()["term_stats"] if stats is None else stats
+        out = torch.zeros_like(s_g)
+        for kind, s in (("global", s_g), ("local", s_l)):
+            if kind in st:  # a missing model contributes 0, as in the sum
+                out = out + (s - st[kind]["mean"]) / st[kind]["std"]
+        return out
+
+    def _terms(self, model, x: Tensor, want_maps: bool) -> tuple[Tensor, Tensor | None]:
+        """The variant's per-sample term l_r + latent_weight·l_h and its map."""
+        if self.latent_weight == 1.0 and self.map_term == "lr":  # the training code's own sum, unchanged
+            return sample_scores(model, x, want_maps, self.backend, self._fmt)
+        z, x_hat = model(x.contiguous(memory_format=self._fmt))
+        extra = latent_term(model, z) * self.latent_weight
+        cfg = model.config
+        if cfg.method.recon == "msssim":
+            abs_map = want_maps and self.map_term == "abs"
+            s, m = patch_scores(x, x_hat.contiguous(), cfg.msssim(), cfg.rho, extra, want_maps and not abs_map,
+                                self.backend)  # fmt: skip
+            if abs_map:
+                m = (x.float() - x_hat.float()).abs().mean(1, keepdim=True) / cfg.data_range
+            return s, m
+        if cfg.method.recon == "mse":
+            err = (x.float() - x_hat.float()).pow(2)
+            return err.mean((1, 2, 3)) + extra, (err.mean(1, keepdim=True) if want_maps else None)
+        return extra, None
 
     def _global_terms(self, x: Tensor, want_maps: bool) -> tuple[Tensor, Tensor | None]:
         # the whole image is one "patch" of the global config: the variant's score and
         # its per-pixel map in one pass of the kernels
-        return sample_scores(self.global_model, x, want_maps, self.backend, self._fmt)
+        return self._terms(self.global_model, x, want_maps)
 
     def _local_terms(self, x: Tensor, want_maps: bool) -> tuple[Tensor, Tensor | None]:
         loc = self.local_model
@@ -163,8 +279,12 @@ class Scorer:
         if self.local_size != x.shape[-1]:
             xl = F.interpolate(x, size=(self.local_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
         patches, grid = extract_patches(xl, loc.config.patch_size, loc.config.patch_stride)
-        parts = [sample_scores(loc, c, want_maps, self.backend, self._fmt) for c in patches.split(self.patch_chunk)]
-        s_l = torch.cat([s for s, _ in parts]).view(x.shape[0], grid.count).amax(1)
+        parts = [self._terms(loc, c, want_maps) for c in patches.split(self.patch_chunk)]
+        per_patch = torch.cat([s for s, _ in parts]).view(x.shape[0], grid.count)
+        if self.local_topk == 1:
+            s_l = per_patch.amax(1)
+        else:
+            s_l = per_patch.topk(min(self.local_topk, grid.count), dim=1).values.mean(1)
         if not want_maps or parts[0][1] is None:
             return s_l, None
         map_l = fold_patch_maps(torch.cat([m for _, m in parts]), grid, "mean", self.backend)
@@ -227,6 +347,8 @@ class Scorer:
             m = maps[j : j + 1]
             if tuple(m.shape[-2:]) != it.orig_size:
                 m = F.interpolate(m, size=it.orig_size, mode="bilinear", align_corners=False)
+            if self.map_sigma > 0:
+                m = gaussian_smooth(m, self.map_sigma)
             out.append(m[0, 0].float().cpu().numpy())
         return out
 
@@ -242,23 +364,36 @@ class Scorer:
         (cached in ``threshold.json``; see :mod:`igd_fast.score.threshold` for the rule)."""
         if self._calibration is not None and not recompute:
             return self._calibration
-        cached = None if recompute else read_threshold(self.model_dir, self.alpha)
+        cached = None if recompute else read_threshold(self.model_dir, self.alpha, self.scoring)
         if cached is None:
             files = validation_files(self.model_dir)
             if not files:
                 raise ValueError(f"{self.model_dir}/run.json lists no validation images to calibrate on")
-            scores, paths, pixels, peaks, failed = [], [], [], [], []
-            for r in self.score_paths(files, num_workers, want_maps=True):
-                if isinstance(r, Failure):
-                    failed.append({"path": r.path, "error": r.error})
-                    continue
-                scores.append(r.score)
-                paths.append(r.path)
-                if r.map is not None:
-                    pixels.append(r.map.reshape(-1))
-                    peaks.append(float(r.map.max()))
-            if not scores:
+            s_g, s_l, paths, pixels, peaks, failed = [], [], [], [], [], []
+            map_stats = None
+            if self.map_norm == "standard" and len(self.kinds) == 2:
+                # a first pass for the pixel stats the combined maps of the second need
+                map_stats = self._map_stats = self._pixel_stats(files, num_workers)
+            self._raw = True  # the combined score needs the term stats computed here
+            try:
+                for r in self.score_paths(files, num_workers, want_maps=True):
+                    if isinstance(r, Failure):
+                        failed.append({"path": r.path, "error": r.error})
+                        continue
+                    s_g.append(r.s_global)
+                    s_l.append(r.s_local)
+                    paths.append(r.path)
+                    if r.map is not None:
+                        pixels.append(r.map.reshape(-1))
+                        peaks.append(float(r.map.max()))
+            finally:
+                self._raw, self._map_stats = False, None
+            if not paths:
                 raise ValueError(f"none of the {len(files)} validation images of {self.model_dir} could be read")
+            stats = term_stats({"global": s_g, "local": s_l}, self.kinds)
+            # float32, as score_batch combines them: a re-scored validation image gets the same score
+            f32 = torch.float32
+            scores = self._combine(torch.tensor(s_g, dtype=f32), torch.tensor(s_l, dtype=f32), stats).tolist()
             # no per-pixel map (Deep SVDD): a zero colour scale, never used for overlays
             px = np.concatenate(pixels) if pixels else np.zeros(1, np.float32)
             threshold = conformal_threshold(scores, self.alpha)
@@ -279,7 +414,11 @@ class Scorer:
                 "pixel_threshold": conformal_threshold(peaks, self.alpha) if peaks else 0.0,
                 "pixel_rule": PIXEL_RULE,
                 "signature": model_signature(self.model_dir),
+                "scoring": self.scoring,
+                "term_stats": stats,
             }
+            if map_stats is not None:
+                cached["map_stats"] = map_stats
             try:
                 write_threshold(self.model_dir, cached)
             except OSError as e:  # a read-only model dir still scores; it just recalibrates next time
@@ -308,3 +447,29 @@ class Scorer:
         c = self.calibration()
         lo, hi = float(c["map_low"]), float(c["map_high"])
         return lo, lo + 2.0 * max(hi - lo, 1e-6)
+
+
+def gaussian_smooth(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
+    """N×C×H×W maps blurred by a Gaussian of ``sigma`` pixels, separably, with the
+    kernel cut at ``truncate``·sigma and symmetric edges (d c b a | a b c d): the same
+    as ``scipy.ndimage.gaussian_filter(m, sigma, mode="reflect", truncate=truncate)``
+    on each H×W plane."""
+    if sigma <= 0:
+        return maps
+    r = int(truncate * sigma + 0.5)
+    t = torch.arange(-r, r + 1, device=maps.device, dtype=torch.float64)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).to(maps.dtype)
+    n, c, h, w = maps.shape
+    x = maps.reshape(n * c, 1, h, w)
+    for dim, size in ((2, h), (3, w)):
+        x = x.index_select(dim, _symmetric_index(size, r, maps.device))
+        kk = k.view(1, 1, -1, 1) if dim == 2 else k.view(1, 1, 1, -1)
+        x = F.conv2d(x, kk)
+    return x.reshape(n, c, h, w)
+
+
+def _symmetric_index(size: int, r: int, device) -> Tensor:
+    # indices -r .. size+r-1 folded back symmetrically (period 2·size), any r
+    i = torch.arange(-r, size + r, device=device) % (2 * size)
+    return torch.where(i >= size, 2 * size - 1 - i, i)

@@ -49,6 +49,13 @@ from ..checkpoint import MODEL_FILES, atomic_write_bytes
 
 THRESHOLD_JSON = "threshold.json"
 DEFAULT_ALPHA = 0.05
+SCORE_NORMS = ("sum", "standard")
+# the Scorer's scoring options (see igd_fast.score.scorer); a cache records the ones it
+# was calibrated with, and one without that record was made with LEGACY_SCORING
+LEGACY_SCORING = {"score_norm": "sum", "latent_weight": 1.0, "local_topk": 1, "map_sigma": 0.0, "map_norm": "sum",
+                  "map_term": "lr"}  # fmt: skip
+MAP_TERMS = ("lr", "abs")
+DEFAULT_SCORING = dict(LEGACY_SCORING)
 # fields a usable cached record must hold as finite numbers
 NUMERIC_FIELDS = ("threshold", "map_low", "map_high", "score_scale", "pixel_threshold")
 # added after the first releases: a cache without them is stale, not damaged
@@ -120,11 +127,31 @@ def _problem(d: object) -> str | None:
             return f"field {k!r} is {v!r}, not a number"
         if not math.isfinite(v):
             return f"field {k!r} is {v}, not finite"
+    for kind, st in [*(d.get("term_stats") or {}).items(), *(d.get("map_stats") or {}).items()]:
+        ok = isinstance(st, dict) and all(
+            isinstance(st.get(k), (int, float)) and not isinstance(st.get(k), bool) and math.isfinite(st[k])
+            for k in ("mean", "std")
+        )
+        if not ok or st["std"] <= 0:
+            return f"term_stats/map_stats[{kind!r}] is {st!r}, not a finite mean and a positive std"
     return None
 
 
-def read_threshold(model_dir: str | Path, alpha: float) -> dict | None:
-    """The cached calibration, or None when missing, stale or for another alpha. A
+def term_stats(terms: dict[str, list[float]], kinds) -> dict[str, dict[str, float]]:
+    """Mean and standard deviation (ddof 1) of each model's validation-normal term, for
+    the models in ``kinds``; a std that is 0 or undefined (one image) is 1, so the
+    standardised term is always defined."""
+    out = {}
+    for kind in kinds:
+        v = np.asarray(terms[kind], dtype=np.float64)
+        sd = float(v.std(ddof=1)) if v.size > 1 else 0.0
+        out[kind] = {"mean": float(v.mean()), "std": sd if sd > 0 and math.isfinite(sd) else 1.0}
+    return out
+
+
+def read_threshold(model_dir: str | Path, alpha: float, scoring: dict | None = None) -> dict | None:
+    """The cached calibration, or None when missing, stale, for another alpha or (when
+    ``scoring`` is given) for other scoring options. A
     damaged file (not an object, a NaN/inf or non-numeric threshold) is ignored with a
     warning naming it, so the caller recalibrates and rewrites it."""
     p = Path(model_dir) / THRESHOLD_JSON
@@ -143,6 +170,13 @@ def read_threshold(model_dir: str | Path, alpha: float) -> dict | None:
         return None
     if d.get("signature") != model_signature(model_dir) or d.get("alpha") != alpha:
         return None
+    if scoring is not None and d.get("scoring", LEGACY_SCORING) != scoring:
+        return None
+    if scoring is not None and scoring.get("score_norm") == "standard" and not isinstance(d.get("term_stats"), dict):
+        return None
+    if scoring is not None and scoring.get("map_norm") == "standard" and "map_stats" not in d:
+        # a one-model directory has no map to standardise against the other: no stats needed
+        return d if len(d.get("signature", {})) < 2 else None
     return d
 
 
