@@ -25,7 +25,7 @@ from pathlib import Path
 from .mvtec import (
     DataLayoutError,
     Sample,
-    images_under,
+    image_files,
     list_test_samples,
     list_train_files,
     list_validation_files,
@@ -64,13 +64,7 @@ class Layout:
 
 
 def _images(folder: str | Path, flag: str) -> list[Path]:
-    d = Path(folder)
-    if not d.is_dir():
-        raise DataLayoutError(f"{flag} {d} is not a folder")
-    files = images_under(d)
-    if not files:
-        raise DataLayoutError(f"{flag} {d} holds no image files")
-    return files
+    return image_files(folder, f"{flag} {Path(folder)}")
 
 
 def _mask_for(image: Path, abnormal_dir: Path, mask_dir: Path) -> Path:

@@ -79,15 +79,22 @@ def _category_dir(root: str | Path, category: str) -> Path:
     return d
 
 
+def image_files(folder: str | Path, name: str, hint: str = "") -> list[Path]:
+    """:func:`images_under` of a folder that must exist and hold images; the
+    DataLayoutError names it as ``name`` (a path or a flag) and adds ``hint``."""
+    d = Path(folder)
+    if not d.is_dir():
+        raise DataLayoutError(f"{name} does not exist{hint}")
+    files = images_under(d)
+    if not files:
+        raise DataLayoutError(f"{name} holds no image files ({', '.join(IMAGE_EXTENSIONS)}){hint}")
+    return files
+
+
 def list_train_files(root: str | Path, category: str) -> list[Path]:
     """Sorted image files of ``root/category/train/good``."""
     d = _category_dir(root, category) / "train" / "good"
-    if not d.is_dir():
-        raise DataLayoutError(f"{d} does not exist; {LAYOUT}")
-    files = images_under(d)
-    if not files:
-        raise DataLayoutError(f"{d} holds no image files ({', '.join(IMAGE_EXTENSIONS)}); {LAYOUT}")
-    return files
+    return image_files(d, str(d), f"; {LAYOUT}")
 
 
 def list_test_samples(root: str | Path, category: str, require_masks: bool = True) -> list[Sample]:
