@@ -15,3 +15,19 @@ def torchrun(*args: str) -> list[str]:
     """The command running ``python -m igd_fast *args`` as 2 processes under torchrun."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
             "-m", "igd_fast", *args]  # fmt: skip
+
+
+# The tiny global + local pair the scoring, export and scoring-option tests share:
+# 3 global scales fit 64² with the 11×11 window; tiny widths keep training to seconds.
+TINY_GLOBAL = dict(kind="global", image_size=64, width=8, latent=16, blocks=(1, 1, 1, 1), weights=(0.3, 0.3, 0.4))
+TINY_LOCAL = dict(kind="local", image_size=64, width=8, latent=16, blocks=(1, 1, 1, 1))
+
+
+def train_tiny_pair(data, category: str, model_dir) -> None:
+    """One epoch of each tiny model into ``model_dir`` (a quarter of train/good held out)."""
+    from igd_fast.models import ModelConfig
+    from igd_fast.train import train
+
+    for kw in (TINY_GLOBAL, TINY_LOCAL):
+        train(ModelConfig(**kw), data, category, model_dir, epochs=1, batch_size=4, workers=0, seed=0,
+              val_fraction=0.25, progress=False, patches_per_image=4)  # fmt: skip

@@ -5,29 +5,24 @@ import json
 import numpy as np
 import pytest
 import torch
+from _cli import train_tiny_pair
 
 from igd_fast.cli import main
 from igd_fast.data import make_synthetic_mvtec
-from igd_fast.models import ModelConfig
 from igd_fast.score import Scorer
 
 onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 CAT = "synth"
-GLOBAL_CFG = dict(kind="global", image_size=64, width=8, latent=16, blocks=(1, 1, 1, 1), weights=(0.3, 0.3, 0.4))
-LOCAL_CFG = dict(kind="local", image_size=64, width=8, latent=16, blocks=(1, 1, 1, 1))
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from igd_fast.train import train
 
     root = tmp_path_factory.mktemp("igd_export")
     make_synthetic_mvtec(root / "data", CAT, n_train=12, n_test_good=2, n_test_bad=2, size=64, seed=2)
-    for kw in (GLOBAL_CFG, LOCAL_CFG):
-        train(ModelConfig(**kw), root / "data", CAT, root / "model", epochs=1, batch_size=4, workers=0, seed=0,
-              val_fraction=0.25, progress=False, patches_per_image=4)  # fmt: skip
+    train_tiny_pair(root / "data", CAT, root / "model")
     return root / "model"
 
 

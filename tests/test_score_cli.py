@@ -10,23 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _cli import torchrun
+from _cli import torchrun, train_tiny_pair
 from PIL import Image
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 from igd_fast import recon_error_map, recon_loss
 from igd_fast.cli import main
 from igd_fast.data import load_image, make_synthetic_mvtec
-from igd_fast.models import ModelConfig
 from igd_fast.score import Failure, Scorer, conformal_threshold
 from igd_fast.score.threshold import THRESHOLD_JSON, read_threshold
-from igd_fast.train import train
 
 CAT = "synth"
 SIZE = 64
-# 3 global scales fit 64² with the 11×11 window; tiny widths keep training to seconds
-GLOBAL_CFG = dict(kind="global", image_size=SIZE, width=8, latent=16, blocks=(1, 1, 1, 1), weights=(0.3, 0.3, 0.4))
-LOCAL_CFG = dict(kind="local", image_size=SIZE, width=8, latent=16, blocks=(1, 1, 1, 1))
 
 
 @pytest.fixture(scope="module")
@@ -35,20 +30,7 @@ def trained(tmp_path_factory):
     data = root / "data"
     make_synthetic_mvtec(data, CAT, n_train=12, n_test_good=3, n_test_bad=3, size=80, seed=1)
     model = root / "model"
-    for kw in (GLOBAL_CFG, LOCAL_CFG):
-        train(
-            ModelConfig(**kw),
-            data,
-            CAT,
-            model,
-            epochs=1,
-            batch_size=4,
-            workers=0,
-            seed=0,
-            val_fraction=0.25,
-            progress=False,
-            patches_per_image=4,
-        )
+    train_tiny_pair(data, CAT, model)
     # an input folder with other sizes and modes than the training data
     inp = root / "input"
     (inp / "sub").mkdir(parents=True)

@@ -7,22 +7,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _cli import train_tiny_pair
 
 from igd_fast.checkpoint import validation_files
 from igd_fast.cli import main
 from igd_fast.data import make_synthetic_mvtec
-from igd_fast.models import ModelConfig
 from igd_fast.models.terms import latent_term, recon_term, sample_scores
 from igd_fast.ops.patches import extract_patches
 from igd_fast.score import Scorer, conformal_threshold
 from igd_fast.score.scorer import gaussian_smooth
 from igd_fast.score.threshold import THRESHOLD_JSON
-from igd_fast.train import train
 
 CAT = "synth"
 SIZE = 64
-GLOBAL_CFG = dict(kind="global", image_size=SIZE, width=8, latent=16, blocks=(1, 1, 1, 1), weights=(0.3, 0.3, 0.4))
-LOCAL_CFG = dict(kind="local", image_size=SIZE, width=8, latent=16, blocks=(1, 1, 1, 1))
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +28,7 @@ def trained(tmp_path_factory):
     data = root / "data"
     make_synthetic_mvtec(data, CAT, n_train=12, n_test_good=3, n_test_bad=3, size=80, seed=2)
     model = root / "model"
-    for kw in (GLOBAL_CFG, LOCAL_CFG):
-        train(ModelConfig(**kw), data, CAT, model, epochs=1, batch_size=4, workers=0, seed=0, val_fraction=0.25,
-              progress=False, patches_per_image=4)  # fmt: skip
+    train_tiny_pair(data, CAT, model)
     return {"data": data, "model": model, "test": sorted((data / CAT / "test").rglob("*.png"))}
 
 
