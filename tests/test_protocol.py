@@ -248,3 +248,45 @@ def test_protocol_variants_score_through_scorer(tmp_path, variant):
     y, s = _scores(tmp_path / "out" / "2" / "scores.csv")
     assert res["classes"]["2"]["image_AUROC"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
     assert "variant " + variant in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_dev_split_never_touches_the_test_pools():
+    labels = np.random.default_rng(2).integers(0, 10, 700)
+    pools, dev = class_pools(labels, seed=5), class_pools(labels, seed=5, dev=True)
+    real_test = set(np.concatenate(list(pools.test.values())))
+    for c in range(10):
+        n = len(pools.train[c])
+        assert len(dev.train[c]) == int(np.floor(0.7 * n)) and len(dev.test[c]) == n - len(dev.train[c])
+        assert set(dev.train[c]) | set(dev.test[c]) == set(pools.train[c])
+        assert not set(dev.train[c]) & set(dev.test[c])
+    for k in (0, 9):
+        s = mnist_split(labels, k, 5, 1.0, 0.1, dev=True)
+        used = set(s.train_normal) | set(s.train_anomaly) | set(s.test_normal) | set(s.test_anomaly)
+        assert not used & real_test
+        assert np.array_equal(s.test_normal, dev.test[k]) and not set(s.train_anomaly) & set(s.test_anomaly)
+        again = mnist_split(labels, k, 5, 1.0, 0.1, dev=True)
+        assert all(np.array_equal(a, b) for a, b in zip(s.to_dict().values(), again.to_dict().values()))
+
+
+def test_protocol_dev_settings_and_latent_weight(tmp_path):
+    fake_mnist(tmp_path, per_class=(14,) * 10)
+    with pytest.raises(ValueError, match="mnist only"):
+        Protocol(ProtocolSettings.for_dataset("mvtec", tmp_path, ["x"], dev=True, **TINY), tmp_path / "o")
+    with pytest.raises(ValueError, match="latent weight"):
+        Protocol(ProtocolSettings.for_dataset("mnist", tmp_path, ["1"], latent_weight=-1.0, **TINY), tmp_path / "o")
+    st = ProtocolSettings.for_dataset("mnist", tmp_path, ["1"], dev=True, sigma2_floor=50.0, variant="rec-gac", **TINY)
+    r = Protocol(st, tmp_path / "dev").run()
+    c = r["classes"]["1"]
+    assert r["settings"]["dev"] and (c["n_train_normal"], c["n_test_normal"]) == (4, 3)  # 7 -> 4 + 3
+    assert "development split" in (tmp_path / "dev" / "results.md").read_text()
+    from igd_fast.checkpoint import load_model
+
+    m = load_model(tmp_path / "dev" / "1" / "model" / "global.pt")
+    assert m.config.sigma2_floor == 50.0 and float(m.descriptor.sigma2) == 50.0  # the floor held
+    # latent weight 0 scores l_r alone: the scores change, the split does not
+    st0 = ProtocolSettings.for_dataset("mnist", tmp_path, ["1"], dev=True, sigma2_floor=50.0, variant="rec-gac",
+                                       latent_weight=0.0, **TINY)  # fmt: skip
+    Protocol(st0, tmp_path / "dev0").run()
+    _, s1 = _scores(tmp_path / "dev" / "1" / "scores.csv")
+    _, s0 = _scores(tmp_path / "dev0" / "1" / "scores.csv")
+    assert np.all(np.asarray(s1) > np.asarray(s0))

@@ -43,6 +43,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--category", default=None, metavar="C[,C...]", help="mvtec: category folder(s) under ROOT")
     g.add_argument("--train-fraction", type=float, default=1.0, help="keep this fraction of the normals (Tab. 6)")
     g.add_argument("--contamination", type=float, default=0.0, help="anomalies added per training normal (Tab. 7)")
+    g.add_argument(
+        "--dev",
+        action="store_true",
+        help="mnist: the development split (each training pool split again 70/30; no test pool is read): "
+        "choose settings with it, then run without --dev once",
+    )
     g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: mnist 0, mvtec 4)")
     m = p.add_argument_group("model (defaults per dataset: igd_fast.protocol.DATASET_DEFAULTS)")
     m.add_argument("--variant", default="igd", choices=VARIANTS, help="training variant (default igd)")
@@ -54,6 +60,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--weights", type=float, nargs="+", default=None, metavar="W", help="MS-SSIM scale weights")
     m.add_argument("--lr", type=float, default=1e-4)
     m.add_argument("--estep-every", type=int, default=None, help="E-step every N epochs (mnist 1, mvtec 10)")
+    m.add_argument("--sigma2-floor", type=float, default=None,
+                   help="E-step sigma^2 = max(mean ||z - mu||^2, this) (0 = SPEC; the published code used 1)")
+    m.add_argument("--latent-weight", type=float, default=None,
+                   help="score = l_r + this * l_h (1 = the paper's s_G; as igd-fast score --latent-weight)")
     t = p.add_argument_group("training")
     t.add_argument("--out", required=True, metavar="DIR", help="results folder (resumed when it exists)")
     t.add_argument("--epochs", type=int, default=None, help="epochs per class (mnist 12, mvtec 256)")
@@ -111,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
             weights=None if args.weights is None else tuple(args.weights),
             lr=args.lr,
             estep_every=args.estep_every,
+            sigma2_floor=args.sigma2_floor,
+            latent_weight=args.latent_weight,
+            dev=args.dev or None,
         )
         import torch
 

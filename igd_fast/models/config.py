@@ -41,6 +41,9 @@ class ModelConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-6
     estep_every: int = 10
+    # E-step: sigma2 = max(mean ||z - mu||^2, sigma2_floor). 0 = SPEC; the published code
+    # floors it at 1, which stops sigma2 and l_h collapsing as the embeddings contract
+    sigma2_floor: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -61,7 +64,7 @@ class ModelConfig:
             raise ValueError(f"critic_width must be >= 1, got {self.critic_width!r}")
         if not self.weights or any(not math.isfinite(w) or w < 0 for w in self.weights) or sum(self.weights) <= 0:
             raise ValueError(f"MS-SSIM scale weights must be finite, >= 0 and not all 0, got {list(self.weights)}")
-        for name in ("sigma", "rho", "lambda3", "lr", "weight_decay", "data_range"):
+        for name in ("sigma", "rho", "lambda3", "lr", "weight_decay", "data_range", "sigma2_floor"):
             v = getattr(self, name)
             strict = name in ("sigma", "data_range")
             if not math.isfinite(v) or v < 0 or (strict and v == 0):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -89,6 +90,9 @@ class ProtocolSettings:
     weights: tuple[float, ...] | None = None
     lr: float = 1e-4
     estep_every: int = 10
+    sigma2_floor: float = 0.0
+    latent_weight: float = 1.0  # score = l_r + latent_weight * latent term (Scorer option)
+    dev: bool = False  # mnist: the development split (splits.class_pools), for tuning
 
     @classmethod
     def for_dataset(cls, dataset: str, data: str, classes: list[str], **kw) -> ProtocolSettings:
@@ -118,6 +122,7 @@ def model_config(s: ProtocolSettings) -> ModelConfig:
         weights=s.weights,
         lr=s.lr,
         estep_every=s.estep_every,
+        sigma2_floor=s.sigma2_floor,
     )
 
 
@@ -128,6 +133,10 @@ def validate(s: ProtocolSettings) -> None:
     if s.variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {s.variant!r}")
     check_fractions(s.train_fraction, s.contamination)
+    if s.dev and s.dataset != "mnist":
+        raise ValueError("--dev (the development split) exists for mnist only; MVTec-style data has its own dev sets")
+    if not (math.isfinite(s.latent_weight) and s.latent_weight >= 0):
+        raise ValueError(f"latent weight must be a finite number >= 0, got {s.latent_weight}")
     if s.epochs < 1 or s.batch_size < 2:
         raise ValueError(f"need epochs >= 1 and batch size >= 2, got {s.epochs} and {s.batch_size}")
     if not s.classes:
@@ -152,7 +161,7 @@ def _atomic_json(path: Path, obj: dict) -> None:
 def _markdown(res: dict) -> str:
     s = res["settings"]
     lines = [
-        f"# One-class protocol: {s['dataset']}, variant {s['variant']}",
+        f"# One-class protocol: {s['dataset']}{' (development split)' if s.get('dev') else ''}, variant {s['variant']}",
         "",
         f"train fraction {s['train_fraction']}, contamination {s['contamination']}, seed {s['seed']}, "
         f"epochs {s['epochs']}, image {s['image_size']}², width {s['width']}, blocks {s['blocks']}",
@@ -200,7 +209,7 @@ class Protocol:
             if self._mnist is None:
                 self._mnist = load_mnist(s.data, "t10k")
             images, labels = self._mnist
-            split = mnist_split(labels, int(name), s.seed, s.train_fraction, s.contamination)
+            split = mnist_split(labels, int(name), s.seed, s.train_fraction, s.contamination, s.dev)
             materialise_mnist(images, labels, split, dest, f"class_{name}")
             return split, f"class_{name}"
         train_files = list_train_files(s.data, name)
@@ -227,7 +236,9 @@ class Protocol:
         )
         train(model_config(s), data_root, category, cdir / "model", opts)
         t2 = time.perf_counter()
-        rows = score_test_split(cdir / "model", data_root, category, self.device, workers=self.workers)
+        rows = score_test_split(
+            cdir / "model", data_root, category, self.device, workers=self.workers, latent_weight=s.latent_weight
+        )
         _write_scores(cdir / "scores.csv", rows)
         auc = auroc([r["score"] for r in rows], [r["label"] for r in rows])
         t3 = time.perf_counter()

@@ -14,6 +14,11 @@ MNIST (the 10,000-image test set, labels 0..9):
     of a permutation of the other nine classes' training pools (concatenated, sorted) by
     ``default_rng([seed, K, 2])``; nested in R the same way.
   * test set: the test pools of all ten classes (K's = normal, the rest = anomalous).
+  * development split (``dev=True``), for choosing settings without touching any test
+    pool: every class's training pool is split again, its first ``floor(DEV_TRAIN * n)``
+    images (in the order of a permutation by ``default_rng([seed, c, 3])``) becoming the
+    class's training pool and the rest its test pool; the rules above then apply to
+    these smaller pools.
 
 MVTec layout (one category): train/good gives the training normals, subsampled by F with
 ``default_rng([seed, 1])``; contamination draws ``round_half_up(R * n_train_normal)``
@@ -72,8 +77,12 @@ def check_fractions(train_fraction: float, contamination: float) -> None:
         raise ValueError(f"contamination must be in [0, 1), got {contamination}")
 
 
-def class_pools(labels: Sequence[int] | np.ndarray, seed: int = 0) -> ClassPools:
-    """Split every class 50/50 into a training and a test pool (see the module rules)."""
+DEV_TRAIN = 0.7  # share of a training pool that trains in the development split
+
+
+def class_pools(labels: Sequence[int] | np.ndarray, seed: int = 0, dev: bool = False) -> ClassPools:
+    """Split every class 50/50 into a training and a test pool (see the module rules);
+    ``dev`` splits the training pools again and drops the test pools."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     train, test = {}, {}
@@ -81,6 +90,11 @@ def class_pools(labels: Sequence[int] | np.ndarray, seed: int = 0) -> ClassPools
         perm = rng.permutation(np.flatnonzero(labels == c))
         n_tr = len(perm) // 2
         train[c], test[c] = np.sort(perm[:n_tr]), np.sort(perm[n_tr:])
+    if dev:
+        for c, pool in train.items():
+            perm = np.random.default_rng([seed, c, 3]).permutation(pool)
+            n_tr = int(math.floor(DEV_TRAIN * len(perm)))
+            train[c], test[c] = np.sort(perm[:n_tr]), np.sort(perm[n_tr:])
     return ClassPools(train, test)
 
 
@@ -103,10 +117,12 @@ def mnist_split(
     seed: int = 0,
     train_fraction: float = 1.0,
     contamination: float = 0.0,
+    dev: bool = False,
 ) -> OneClassSplit:
-    """The one-class split of a labelled image set for normal class ``normal_class``."""
+    """The one-class split of a labelled image set for normal class ``normal_class``
+    (``dev``: the development split, disjoint from every test pool)."""
     check_fractions(train_fraction, contamination)
-    pools = class_pools(labels, seed)
+    pools = class_pools(labels, seed, dev)
     if normal_class not in pools.train:
         raise ValueError(f"normal class {normal_class} is not among the labels {sorted(pools.train)}")
     k = int(normal_class)

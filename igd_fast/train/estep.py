@@ -65,7 +65,7 @@ def estimate_descriptor(
         # Deep SVDD: a centre coordinate near 0 is trivially matched by zero weights
         mu = torch.where(mu.abs() < SVDD_EPS, torch.where(mu < 0, -SVDD_EPS, SVDD_EPS), mu)
     sq = _dist.all_sum((z - mu).pow(2).sum().reshape(1))
-    sigma2 = sq / count
+    sigma2 = (sq / count).clamp_min(cfg.sigma2_floor)
     model.descriptor.set(mu.float(), float(sigma2))
     model.train(was_training)
     return model.descriptor.mu.clone(), model.descriptor.sigma2.clone(), count
