@@ -74,7 +74,8 @@ def test_guard_values_are_the_bf16_vs_fp32_differences(trained):
             assert v["spearman"] == pytest.approx(spearman(t32.numpy(), t16.numpy()))
             assert v["max_map_diff"] == pytest.approx(map_difference(m32, m16), rel=1e-6)
             assert v["max_map_diff"] > 0  # bf16 really ran: not bit-equal to fp32
-            assert v["passed"] == (v["spearman"] >= precision.MIN_SPEARMAN and v["max_map_diff"] <= precision.MAX_MAP_DIFF)
+            ok = v["spearman"] >= precision.MIN_SPEARMAN and v["max_map_diff"] <= precision.MAX_MAP_DIFF
+            assert v["passed"] == ok
 
 
 @needs_bf16

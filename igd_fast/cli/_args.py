@@ -115,7 +115,8 @@ def add_scoring(p: argparse.ArgumentParser) -> None:
                    help="the networks' arithmetic (the loss kernels stay fp32): bf16 needs avx512_bf16/AMX or a "
                         "bf16 GPU; auto = bf16 for each model where the hardware has it and a bf16-vs-fp32 check on "
                         "the validation normals passes (Spearman of image terms >= 0.999, max map difference <= 1 %% "
-                        "of the map range), else fp32; the decision is recorded in the output (default fp32)")  # fmt: skip
+                        "of the map range), else fp32; the decision is recorded in the output "
+                        "(default fp32)")  # fmt: skip
     g.add_argument("--compile", action="store_true",
                    help="compile the networks with torch.compile (inductor, frozen weights); pays a compile per "
                         "batch shape, wins on large folders (see README)")  # fmt: skip
