@@ -361,15 +361,17 @@ def image_folder(tmp_path_factory):
     return sorted(d.glob("*.png"))
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_bench_compile_folder(benchmark, model_dir, image_folder, compiled):
+def test_bench_compile_folder(benchmark, model_dir, image_folder, compiled, precision):
     """A typical folder end to end (reading in the main process), compile time counted."""
-    benchmark.group = f"folder of {FOLDER} images, 256² global+local, Scorer compile"
+    _needs_bf16({"precision": precision})
+    benchmark.group = f"folder of {FOLDER} images, 256² global+local, Scorer compile, {precision}"
     times = {}
 
     def run():
         t0 = time.perf_counter()
-        scorer = Scorer(model_dir, device="cpu", compile=compiled)
+        scorer = Scorer(model_dir, device="cpu", compile=compiled, precision=precision)
         it = scorer.score_paths(image_folder, want_maps=True)
         next(it)
         times["first_batch_s"] = time.perf_counter() - t0
