@@ -109,7 +109,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on for CUDA)")
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format, same maths (default: on)")
+                   help="channels_last memory format (default: on for CUDA)")
     t.add_argument("--compile", action="store_true", help="torch.compile the networks")
     add_runtime(t)
 
