@@ -26,6 +26,17 @@ Run (the malloc settings matter: see below):
 images/s = batch / median, in ``extra_info`` and printed. IGD_BENCH_BATCH sets the CPU
 batch (default 4), IGD_BENCH_THREADS the torch threads (default 2).
 
+Our network paths side by side (same group): the Scorer's default (fp32, BatchNorm folded),
+fp32 unfolded (``fold_bn=False``, the path before folding; target 2x), bf16 autocast
+networks (``precision="bf16"``, no guard: random weights) and the networks alone in fp32
+and bf16 (peak RSS of each path: benchmarks/scoring_rss.py, one process per path). The
+network FLOPs per image are counted with
+``FlopCounterMode`` and the achieved network GFLOP/s recorded (IGD_BENCH_FP32_PEAK, in
+GFLOP/s, adds the fraction of the CPU's fp32 peak; benchmarks/peak_fma.c measures it).
+``test_bench_patch_chunk`` times the local model's patch chunk sizes (batch 16 images);
+``test_bench_compile_folder`` scores a folder of IGD_BENCH_FOLDER (default 96) images with
+and without ``compile=True``, compile time included.
+
 Without those two variables glibc serves every large tensor with a fresh mmap and
 returns it on free, and in the development VMs the page faults dominated: the same
 forward pass varied 4-30× depending on what ran before it in the process. With them,
@@ -36,6 +47,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import time
 
 import pytest
 import torch
@@ -49,6 +61,7 @@ from igd_fast.checkpoint import save_checkpoint  # noqa: E402
 from igd_fast.config import MSSSIMConfig  # noqa: E402
 from igd_fast.models import IGD, ModelConfig  # noqa: E402
 from igd_fast.score import Scorer  # noqa: E402
+from igd_fast.score.precision import bf16_support  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("IGD_BENCH_THREADS", "2")))
 
@@ -233,3 +246,142 @@ def test_bench_scoring_models_only(benchmark, model_dir, device):
     # no target: a ratio below 1 here says how much of the time the networks take
     benchmark.extra_info.update(role="floor", entry="the two networks alone (shared floor)")
     _report(benchmark, x.shape[0], f"models only ({device})")
+
+
+# ---------------------------------------------------------------- network paths, memory, FLOPs
+
+
+def network_gflop_per_image(scorer) -> float:
+    """Counted FLOPs (2 per multiply-add) of both networks for one 256² image: the global
+    model on the image, the local model on its patches."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    g, loc = scorer.global_model, scorer.local_model
+    k, st = loc.config.patch_size, loc.config.patch_stride
+    x = _batch(torch.device("cpu"))[:1]
+    patches = F.unfold(x, k, stride=st).transpose(1, 2).reshape(-1, 3, k, k)
+    with FlopCounterMode(display=False) as fc, torch.inference_mode():
+        g(x)
+        loc(patches)
+    return fc.get_total_flops() / 1e9
+
+
+def _flop_info(benchmark, gflop: float, n: int) -> None:
+    rate = gflop * n / benchmark.stats.stats.median
+    benchmark.extra_info.update(network_gflop_per_image=gflop, network_gflop_per_s=rate)
+    peak = os.environ.get("IGD_BENCH_FP32_PEAK")
+    if peak:
+        benchmark.extra_info["fraction_of_fp32_peak"] = rate / float(peak)
+    print(f"  {gflop:.1f} GFLOP/image counted: {rate:.0f} network GFLOP/s over this entry's time")
+
+
+def _needs_bf16(kw: dict) -> None:
+    if kw.get("precision") == "bf16" and bf16_support(torch.device("cpu")) is not None:
+        pytest.skip("no native bf16 on this CPU")
+
+
+# entry -> (role, Scorer keyword arguments, target speed-up of "ours" over it)
+PATHS = {
+    "igd_fast Scorer fp32 unfolded (fold_bn=False)": ("peer", {"fold_bn": False}, 2.0),
+    "igd_fast Scorer bf16 autocast networks": ("ours", {"precision": "bf16"}, None),
+}
+
+
+@pytest.mark.parametrize("entry", list(PATHS))
+def test_bench_scoring_paths(benchmark, model_dir, entry):
+    role, kw, target = PATHS[entry]
+    _needs_bf16(kw)
+    dev = torch.device("cpu")
+    scorer = Scorer(model_dir, device=dev, **kw)
+    benchmark.group = _group(scorer, "cpu")
+    x = _batch(dev)
+    benchmark.pedantic(lambda: scorer.score_batch(x), rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update(role=role, entry=entry)
+    if target is not None:
+        benchmark.extra_info["target"] = target
+    _report(benchmark, x.shape[0], entry)
+    _flop_info(benchmark, network_gflop_per_image(scorer), x.shape[0])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_bench_networks_alone(benchmark, model_dir, precision):
+    """Both networks (BatchNorm folded, as the Scorer runs them) alone: achieved GFLOP/s."""
+    kw = {"precision": precision}
+    _needs_bf16(kw)
+    scorer = Scorer(model_dir, device="cpu", **kw)
+    benchmark.group = _group(scorer, "cpu")
+    g, loc = scorer.global_model, scorer.local_model
+    x = _batch(torch.device("cpu"))
+    k, st = loc.config.patch_size, loc.config.patch_stride
+    patches = F.unfold(x, k, stride=st).transpose(1, 2).reshape(-1, 3, k, k)
+    fmt = torch.channels_last
+    x, patches = x.contiguous(memory_format=fmt), patches.contiguous(memory_format=fmt)
+
+    @torch.inference_mode()
+    def run():
+        g(x)
+        loc(patches)
+
+    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+    entry = f"the two networks alone, folded, {precision}"
+    benchmark.extra_info.update(role="floor", entry=entry)
+    _report(benchmark, x.shape[0], entry)
+    _flop_info(benchmark, network_gflop_per_image(scorer), x.shape[0])
+
+
+CHUNK_BATCH = 16  # the Scorer's default batch: 3,600 patches
+CHUNKS = [225, 450, 900, 1800, 4096]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_bench_patch_chunk(benchmark, model_dir, chunk, precision):
+    _needs_bf16({"precision": precision})
+    scorer = Scorer(model_dir, device="cpu", batch_size=CHUNK_BATCH, patch_chunk=chunk, precision=precision)
+    benchmark.group = f"local patch chunk, {CHUNK_BATCH} images, width {scorer.local_model.config.width}, {precision}"
+    x = torch.cat([_batch(torch.device("cpu"))] * (CHUNK_BATCH // BATCH["cpu"] + 1))[:CHUNK_BATCH]
+    benchmark.pedantic(lambda: scorer.score_batch(x), rounds=3, iterations=1, warmup_rounds=1)
+    default = chunk == scorer.patch_chunk == CHUNKS[-1]
+    benchmark.extra_info.update(role="ours" if default else "peer", entry=f"patch_chunk {chunk}")
+    _report(benchmark, CHUNK_BATCH, f"patch_chunk {chunk} ({precision})")
+
+
+FOLDER = int(os.environ.get("IGD_BENCH_FOLDER", "96"))
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("bench_folder")
+    g = torch.Generator().manual_seed(3)
+    for i in range(FOLDER):
+        a = (torch.rand(SIZE, SIZE, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(a).save(d / f"{i:03d}.png")
+    return sorted(d.glob("*.png"))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_bench_compile_folder(benchmark, model_dir, image_folder, compiled, precision):
+    """A typical folder end to end (reading in the main process), compile time counted."""
+    _needs_bf16({"precision": precision})
+    benchmark.group = f"folder of {FOLDER} images, 256² global+local, Scorer compile, {precision}"
+    times = {}
+
+    def run():
+        t0 = time.perf_counter()
+        scorer = Scorer(model_dir, device="cpu", compile=compiled, precision=precision)
+        it = scorer.score_paths(image_folder, want_maps=True)
+        next(it)
+        times["first_batch_s"] = time.perf_counter() - t0
+        n = 1 + sum(1 for _ in it)
+        times["images"] = n
+        times["steady_images_per_s"] = (n - scorer.batch_size) / (time.perf_counter() - t0 - times["first_batch_s"])
+
+    benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
+    entry = "Scorer(compile=True)" if compiled else "Scorer eager"
+    benchmark.extra_info.update(times, role="ours" if compiled else "peer", entry=entry)
+    _report(benchmark, FOLDER, entry)
+    print(f"  first batch (compile included) {times['first_batch_s']:.1f} s, then "
+          f"{times['steady_images_per_s']:.2f} images/s")  # fmt: skip

@@ -16,6 +16,11 @@ CPU sizes are small so the file runs in about a minute on 2 cores (global: 4 ima
 4 images of 128², all 49 patches of 32² each, width 16). GPU variants use SPEC sizes
 (256², width 64, bf16 autocast, channels_last) and are skipped without a GPU. Each group
 holds peer and ours; ``extra_info`` has images/s; the teardown prints the ratios.
+
+``test_train_step_options_cpu``: the paper's width (64) on the CPU, our loss, fp32 NCHW
+(today's default) against channels_last, bf16 autocast (``train --amp``: fp32 master
+weights, loss kernels in fp32) and both (global: 4 images of 256²; local: 4 images of
+128², 196 patches).
 """
 
 from __future__ import annotations
@@ -82,12 +87,12 @@ def peer_recon_fn(cfg: ModelConfig):
     return fn
 
 
-def _setup(kind: str, device: str):
-    kw, n = SETUPS[(kind, device)]
+def _setup(kind: str, device: str, setups: dict = SETUPS, cl: bool | None = None):
+    kw, n = setups[(kind, device)]
     cfg = ModelConfig(**kw)
     torch.manual_seed(0)
     model = IGD(cfg).to(device)
-    cl = device == "cuda"
+    cl = device == "cuda" if cl is None else cl
     if cl:
         model = model.to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(0)
@@ -149,3 +154,30 @@ def test_train_step_cpu(benchmark, kind, side):
 @pytest.mark.parametrize("kind", ["global", "local"])
 def test_train_step_gpu(benchmark, kind, side):
     _bench(benchmark, kind, "cuda", side, rounds=10)
+
+
+WIDE = {
+    ("global", "cpu"): ({"kind": "global", "image_size": 256, "width": 64}, 4),
+    ("local", "cpu"): ({"kind": "local", "image_size": 128, "width": 64}, 4),
+}
+# option -> (channels_last, bf16 autocast)
+OPTIONS = {
+    "fp32": (False, False),
+    "channels_last": (True, False),
+    "amp": (False, True),
+    "amp+channels_last": (True, True),
+}
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+@pytest.mark.parametrize("kind", ["global", "local"])
+def test_train_step_options_cpu(benchmark, kind, option):
+    cl, amp = OPTIONS[option]
+    cfg, model, x, n = _setup(kind, "cpu", WIDE, cl)
+    step = MStep(model, *make_optimizers(model), amp_dtype=torch.bfloat16 if amp else None)
+    gen = torch.Generator().manual_seed(0)
+    step(x, gen)  # warm-up
+    benchmark.group = f"train_step_{kind}_cpu width 64 options"
+    benchmark.pedantic(lambda: step(x, gen), rounds=3, iterations=1)
+    role = "peer" if option == "fp32" else "ours"
+    benchmark.extra_info.update(role=role, entry=f"{kind} {option}", images_per_s=n / benchmark.stats.stats.median)

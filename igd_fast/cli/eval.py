@@ -36,7 +36,9 @@ from ._args import (
     add_scoring,
     check_device_backend,
     check_out_dir,
+    check_precision,
     examples,
+    network_options,
     positive_int,
     scoring_options,
 )
@@ -221,6 +223,7 @@ def _prepare(args: argparse.Namespace):
     from ..score import Scorer
 
     check_device_backend(args)
+    check_precision(args)
     try:
         layout = resolve_layout(args.data, args.category, args.normal_dir, args.abnormal_dir, args.mask_dir,
                                 args.normal_test_dir)  # fmt: skip
@@ -235,7 +238,7 @@ def _prepare(args: argparse.Namespace):
     out = check_out_dir(args.out or Path(args.model) / f"eval_{args.category}")
     try:
         scorer = Scorer(args.model, device=args.device, batch_size=args.batch_size, backend=args.backend,
-                        **scoring_options(args))
+                        **scoring_options(args), **network_options(args))
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         raise UsageError(f"--model {args.model}: {e}") from None
     return samples, out, scorer
@@ -327,6 +330,8 @@ def run(args: argparse.Namespace) -> int:
         "pixel_threshold": pix_t,
         "pixel_rule": calib.get("pixel_rule"),
         "scoring": scorer.scoring,
+        "precision": scorer.precision_record,
+        "compiled": scorer.compiled,
         "n_skipped": len(skipped),
         "skipped": skipped,
         "images_per_second": len(results) / wall if wall > 0 else 0.0,

@@ -47,8 +47,10 @@ from ._args import (
     add_scoring,
     check_device_backend,
     check_out_dir,
+    check_precision,
     examples,
     finite_float,
+    network_options,
     open_fraction,
     scoring_options,
 )
@@ -149,13 +151,14 @@ def _open(args: argparse.Namespace, proc: _dist.ProcessInfo):
     from ..score.threshold import DEFAULT_ALPHA
 
     check_device_backend(args)
+    check_precision(args)
     check_out_dir(args.out)
     if args.runtime != "torch":
         return _open_exported(args)
     try:
         return Scorer(args.model, device=resolve_device(args.device, proc.local_rank), batch_size=args.batch_size,
                       backend=args.backend, alpha=DEFAULT_ALPHA if args.alpha is None else args.alpha,
-                      **scoring_options(args))  # fmt: skip
+                      **scoring_options(args), **network_options(args))  # fmt: skip
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         raise UsageError(f"--model {args.model}: {e}") from None
 
@@ -174,6 +177,9 @@ def _open_exported(args: argparse.Namespace):
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)
         raise UsageError(f"{flags}: an exported model computes the default score and map; use a model directory")
+    if args.precision != "fp32" or args.compile:
+        raise UsageError(f"--precision {args.precision} / --compile: an exported model runs in its runtime's "
+                         "own precision and graph; use a model directory")  # fmt: skip
     if importlib.util.find_spec(args.runtime) is None:
         extra = "openvino" if args.runtime == "openvino" else "export"
         raise UsageError(f"--runtime {args.runtime} needs the {args.runtime} package: pip install 'igd_fast[{extra}]'")
@@ -267,6 +273,8 @@ def _write(out: Path, args, scorer, parts: list[dict], n_inputs: int, threshold:
         "pixel_threshold": calib.get("pixel_threshold"),
         "pixel_rule": calib.get("pixel_rule"),
         "scoring": scorer.scoring,
+        "precision": getattr(scorer, "precision_record", {"requested": "fp32", "runtime": args.runtime}),
+        "compiled": getattr(scorer, "compiled", False),
         "world_size": world,
         "device": str(scorer.device),
         "backend": args.backend,

@@ -49,6 +49,16 @@ from ..models.fold import fold_batchnorm
 from ..models.terms import latent_term, sample_scores
 from ..ops.patches import extract_patches, fold_patch_maps, patch_scores
 from .io import Item, ScoreDataset, collate
+from .networks import compile_networks
+from .precision import (
+    PRECISIONS,
+    PrecisionError,
+    PrecisionGuard,
+    bf16_networks,
+    bf16_support,
+    guard_record,
+    guard_values,
+)
 from .threshold import (
     DEFAULT_ALPHA,
     DEFAULT_SCORING,
@@ -64,6 +74,12 @@ from .threshold import (
     term_stats,
     write_threshold,
 )
+
+# patches per local-model forward pass: one pass over a default batch's 3,600 patches
+# ran fastest of 225/450/900/1800/4096 at width 64, fp32 and bf16, on the 2-core EPYC VM
+# (benchmarks/test_bench_scoring.py::test_bench_patch_chunk; README); smaller chunks bound
+# the activation memory (fp32, 16 images: +0.9 GB at 4096 against +0.45 GB at 1800)
+DEFAULT_PATCH_CHUNK = 4096
 
 
 @dataclass
@@ -110,6 +126,12 @@ class Scorer:
     (:func:`igd_fast.models.fold.fold_batchnorm`; the same function up to rounding).
     ``score_norm``, ``latent_weight``, ``local_topk``, ``map_norm``, ``map_term`` and ``map_sigma``: the scoring
     options of the module doc.
+    ``precision`` "fp32", "bf16" or "auto" (:mod:`igd_fast.score.precision`): the networks'
+    arithmetic; "auto" runs the bf16-vs-fp32 guard (tolerances ``guard``) on the validation
+    normals here, at construction, and keeps bf16 for each model that passes it. The
+    decision and the measured values are in :attr:`precision_record`. ``compile`` runs the
+    networks through ``torch.compile`` (inductor, frozen weights; compiled on the first batch
+    of each shape).
     """
 
     def __init__(
@@ -118,7 +140,7 @@ class Scorer:
         device: str | torch.device | None = None,
         batch_size: int = 16,
         backend: str | None = None,
-        patch_chunk: int = 4096,
+        patch_chunk: int = DEFAULT_PATCH_CHUNK,
         alpha: float = DEFAULT_ALPHA,
         channels_last: bool = True,
         fold_bn: bool = True,
@@ -128,6 +150,9 @@ class Scorer:
         map_sigma: float = DEFAULT_SCORING["map_sigma"],
         map_norm: str = DEFAULT_SCORING["map_norm"],
         map_term: str = DEFAULT_SCORING["map_term"],
+        precision: str = "fp32",
+        guard: PrecisionGuard | None = None,
+        compile: bool = False,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.device = resolve_device(device)
@@ -174,6 +199,12 @@ class Scorer:
         self.images_seen = 0
         self.seconds = 0.0
         self._calibration: dict | None = None
+        # after the sizes: the auto guard scores the validation normals
+        self.precision_record = self._set_precision(precision, guard or PrecisionGuard())
+        self.compiled = bool(compile)
+        if compile:
+            self.global_model, self.local_model = (compile_networks(m) if m is not None else None
+                                                   for m in (self.global_model, self.local_model))  # fmt: skip
 
     def _load(self, files: dict, kind: str, fold_bn: bool):
         if kind not in files:
@@ -182,6 +213,82 @@ class Scorer:
         # scoring networks with BatchNorm folded into the convolutions: the same
         # function up to float rounding (tests/test_fold.py), one pass fewer per layer
         return fold_batchnorm(model) if fold_bn else model
+
+    # ------------------------------------------------------------------ precision
+
+    def _model(self, kind: str):
+        return self.global_model if kind == "global" else self.local_model
+
+    def _set_model(self, kind: str, model) -> None:
+        if kind == "global":
+            self.global_model = model
+        else:
+            self.local_model = model
+
+    def _set_precision(self, precision: str, guard: PrecisionGuard) -> dict:
+        """Put each model's networks at the precision asked for; the record of the decision."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        rec: dict = {"requested": precision, "models": {k: "fp32" for k in self.kinds}}
+        if precision == "fp32":
+            return rec
+        why = bf16_support(self.device)
+        if why is not None:
+            if precision == "bf16":
+                raise PrecisionError(f"bf16 scoring needs native bf16: {why}")
+            rec["reason"] = why
+            return rec
+        bf16 = {k: bf16_networks(self._model(k)) for k in self.kinds}
+        if precision == "auto":
+            rec["guard"] = guard_record(guard)
+            rec["guard_values"] = values = self._guard(bf16, guard)
+            bf16 = {k: m for k, m in bf16.items() if values[k]["passed"]}
+            rec["reason"] = "guard passed" if len(bf16) == len(self.kinds) else "guard failed for " + ", ".join(
+                k for k in self.kinds if k not in bf16)  # fmt: skip
+        for k, m in bf16.items():
+            self._set_model(k, m)
+            rec["models"][k] = "bf16"
+        return rec
+
+    @torch.inference_mode()
+    def _guard(self, bf16: dict, guard: PrecisionGuard) -> dict:
+        """Each model's image terms and maps on the validation normals in fp32 and bf16,
+        compared by :func:`.precision.guard_values`."""
+        files = validation_files(self.model_dir)
+        if not files:
+            raise ValueError(f"{self.model_dir}/run.json lists no validation images for the precision guard")
+        acc = {k: {"fp32": ([], []), "bf16": ([], [])} for k in bf16}
+        for batch in self.loader(files):
+            if batch.images is None:
+                continue
+            x = batch.images.to(self.device, torch.float32)
+            for kind in bf16:
+                for name, model in (("fp32", self._model(kind)), ("bf16", bf16[kind])):
+                    s, m = self._model_terms(kind, model, x, True)
+                    acc[kind][name][0].append(s.double().cpu())
+                    if m is not None:
+                        acc[kind][name][1].append(m.float().cpu())
+        out = {}
+        for kind, a in acc.items():
+            (t32, m32), (t16, m16) = a["fp32"], a["bf16"]
+            if not t32:
+                raise ValueError(f"none of the {len(files)} validation images of {self.model_dir} could be read")
+            maps = (torch.cat(m32), torch.cat(m16)) if m32 else (None, None)
+            out[kind] = guard_values(torch.cat(t32).numpy(), torch.cat(t16).numpy(), *maps, guard)
+        return out
+
+    def _model_terms(self, kind: str, model, x: Tensor, want_maps: bool) -> tuple[Tensor, Tensor | None]:
+        return self._global_terms(x, want_maps, model) if kind == "global" else self._local_terms(x, want_maps, model)
+
+    @property
+    def precision(self) -> dict:
+        """Each model's network precision after the decision ("fp32" or "bf16")."""
+        return dict(self.precision_record["models"])
+
+    def _cache_key(self) -> dict:
+        # bf16 scores differ in the last digits: a threshold calibrated in fp32 is not theirs
+        bf16 = sorted(k for k, p in self.precision.items() if p != "fp32")
+        return self.scoring if not bf16 else {**self.scoring, "bf16": bf16}
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -268,13 +375,13 @@ class Scorer:
             return err.mean((1, 2, 3)) + extra, (err.mean(1, keepdim=True) if want_maps else None)
         return extra, None
 
-    def _global_terms(self, x: Tensor, want_maps: bool) -> tuple[Tensor, Tensor | None]:
+    def _global_terms(self, x: Tensor, want_maps: bool, model=None) -> tuple[Tensor, Tensor | None]:
         # the whole image is one "patch" of the global config: the variant's score and
         # its per-pixel map in one pass of the kernels
-        return self._terms(self.global_model, x, want_maps)
+        return self._terms(self.global_model if model is None else model, x, want_maps)
 
-    def _local_terms(self, x: Tensor, want_maps: bool) -> tuple[Tensor, Tensor | None]:
-        loc = self.local_model
+    def _local_terms(self, x: Tensor, want_maps: bool, model=None) -> tuple[Tensor, Tensor | None]:
+        loc = self.local_model if model is None else model
         xl = x
         if self.local_size != x.shape[-1]:
             xl = F.interpolate(x, size=(self.local_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
@@ -364,7 +471,7 @@ class Scorer:
         (cached in ``threshold.json``; see :mod:`igd_fast.score.threshold` for the rule)."""
         if self._calibration is not None and not recompute:
             return self._calibration
-        cached = None if recompute else read_threshold(self.model_dir, self.alpha, self.scoring)
+        cached = None if recompute else read_threshold(self.model_dir, self.alpha, self._cache_key())
         if cached is None:
             files = validation_files(self.model_dir)
             if not files:
@@ -414,7 +521,7 @@ class Scorer:
                 "pixel_threshold": conformal_threshold(peaks, self.alpha) if peaks else 0.0,
                 "pixel_rule": PIXEL_RULE,
                 "signature": model_signature(self.model_dir),
-                "scoring": self.scoring,
+                "scoring": self._cache_key(),
                 "term_stats": stats,
             }
             if map_stats is not None:
