@@ -81,6 +81,6 @@ def test_a_tiny_pretrain_then_train_run_through_the_cli(harness, tmp_path):
                        "--results", str(res), "--pretrain", "--epochs 1 --batch-size 4 --workers 0"])  # fmt: skip
     assert rc == 0
     (row,) = list(csv.DictReader(open(res)))
-    assert row["pretrain"] == "--epochs 1 --batch-size 4 --workers 0" and float(row["pretrain_seconds"]) > 0
+    assert row["pretrain"] == "pretrain --epochs 1 --batch-size 4 --workers 0" and float(row["pretrain_seconds"]) > 0
     run = json.loads((Path(row["model_dir"]) / "run.json").read_text())
     assert run["models"]["global"]["init_encoder"]["path"] == str(Path(row["model_dir"]) / "encoder.pt")

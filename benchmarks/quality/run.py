@@ -191,6 +191,13 @@ def _used(mdir: Path) -> dict:
             "epochs": o["epochs"], "patches_per_image": o["patches_per_image"] or ""}  # fmt: skip
 
 
+def _pretrain_label(a: argparse.Namespace) -> str:
+    """The row's pretrain cell: empty for scratch, else how the encoder was initialised."""
+    if a.pretrain is not None:
+        return " ".join(["pretrain", *shlex.split(a.pretrain)])
+    return f"file {a.init_encoder}" if a.init_encoder else ""
+
+
 def _tag(a: argparse.Namespace, variant: str) -> str:
     parts = [a.category, variant, a.model]
     if a.preset:
@@ -259,8 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"date": time.strftime("%Y-%m-%d %H:%M"), "data": a.data, "category": a.category,
                        "variant": variant, "model": a.model, **used, "latent": a.latent,
                        "extra_train": _extra(a), "preset": a.preset or "",
-                       "pretrain": a.pretrain if a.pretrain is not None else (f"file {a.init_encoder}"
-                                                                               if a.init_encoder else ""),
+                       "pretrain": _pretrain_label(a),
                        "pretrain_seconds": t_pre,
                        "seed": a.seed, "train_seconds": t_train, "eval_seconds": f"{t_eval:.1f}",
                        "scoring": scoring, "model_dir": str(mdir),
