@@ -26,8 +26,12 @@ CPU_TRAIN = {
     "epochs": 8,
 }
 # pretrain --preset cpu: the same encoder architecture as train --preset cpu (so the
-# file fits it); the epoch count from docs/results_quality.md "SSL pre-training".
-CPU_PRETRAIN = {k: CPU_TRAIN[k] for k in ("image_size", "width", "blocks")} | {"epochs": 30, "patches_per_image": 8}
+# file fits it). Epochs, measured on textures_dev (54 training images: 2 steps of 32 per
+# epoch and kind; docs/results_quality.md section 7): 30 epochs did not move the global
+# NT-Xent loss off chance, 200 (about 130 s for both kinds on the shared 2 cores) lowered
+# it on moon and for the local encoders. Epochs scale with the data: 335 images take
+# ~5.5x as long per epoch.
+CPU_PRETRAIN = {k: CPU_TRAIN[k] for k in ("image_size", "width", "blocks")} | {"epochs": 200, "patches_per_image": 8}
 
 PRESETS: dict[str, dict[str, dict]] = {
     "train": {"cpu": CPU_TRAIN},
