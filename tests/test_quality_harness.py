@@ -2,6 +2,7 @@
 
 import csv
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,33 @@ def test_one_tiny_run_through_the_cli(harness, tmp_path):
     # the second setting re-evaluates the same model: same training time, its own eval time
     assert rows[1]["train_seconds"] == rows[0]["train_seconds"] and rows[1]["model_dir"] == rows[0]["model_dir"]
     assert (tmp_path / "results.md").read_text().count("| synth |") == 4
+
+
+def test_an_older_csv_is_upgraded_to_the_new_columns(harness, tmp_path):
+    csv_path = tmp_path / "r.csv"
+    old = [c for c in harness.COLUMNS if c not in ("preset", "pretrain", "pretrain_seconds")]
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=old)
+        w.writeheader()
+        w.writerow({"category": "a", "variant": "igd", "image_AUROC": 0.7, "model_dir": "m"})
+    harness.append_row(csv_path, {"category": "b", "variant": "igd", "pretrain": "--epochs 3"})
+    rows = list(csv.DictReader(open(csv_path)))
+    assert list(rows[0]) == list(harness.COLUMNS)
+    assert (rows[0]["category"], rows[0]["image_AUROC"], rows[0]["model_dir"], rows[0]["pretrain"]) == (
+        "a", "0.7", "m", "")  # fmt: skip
+    assert (rows[1]["category"], rows[1]["pretrain"]) == ("b", "--epochs 3")
+
+
+def test_a_tiny_pretrain_then_train_run_through_the_cli(harness, tmp_path):
+    data = tmp_path / "data"
+    make_synthetic_mvtec(data, "synth", n_train=8, n_test_good=2, n_test_bad=2, size=64, seed=3)
+    res = tmp_path / "results.csv"
+    rc = harness.main(["--data", str(data), "--category", "synth", "--variants", "rec", "--epochs", "1",
+                       "--image-size", "64", "--width", "8", "--latent", "16", "--patches-per-image", "4",
+                       "--global-weights", "0.3", "0.3", "0.4", "--work", str(tmp_path / "w"),
+                       "--results", str(res), "--pretrain", "--epochs 1 --batch-size 4 --workers 0"])  # fmt: skip
+    assert rc == 0
+    (row,) = list(csv.DictReader(open(res)))
+    assert row["pretrain"] == "pretrain --epochs 1 --batch-size 4 --workers 0" and float(row["pretrain_seconds"]) > 0
+    run = json.loads((Path(row["model_dir"]) / "run.json").read_text())
+    assert run["models"]["global"]["init_encoder"]["path"] == str(Path(row["model_dir"]) / "encoder.pt")

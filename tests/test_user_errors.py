@@ -138,7 +138,7 @@ def test_output_alias_and_help_examples(env, tmp_path, capsys):
     args = _score(env, env["both"], tmp_path / "o")
     args[args.index("--out")] = "--output"
     assert main(args) == 0 and (tmp_path / "o" / "scores.csv").is_file()
-    for verb in ("train", "score", "eval", "demo", "bench", "export", "protocol"):
+    for verb in ("train", "pretrain", "score", "eval", "demo", "bench", "export", "protocol"):
         with pytest.raises(SystemExit) as e:
             main([verb, "--help"])
         assert e.value.code == 0

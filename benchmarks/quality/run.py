@@ -12,12 +12,22 @@ Each ``--scoring`` entry is a string of extra ``igd-fast eval`` flags ("" = the
 defaults); a model trains once and is evaluated under every entry (scoring options need
 no retraining). ``--reuse`` skips training when the model directory already holds a
 ``run.json`` from the same settings.
+
+``--preset cpu`` passes ``train --preset cpu`` and only the model flags given here
+(the row records the values the run used, from its run.json). ``--pretrain "FLAGS"``
+first runs ``igd-fast pretrain`` (same data, seed, preset and model flags, plus FLAGS)
+into the model folder and trains with ``--init-encoder`` on it; ``--init-encoder FILE``
+uses an existing file. The row then holds the pre-training seconds as well.
+
+    python benchmarks/quality/run.py --data /work/shared/data/textures_dev --category grass \
+        --variants igd --preset cpu --pretrain "--epochs 30"
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import shlex
 import subprocess
@@ -29,8 +39,11 @@ HERE = Path(__file__).resolve().parent
 COLUMNS = (
     "date", "data", "category", "variant", "model", "image_size", "width", "blocks", "latent", "epochs",
     "patches_per_image", "extra_train", "seed", "train_seconds", "eval_seconds", "scoring", "image_AUROC",
-    "pixel_AUROC", "pixel_AUPRO", "model_dir",
+    "pixel_AUROC", "pixel_AUPRO", "model_dir", "preset", "pretrain", "pretrain_seconds",
 )  # fmt: skip
+# the model flags and their harness defaults without --preset (recipe A of docs/results_quality.md)
+MODEL_FLAGS = {"image_size": 128, "width": 16, "blocks": (1, 1, 1, 1), "patches_per_image": 32,
+               "global_weights": None, "epochs": None}  # fmt: skip
 METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
 
 
@@ -43,6 +56,8 @@ def append_row(csv_path: str | Path, row: dict) -> None:
     p = Path(csv_path)
     new = not p.is_file() or p.stat().st_size == 0
     p.parent.mkdir(parents=True, exist_ok=True)
+    if not new:
+        _upgrade_header(p)
     with open(p, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="raise")
         if new:
@@ -50,18 +65,36 @@ def append_row(csv_path: str | Path, row: dict) -> None:
         w.writerow({k: row.get(k, "") for k in COLUMNS})
 
 
+def _upgrade_header(p: Path) -> None:
+    """Rewrite a CSV written before a column was added under today's header (old rows
+    keep their values, the new columns stay empty), so appended rows line up."""
+    with open(p, newline="") as f:
+        rows = list(csv.DictReader(f))
+        f.seek(0)
+        header = next(csv.reader(f))
+    if tuple(header) == COLUMNS:
+        return
+    if set(header) - set(COLUMNS):
+        raise ValueError(f"{p} has columns this harness does not know: {sorted(set(header) - set(COLUMNS))}")
+    with open(p, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows({k: r.get(k, "") for k in COLUMNS} for r in rows)
+
+
 def write_markdown(csv_path: str | Path, md_path: str | Path) -> str:
     """Regenerate the Markdown table of every CSV row (metrics to 3 decimals); returns it."""
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     cols = ("category", "variant", "model", "image_size", "width", "blocks", "epochs", "patches_per_image",
-            "extra_train", "seed", "train_seconds", "scoring", *METRICS)  # fmt: skip
+            "extra_train", "preset", "pretrain", "seed", "pretrain_seconds", "train_seconds", "scoring",
+            *METRICS)  # fmt: skip
 
     def cell(r: dict, k: str) -> str:
         v = r.get(k, "")
         if k in METRICS and v not in ("", None):
             return f"{float(v):.3f}"
-        if k == "train_seconds" and v:
+        if k in ("train_seconds", "pretrain_seconds") and v:
             return f"{float(v):.0f}"
         if k == "scoring":
             return f"`{v}`" if v else "(defaults)"
@@ -79,8 +112,9 @@ def write_markdown(csv_path: str | Path, md_path: str | Path) -> str:
             continue
         r0 = next(iter(settings.values()))
         base = settings.get("")
+        ssl = f", pretrain `{r0['pretrain']}`" if r0.get("pretrain") else ""
         text += (f"\n## {r0['category']} {r0['variant']}: {r0['image_size']}², width {r0['width']}, "
-                 f"{r0['epochs']} epochs {r0['extra_train']}\n\n| scoring | " + " | ".join(METRICS)
+                 f"{r0['epochs']} epochs {r0['extra_train']}{ssl}\n\n| scoring | " + " | ".join(METRICS)
                  + " | Δ image_AUROC |\n|---|---|---|---|---|\n")  # fmt: skip
         for r in settings.values():
             d = f"{float(r['image_AUROC']) - float(base['image_AUROC']):+.3f}" if base else ""
@@ -100,21 +134,80 @@ def _run(cmd: list[str], log) -> float:
     return time.perf_counter() - t0
 
 
-def train_args(a: argparse.Namespace, variant: str, out: Path) -> list[str]:
+def _flags(a: argparse.Namespace, keys) -> list[str]:
+    """The model flags among ``keys`` that have a value (given, or the harness default)."""
+    out: list[str] = []
+    for k in keys:
+        v = getattr(a, k)
+        if v is not None:
+            out += [f"--{k.replace('_', '-')}", *map(str, v if isinstance(v, list | tuple) else [v])]
+    return out
+
+
+def _preset(a: argparse.Namespace) -> list[str]:
+    return ["--preset", a.preset] if a.preset else []
+
+
+def train_args(a: argparse.Namespace, variant: str, out: Path, init: str | None = None) -> list[str]:
     args = ["train", "--data", a.data, "--category", a.category, "--out", str(out), "--model", a.model,
-            "--variant", variant, "--image-size", str(a.image_size), "--width", str(a.width),
-            "--blocks", *map(str, a.blocks), "--latent", str(a.latent), "--epochs", str(a.epochs),
-            "--seed", str(a.seed), "--no-progress", "--device", a.device]  # fmt: skip
-    if a.patches_per_image:
-        args += ["--patches-per-image", str(a.patches_per_image)]
-    if a.global_weights:
-        args += ["--global-weights", *map(str, a.global_weights)]
+            "--variant", variant, *_preset(a), "--latent", str(a.latent), "--seed", str(a.seed), "--no-progress",
+            "--device", a.device, *_flags(a, ("image_size", "width", "blocks", "epochs", "patches_per_image",
+                                              "global_weights"))]  # fmt: skip
+    if init:
+        args += ["--init-encoder", init]
     return args + shlex.split(a.extra_train)
+
+
+def pretrain_args(a: argparse.Namespace, out: Path) -> list[str]:
+    """``igd-fast pretrain`` with the encoder flags of the training run, then ``--pretrain``'s."""
+    return ["pretrain", "--data", a.data, "--category", a.category, "--out", str(out), "--model", a.model,
+            *_preset(a), "--latent", str(a.latent), "--seed", str(a.seed), "--no-progress", "--device", a.device,
+            *_flags(a, ("image_size", "width", "blocks")), *shlex.split(a.pretrain)]  # fmt: skip
 
 
 def _extra(a: argparse.Namespace) -> str:
     gw = ["--global-weights", *map(str, a.global_weights)] if a.global_weights else []
     return " ".join(gw + shlex.split(a.extra_train))
+
+
+def _resolve_model_flags(a: argparse.Namespace) -> None:
+    """Without --preset the model flags take the harness defaults (the recipe of
+    docs/results_quality.md); with it, unset flags stay unset (the preset decides)."""
+    if a.preset:
+        return
+    for k, v in MODEL_FLAGS.items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
+    if a.epochs is None:
+        raise SystemExit("run.py: --epochs is required without --preset")
+
+
+def _used(mdir: Path) -> dict:
+    """The model values the run actually used (its run.json; the first model's config)."""
+    models = json.loads((mdir / "run.json").read_text())["models"]
+    m = models.get("global") or next(iter(models.values()))
+    c, o = m["config"], m["options"]
+    return {"image_size": c["image_size"], "width": c["width"], "blocks": " ".join(map(str, c["blocks"])),
+            "epochs": o["epochs"], "patches_per_image": o["patches_per_image"] or ""}  # fmt: skip
+
+
+def _pretrain_label(a: argparse.Namespace) -> str:
+    """The row's pretrain cell: empty for scratch, else how the encoder was initialised."""
+    if a.pretrain is not None:
+        return " ".join(["pretrain", *shlex.split(a.pretrain)])
+    return f"file {a.init_encoder}" if a.init_encoder else ""
+
+
+def _tag(a: argparse.Namespace, variant: str) -> str:
+    parts = [a.category, variant, a.model]
+    if a.preset:
+        parts.append(f"p{a.preset}")
+    parts += [f"s{a.image_size}" if a.image_size else "", f"w{a.width}" if a.width else "",
+              f"e{a.epochs}" if a.epochs is not None else "", f"seed{a.seed}"]  # fmt: skip
+    ssl = a.pretrain if a.pretrain is not None else a.init_encoder
+    if ssl is not None:
+        parts.append("ssl" + hashlib.sha1(str(ssl).encode()).hexdigest()[:6])
+    return "_".join(x for x in parts if x)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,13 +216,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--category", required=True)
     p.add_argument("--variants", nargs="+", default=["igd", "rec"], help="trained with the same flags")
     p.add_argument("--model", choices=("global", "local", "both"), default="both")
-    p.add_argument("--epochs", type=int, required=True, help="the budget")
-    p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--width", type=int, default=16)
-    p.add_argument("--blocks", type=int, nargs=4, default=(1, 1, 1, 1))
+    p.add_argument("--epochs", type=int, default=None, help="the budget (required without --preset)")
+    p.add_argument("--preset", default=None, help="train --preset NAME (then unset model flags are the preset's)")
+    p.add_argument("--image-size", type=int, default=None, help="default 128 without --preset")
+    p.add_argument("--width", type=int, default=None, help="default 16 without --preset")
+    p.add_argument("--blocks", type=int, nargs=4, default=None, help="default 1 1 1 1 without --preset")
     p.add_argument("--latent", type=int, default=128)
-    p.add_argument("--patches-per-image", type=int, default=32)
+    p.add_argument("--patches-per-image", type=int, default=None, help="default 32 without --preset")
     p.add_argument("--global-weights", type=float, nargs="+", default=None)
+    ssl = p.add_mutually_exclusive_group()
+    ssl.add_argument("--pretrain", default=None, metavar="FLAGS",
+                     help='run igd-fast pretrain first (extra pretrain flags, one string, "" = none) and train '
+                          "with --init-encoder on its file")  # fmt: skip
+    ssl.add_argument("--init-encoder", default=None, metavar="FILE", help="train with --init-encoder FILE")
     p.add_argument("--extra-train", default="", help="more train flags, one string")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -138,17 +237,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(HERE / "results.csv"))
     p.add_argument("--reuse", action="store_true", help="skip training when the model folder has run.json")
     a = p.parse_args(argv)
+    _resolve_model_flags(a)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     md = Path(a.results).with_suffix(".md")
     for variant in a.variants:
-        tag = f"{a.category}_{variant}_{a.model}_s{a.image_size}_w{a.width}_e{a.epochs}_seed{a.seed}"
+        tag = _tag(a, variant)
         mdir = work / tag
         with open(work / f"{tag}.log", "a") as log:
-            targs = train_args(a, variant, mdir)
-            t_train = ""
-            if not (a.reuse and (mdir / "run.json").is_file()):
+            init, t_pre, t_train = a.init_encoder, "", ""
+            fresh = not (a.reuse and (mdir / "run.json").is_file())
+            if a.pretrain is not None:
+                init = str(mdir / "encoder.pt")
+                if fresh:
+                    mdir.mkdir(parents=True, exist_ok=True)
+                    t_pre = f"{_run(_cli(*pretrain_args(a, Path(init))), log):.1f}"
+            targs = train_args(a, variant, mdir, init)
+            if fresh:
                 t_train = f"{_run(_cli(*targs), log):.1f}"
+            used = _used(mdir)
             for i, scoring in enumerate(a.scoring):
                 rdir = mdir / f"eval_{i}"
                 # each setting recalibrates: threshold.json is keyed by the scoring options
@@ -157,10 +264,10 @@ def main(argv: list[str] | None = None) -> int:
                 t_eval = _run(_cli(*eargs), log)
                 rep = json.loads((rdir / "report.json").read_text())
                 row = {"date": time.strftime("%Y-%m-%d %H:%M"), "data": a.data, "category": a.category,
-                       "variant": variant, "model": a.model, "image_size": a.image_size, "width": a.width,
-                       "blocks": " ".join(map(str, a.blocks)), "latent": a.latent, "epochs": a.epochs,
-                       "patches_per_image": a.patches_per_image,
-                       "extra_train": _extra(a),
+                       "variant": variant, "model": a.model, **used, "latent": a.latent,
+                       "extra_train": _extra(a), "preset": a.preset or "",
+                       "pretrain": _pretrain_label(a),
+                       "pretrain_seconds": t_pre,
                        "seed": a.seed, "train_seconds": t_train, "eval_seconds": f"{t_eval:.1f}",
                        "scoring": scoring, "model_dir": str(mdir),
                        **{k: rep.get(k) for k in METRICS}}  # fmt: skip

@@ -1,5 +1,5 @@
-"""``igd-fast``: train | score | eval | bench. Each subcommand lives in its own module
-with ``add_arguments(parser)`` and ``run(args) -> int`` (the exit code)."""
+"""``igd-fast``: train | pretrain | score | eval | export | bench | demo | protocol. Each
+subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int`` (the exit code)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from .._malloc import tune_malloc
 
 COMMANDS = {
     "train": "train IGD models (global, local or both) on an MVTec-layout folder",
+    "pretrain": "self-supervised (SimCLR-style) encoder pre-training on the training normals, for train --init-encoder",
     "score": "score images with a trained model: scores.csv, heat-map overlays, raw maps",
     "eval": "evaluate a trained model on a category's test split: AUROC, pixel AUROC, AUPRO",
     "export": "export a model's scoring pipeline (pred_score, score, map) as ONNX",

@@ -25,6 +25,7 @@ from ._args import (
     non_negative_int,
     positive_int,
 )
+from .presets import Default, add_preset, apply_preset
 
 EPILOG = """\
 data layout: ROOT/CATEGORY/train/good/*.png (training normals; a validation part is
@@ -44,8 +45,20 @@ exit codes: 0 trained (or nothing left to train); 2 bad arguments or data, a
 non-finite loss, or interrupted (Ctrl-C / SIGTERM: the last checkpoint stays intact
 and the message gives the --resume command).
 
+presets: --preset cpu sets the small 2-CPU-core recipe (values in the --preset help; each
+flag given explicitly overrides its preset value); run.json records the preset and the
+values it set. Without --preset every default is the paper's (GPU-sized).
+
+encoder initialisation: --init-encoder FILE takes the file of `igd-fast pretrain` (the
+whole encoder, trunk + projection to Z, per model kind; width/blocks/latent must match,
+exit 2 naming the mismatch) or a torchvision ResNet-18 state_dict (the trunk only,
+width 64, blocks 2 2 2 2); run.json records what was loaded.
+
 examples:
   igd-fast train --data /data/mvtec --category bottle --out models/bottle
+  igd-fast train --data /data/mvtec --category bottle --out models/bottle --preset cpu
+  igd-fast pretrain --data /data/mvtec --category bottle --out enc.pt --preset cpu
+  igd-fast train --data /data/mvtec --category bottle --out models/bottle --preset cpu --init-encoder enc.pt
   igd-fast train --data /data/mvtec --category bottle --out models/bottle --model global --epochs 50
   torchrun --nproc_per_node 4 -m igd_fast train --data /data/mvtec --category bottle \\
       --out models/bottle --batch-size 16 --amp --compile
@@ -74,13 +87,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--variant", choices=tuple(VARIANTS), default="igd",
                    help="method: igd (default) or one of the paper's baselines/ablations: mse, rec (l_r), "
                         "rec-gac (l_r + l_h), dsvdd (Deep SVDD), dsvdd-rec; recorded in the checkpoint")
-    m.add_argument("--image-size", type=positive_int, default=256, help="images are resized to this (default 256)")
+    m.add_argument("--image-size", type=positive_int, default=Default(256),
+                   help="images are resized to this (default 256)")
     m.add_argument("--patch-size", type=positive_int, default=32, help="local model patch size (default 32)")
     m.add_argument("--patch-stride", type=positive_int, default=16, help="local model patch stride (default 16)")
     m.add_argument("--latent", type=positive_int, default=128, help="latent dimension Z (default 128)")
-    m.add_argument("--blocks", type=positive_int, nargs=4, default=(2, 2, 2, 2), metavar="N",
+    m.add_argument("--blocks", type=positive_int, nargs=4, default=Default((2, 2, 2, 2)), metavar="N",
                    help="BasicBlocks per stage (default 2 2 2 2 = ResNet-18)")
-    m.add_argument("--width", type=positive_int, default=64, help="encoder base width (64 = ResNet-18)")
+    m.add_argument("--width", type=positive_int, default=Default(64), help="encoder base width (64 = ResNet-18)")
     m.add_argument("--gamma", type=finite_float, default=0.2,
                    help="critic mixing gamma in [0, 1]; negative draws gamma ~ U(0,1) per sample (default 0.2)")
     m.add_argument("--estep-every", type=positive_int, default=10, help="E-step every N epochs (default 10)")
@@ -91,17 +105,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for kind, win, scales in (("global", 11, 5), ("local", 3, 4)):
         m.add_argument(f"--{kind}-win-size", type=positive_int, default=None,
                        help=f"{kind} model MS-SSIM window (odd; default {win})")
-        m.add_argument(f"--{kind}-weights", type=non_negative_float, nargs="+", default=None, metavar="W",
+        m.add_argument(f"--{kind}-weights", type=non_negative_float, nargs="+", default=Default(None), metavar="W",
                        help=f"{kind} model MS-SSIM scale weights, one per scale (default: the {scales} SPEC weights)")
     m.add_argument("--init-encoder", metavar="FILE",
-                   help="torchvision ResNet-18 state_dict file to initialise the encoder trunk")
+                   help="initialise the encoder from an `igd-fast pretrain` file (whole encoder, per model kind) "
+                        "or a torchvision ResNet-18 state_dict file (trunk); the format is detected")
     m.add_argument("--distill-teacher", metavar="FILE",
                    help="torchvision ResNet-18 state_dict file: knowledge-distillation pre-training")
     m.add_argument("--distill-steps", type=non_negative_int, default=1000, help="KD pre-training steps (default 1000)")
     t = p.add_argument_group("training")
     add_out(t, True, "model directory to write")
-    t.add_argument("--epochs", type=non_negative_int, default=256, help="epochs (default 256, as the paper)")
-    t.add_argument("--patches-per-image", type=positive_int, default=None,
+    add_preset(t, "train")
+    t.add_argument("--epochs", type=non_negative_int, default=Default(256), help="epochs (default 256, as the paper)")
+    t.add_argument("--patches-per-image", type=positive_int, default=Default(None),
                    help="local model: random patches per image and step (default: all)")
     t.add_argument("--micro-batch", "--patch-batch", dest="micro_batch", type=positive_int, default=None,
                    help="inputs (images or patches) per forward/backward, gradients accumulated over the batch "
@@ -127,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models import ModelConfig
     from ..train import NonFiniteLossError, TrainingInterrupted, TrainOptions, sigterm_as_interrupt, train
 
+    applied = apply_preset(args, "train")
     try:
         check_device_backend(args)
         check_out_dir(args.out)
@@ -136,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
             channels_last=args.channels_last, backend=args.backend, skip_corrupt=args.skip_corrupt,
             init_encoder=args.init_encoder, distill_teacher=args.distill_teacher, distill_steps=args.distill_steps,
             patches_per_image=args.patches_per_image, micro_batch=args.micro_batch, resume=args.resume,
-            progress=not args.no_progress,
+            progress=not args.no_progress, preset=args.preset, preset_applied=applied or None,
         )  # fmt: skip
         try:
             data = resolve_layout(args.data, args.category, args.normal_dir, normal_test_dir=args.normal_test_dir)
@@ -145,7 +162,9 @@ def run(args: argparse.Namespace) -> int:
         kinds = ("global", "local") if args.model == "both" else (args.model,)
         # every config is checked before the first model trains for hours
         cfgs = [_config(args, kind, ModelConfig) for kind in kinds]
-    except (UsageError, ValueError) as e:
+        if args.init_encoder and not args.resume:
+            _check_init_encoder(args.init_encoder, cfgs)
+    except (UsageError, ValueError, FileNotFoundError) as e:
         print(f"igd-fast train: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -170,6 +189,15 @@ def run(args: argparse.Namespace) -> int:
     finally:
         _dist.close()
     return EXIT_OK
+
+
+def _check_init_encoder(path: str, cfgs: list) -> None:
+    """Load ``path`` into a throwaway encoder of every model to be trained, so that a
+    file that does not fit the second model stops before the first one trains."""
+    from ..models import Encoder, init_encoder
+
+    for cfg in cfgs:
+        init_encoder(Encoder(cfg.latent, cfg.width, cfg.blocks, bias_free=cfg.method.bias_free), path, cfg)
 
 
 def _config(args: argparse.Namespace, kind: str, model_config):

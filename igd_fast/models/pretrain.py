@@ -1,5 +1,7 @@
-"""Encoder initialisation from a local torchvision ResNet-18 ``state_dict`` file and
-the paper's ImageNet knowledge-distillation (KD) pre-training. Nothing is downloaded.
+"""Encoder initialisation from a file (a self-supervised encoder written by
+``igd-fast pretrain``, or a local torchvision ResNet-18 ``state_dict``: the format is
+detected, :func:`init_encoder`) and the paper's ImageNet knowledge-distillation (KD)
+pre-training. Nothing is downloaded.
 
 KD (paper, section "Implementation"): minimise the l2 distance between the encoder's
 pooled 8·width-d trunk feature and the teacher's 512-d pooled layer4 feature. The
@@ -15,7 +17,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .config import ModelConfig
 from .nets import Encoder, ResNetTrunk, trunk_state_dict
+from .ssl import SSL_FORMAT, arch_mismatches, encoder_arch
 
 
 def read_resnet18_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -48,6 +52,53 @@ def load_trunk(module: ResNetTrunk, path: str | Path) -> None:
             f"shape mismatch {bad[:5]}"
         )
     module.load_state_dict({k: sd[k] for k in own}, strict=False)
+
+
+def _read(path: str | Path):
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--init-encoder file {p} does not exist")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # any unreadable file is the same user error
+        why = type(e).__name__
+        raise ValueError(f"cannot read --init-encoder file {p}: corrupt or not a weights file ({why})") from e
+
+
+def _ssl_entry(obj: dict, path: str | Path, cfg: ModelConfig) -> dict:
+    """The file's encoder for ``cfg``'s kind, after checking its architecture fits."""
+    encoders = obj.get("encoders") or {}
+    entry = encoders.get(cfg.kind)
+    if entry is None:
+        held = ", ".join(sorted(encoders)) or "no"
+        raise ValueError(
+            f"--init-encoder {path} holds a pretrained {held} encoder, not one for the {cfg.kind} model (model kind "
+            f"mismatch): pretrain with --model {cfg.kind} (or both), or train --model {held}"
+        )
+    bad = arch_mismatches(entry["arch"], cfg)
+    if bad:
+        raise ValueError(f"--init-encoder {path} does not fit the {cfg.kind} model's encoder: " + "; ".join(bad)
+                         + " (pretrain with the same --width/--blocks/--latent as train)")  # fmt: skip
+    return entry
+
+
+def init_encoder(encoder: Encoder, path: str | Path, cfg: ModelConfig) -> dict:
+    """Initialise ``encoder`` (of ``cfg``'s model) from ``path``: an ``igd-fast
+    pretrain`` file (the whole encoder, trunk and projection to Z; the architecture must
+    match) or a torchvision ResNet-18 state_dict (the trunk only). ValueError naming
+    the mismatch otherwise. Returns what was loaded, for the run record."""
+    obj = _read(path)
+    if isinstance(obj, dict) and obj.get("format") == SSL_FORMAT:
+        entry = _ssl_entry(obj, path, cfg)
+        encoder.load_state_dict(entry["state_dict"])
+        info = {"path": str(path), "format": SSL_FORMAT, "kind": cfg.kind, "epochs_done": entry["epochs_done"],
+                "epochs": entry["epochs"], "final_loss": entry["history"][-1]["loss"] if entry["history"] else None,
+                "input_size": entry["arch"]["input_size"], "pretrain": obj.get("pretrain", {})}  # fmt: skip
+        if entry["arch"]["input_size"] != encoder_arch(cfg)["input_size"]:
+            info["note"] = f"pretrained on {entry['arch']['input_size']}² inputs, this model sees {cfg.input_size}²"
+        return info
+    load_trunk(encoder, path)
+    return {"path": str(path), "format": "torchvision-resnet18", "kind": cfg.kind}
 
 
 def teacher_from_file(path: str | Path) -> ResNetTrunk:

@@ -118,16 +118,16 @@ def _fmt_terms(v: list[float]) -> str:
     return ", ".join(f"{k}={x:.6g}" for k, x in zip(LOSS_TERMS, v))
 
 
-def _progress(it, enabled: bool, desc: str):
+def progress_bar(it, enabled: bool, desc: str, unit: str = "batch"):
     if not enabled:
         return it
     from tqdm.auto import tqdm
 
-    return tqdm(it, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+    return tqdm(it, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
 
 
 @contextmanager
-def _uninterrupted():
+def uninterrupted():
     """A checkpoint write finishes before an interrupt is acted on (the file would be
     intact anyway, the write being atomic, but the epoch's work would be lost)."""
     _stop["defer"] += 1
@@ -138,7 +138,7 @@ def _uninterrupted():
 
 
 def _save(run: Run, epoch: int) -> None:
-    with _uninterrupted():
+    with uninterrupted():
         _save_now(run, epoch)
 
 
@@ -156,7 +156,7 @@ def _epoch(run: Run, step: MStep, ld: Loaders, epoch: int, last_saved: int | Non
     gen = _epoch_generator(opts.seed, epoch, run.proc.rank)
     sums = torch.zeros(len(LOSS_TERMS), dtype=torch.float64)
     n_steps, n_images, t0 = 0, 0, time.perf_counter()
-    bar = _progress(ld.train, opts.progress and run.proc.is_main, f"{cfg.kind} epoch {epoch + 1}/{opts.epochs}")
+    bar = progress_bar(ld.train, opts.progress and run.proc.is_main, f"{cfg.kind} epoch {epoch + 1}/{opts.epochs}")
     for i, batch in enumerate(bar):
         if opts.max_steps_per_epoch is not None and i >= opts.max_steps_per_epoch:
             break
@@ -224,7 +224,8 @@ def train(
     main = run.proc.is_main
     if main:
         run.out.mkdir(parents=True, exist_ok=True)
-        write_run(run.out, {**run.record, "models": {cfg.kind: {"config": cfg.to_dict(), "options": asdict(opts)}}})
+        entry = {"config": cfg.to_dict(), "options": asdict(opts), "init_encoder": run.init_info}
+        write_run(run.out, {**run.record, "models": {cfg.kind: entry}})
     last_saved: int | None = run.start_epoch if run.resumed else None
     try:
         if not run.resumed:

@@ -18,7 +18,7 @@ from torch.utils.data.distributed import DistributedSampler
 from .. import _dist
 from ..checkpoint import load_checkpoint, set_rng_state
 from ..data import Layout, MVTecDataset, resolve_layout, split_train_val
-from ..models import IGD, ModelConfig, distill_encoder, load_trunk
+from ..models import IGD, ModelConfig, distill_encoder, init_encoder
 from .estep import model_inputs
 from .mstep import autoencoder_step, make_optimizers
 
@@ -61,6 +61,8 @@ class TrainOptions:
     resume: bool = False
     progress: bool = True
     max_steps_per_epoch: int | None = None
+    preset: str | None = None  # the CLI's --preset, recorded with the values it set (others explicit)
+    preset_applied: dict | None = None
 
     def check(self) -> None:
         """ValueError naming the first option out of range."""
@@ -103,14 +105,15 @@ class Run:
     global_step: int = 0
     history: list[dict] = field(default_factory=list)
     resumed: bool = False
+    init_info: dict | None = None  # what --init-encoder loaded (None: fresh weights, or resumed)
 
     @property
     def ckpt_run(self) -> dict:
         """What every checkpoint stores under ``run``."""
-        return {**self.record, "options": asdict(self.opts)}
+        return {**self.record, "options": asdict(self.opts), "init_encoder": self.init_info}
 
 
-def _datasets(cfg: ModelConfig, data, category: str | None, opts: TrainOptions):
+def datasets(cfg: ModelConfig, data, category: str | None, opts: TrainOptions):
     """Training and validation datasets of a layout (``data``: a dataset root with
     ``category``, or a resolved :class:`igd_fast.data.Layout`). The validation normals
     are the layout's own (MVTec LOCO's validation/good) or, otherwise, ``val_fraction``
@@ -168,7 +171,7 @@ def _check_resume(ck: dict, path: Path, cfg: ModelConfig, opts: TrainOptions, re
 def _model(run_cfg: ModelConfig, opts: TrainOptions, ckpt_path: Path, record: dict, device, train_ds):
     model = IGD(run_cfg)
     opt_ae, opt_critic = make_optimizers(model)
-    state = {"start_epoch": 0, "global_step": 0, "history": [], "resumed": False}
+    state = {"start_epoch": 0, "global_step": 0, "history": [], "resumed": False, "init_info": None}
     if opts.resume and ckpt_path.is_file():
         ck = load_checkpoint(ckpt_path, "cpu")
         _check_resume(ck, ckpt_path, run_cfg, opts, record)
@@ -178,11 +181,11 @@ def _model(run_cfg: ModelConfig, opts: TrainOptions, ckpt_path: Path, record: di
         if opt_critic is not None:
             opt_critic.load_state_dict(ck["opt_critic"])
         state = {"start_epoch": ck["epoch"], "global_step": ck["global_step"], "history": list(ck["history"]),
-                 "resumed": True}  # fmt: skip
+                 "resumed": True, "init_info": ck.get("run", {}).get("init_encoder")}  # fmt: skip
         set_rng_state(ck["rng"])
         return model, opt_ae, opt_critic, state
     if opts.init_encoder:
-        load_trunk(model.encoder, opts.init_encoder)
+        state["init_info"] = init_encoder(model.encoder, opts.init_encoder, run_cfg)
     model.to(device)
     if opts.distill_teacher:
         # identical on every rank: same data order, same initial weights
@@ -209,7 +212,7 @@ def setup(cfg: ModelConfig, data_root, category: str, out_dir, opts: TrainOption
     random.seed(opts.seed)
     np.random.seed(opts.seed)
     torch.manual_seed(opts.seed)
-    train_ds, val_ds, record = _datasets(cfg, data_root, category, opts)
+    train_ds, val_ds, record = datasets(cfg, data_root, category, opts)
     ckpt_path = out / f"{cfg.kind}.pt"
     model, opt_ae, opt_critic, state = _model(cfg, opts, ckpt_path, record, device, train_ds)
     if cl:

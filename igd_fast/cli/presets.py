@@ -1,0 +1,82 @@
+"""``--preset NAME``: named sets of flag values. A flag the user gives always wins.
+
+A flag a preset may set is declared with ``default=Default(value)``: after parsing, a
+value that is still a :class:`Default` was not given on the command line (argparse
+leaves a non-string default object as it is), so :func:`apply_preset` can tell "not
+given" from "given the default value" without comparing values.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+# --preset cpu: a small recipe for 2 CPU cores, ~60 training images of 256².
+# Starting values (issue 13): the settings of docs/results_quality.md recipe A (128²,
+# width 16, one block per stage, 32 random patches per image and step; the local
+# model's 4 MS-SSIM weights for the global model, as 5 scales with the 11×11 window
+# do not fit 128²), measured there on textures_dev grass / moon on the shared 2-core
+# AMD EPYC machine (12 epochs: 73 s igd training per category). The epoch count is
+# to be set from the SSL-vs-scratch and budget measurements.
+CPU_TRAIN = {
+    "image_size": 128,
+    "width": 16,
+    "blocks": [1, 1, 1, 1],
+    "global_weights": [0.0516, 0.3295, 0.3463, 0.2726],
+    "patches_per_image": 32,
+    "epochs": 8,
+}
+# pretrain --preset cpu: the same encoder architecture as train --preset cpu (so the
+# file fits it). Epochs, measured on textures_dev (54 training images: 2 steps of 32 per
+# epoch and kind; docs/results_quality.md section 7): 30 epochs did not move the global
+# NT-Xent loss off chance, 200 (about 130 s for both kinds on the shared 2 cores) lowered
+# it on moon and for the local encoders. Epochs scale with the data: 335 images take
+# ~5.5x as long per epoch.
+CPU_PRETRAIN = {k: CPU_TRAIN[k] for k in ("image_size", "width", "blocks")} | {"epochs": 200, "patches_per_image": 8}
+
+PRESETS: dict[str, dict[str, dict]] = {
+    "train": {"cpu": CPU_TRAIN},
+    "pretrain": {"cpu": CPU_PRETRAIN},
+}
+
+
+class Default:
+    """An argparse default that a preset may replace; ``value`` is the flag's own default."""
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def add_preset(p: argparse._ActionsContainer, verb: str) -> None:
+    names = sorted(PRESETS[verb])
+    shown = "; ".join(f"{n}: " + " ".join(_flag_text(k, v) for k, v in PRESETS[verb][n].items()) for n in names)
+    p.add_argument("--preset", choices=names, default=None,
+                   help=f"named flag values, explicit flags override them ({shown}); recorded in the "
+                        "output")  # fmt: skip
+
+
+def _flag_text(key: str, value) -> str:
+    v = " ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+    return f"--{key.replace('_', '-')} {v}"
+
+
+def apply_preset(args: argparse.Namespace, verb: str) -> dict:
+    """Resolve every :class:`Default` in ``args``: the preset's value when ``--preset``
+    names one that sets the flag, else the flag's own default. Returns the flags the
+    preset set (its values that no explicit flag overrode)."""
+    preset = PRESETS[verb].get(args.preset) if getattr(args, "preset", None) else {}
+    applied = {}
+    for key, value in vars(args).items():
+        if not isinstance(value, Default):
+            continue
+        if key in preset:
+            applied[key] = preset[key]
+            setattr(args, key, preset[key])
+        else:
+            setattr(args, key, value.value)
+    missing = set(preset) - set(vars(args))
+    if missing:  # a preset key that is no flag of this verb: a bug in PRESETS
+        raise AssertionError(f"preset {args.preset} names unknown {verb} flags {sorted(missing)}")
+    return applied
