@@ -238,7 +238,7 @@ def test_preset_cpu_values_and_an_explicit_override(data, tmp_path):
     assert (ns.image_size, ns.width, list(ns.blocks), ns.patches_per_image) == (128, 16, [1, 1, 1, 1], 32)
     assert list(ns.global_weights) == PRESETS["train"]["cpu"]["global_weights"]
     assert ns.epochs == 3 and "epochs" not in applied  # explicit wins, even at the preset's own value
-    ns = build_parser().parse_args(["train", "--out", "x", "--preset", "cpu", "--epochs", "8"])
+    ns = build_parser().parse_args(["train", "--out", "x", "--preset", "cpu", "--epochs", "36"])
     assert "epochs" not in apply_preset(ns, "train")
     ns = build_parser().parse_args(["train", "--out", "x"])
     assert apply_preset(ns, "train") == {} and (ns.image_size, ns.epochs, ns.global_weights) == (256, 256, None)
