@@ -180,3 +180,14 @@ def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
 
 def examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {ln}" for ln in lines)
+
+
+def training_layout(args: argparse.Namespace):
+    """The training data of ``train`` / ``pretrain`` (``--data``/``--category`` or the
+    Folder flags); a layout problem becomes a UsageError naming it."""
+    from ..data import DataLayoutError, resolve_layout
+
+    try:
+        return resolve_layout(args.data, args.category, args.normal_dir, normal_test_dir=args.normal_test_dir)
+    except DataLayoutError as e:
+        raise UsageError(str(e)) from None

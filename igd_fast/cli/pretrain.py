@@ -19,6 +19,7 @@ from ._args import (
     fraction,
     non_negative_int,
     positive_int,
+    training_layout,
 )
 from .presets import Default, add_preset, apply_preset
 
@@ -123,7 +124,7 @@ def _check_out(path: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import CorruptImageError, DataLayoutError, resolve_layout
+    from ..data import CorruptImageError, DataLayoutError
     from ..train import NonFiniteLossError, TrainingInterrupted, sigterm_as_interrupt
     from ..train.pretrain import PretrainOptions, pretrain
 
@@ -139,10 +140,7 @@ def run(args: argparse.Namespace) -> int:
             val_fraction=args.val_fraction, device=args.device, skip_corrupt=args.skip_corrupt,
             progress=not args.no_progress, preset=args.preset, preset_applied=applied or None,
         )  # fmt: skip
-        try:
-            data = resolve_layout(args.data, args.category, args.normal_dir, normal_test_dir=args.normal_test_dir)
-        except DataLayoutError as e:
-            raise UsageError(str(e)) from None
+        data = training_layout(args)
         cfgs = _configs(args)
     except (UsageError, ValueError) as e:
         print(f"igd-fast pretrain: error: {e}", file=sys.stderr)

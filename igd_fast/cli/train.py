@@ -24,6 +24,7 @@ from ._args import (
     non_negative_float,
     non_negative_int,
     positive_int,
+    training_layout,
 )
 from .presets import Default, add_preset, apply_preset
 
@@ -139,7 +140,7 @@ def _resume_command(argv: list[str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import CheckpointError
-    from ..data import CorruptImageError, DataLayoutError, resolve_layout
+    from ..data import CorruptImageError, DataLayoutError
     from ..models import ModelConfig
     from ..train import NonFiniteLossError, TrainingInterrupted, TrainOptions, sigterm_as_interrupt, train
 
@@ -155,10 +156,7 @@ def run(args: argparse.Namespace) -> int:
             patches_per_image=args.patches_per_image, micro_batch=args.micro_batch, resume=args.resume,
             progress=not args.no_progress, preset=args.preset, preset_applied=applied or None,
         )  # fmt: skip
-        try:
-            data = resolve_layout(args.data, args.category, args.normal_dir, normal_test_dir=args.normal_test_dir)
-        except DataLayoutError as e:
-            raise UsageError(str(e)) from None
+        data = training_layout(args)
         kinds = ("global", "local") if args.model == "both" else (args.model,)
         # every config is checked before the first model trains for hours
         cfgs = [_config(args, kind, ModelConfig) for kind in kinds]
