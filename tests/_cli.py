@@ -31,3 +31,14 @@ def train_tiny_pair(data, category: str, model_dir) -> None:
     for kw in (TINY_GLOBAL, TINY_LOCAL):
         train(ModelConfig(**kw), data, category, model_dir, epochs=1, batch_size=4, workers=0, seed=0,
               val_fraction=0.25, progress=False, patches_per_image=4)  # fmt: skip
+
+
+def tiny_trained(root, category: str, n_train: int, seed: int) -> dict:
+    """Synthetic MVTec data under ``root/data`` and a tiny pair trained on it in
+    ``root/model``: the module fixtures of the scoring tests."""
+    from igd_fast.data import make_synthetic_mvtec
+
+    data, model = root / "data", root / "model"
+    make_synthetic_mvtec(data, category, n_train=n_train, n_test_good=3, n_test_bad=3, size=80, seed=seed)
+    train_tiny_pair(data, category, model)
+    return {"data": data, "model": model, "test": sorted((data / category / "test").rglob("*.png"))}

@@ -5,12 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from _cli import train_tiny_pair
+from _cli import tiny_trained
 
 import igd_fast.score.precision as precision
 from igd_fast.checkpoint import validation_files
 from igd_fast.cli import main
-from igd_fast.data import make_synthetic_mvtec
 from igd_fast.score import Scorer
 from igd_fast.score.precision import PrecisionError, PrecisionGuard, map_difference, spearman
 
@@ -21,12 +20,7 @@ needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="this CPU has no native bf1
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("igd_precision")
-    data = root / "data"
-    make_synthetic_mvtec(data, CAT, n_train=16, n_test_good=3, n_test_bad=3, size=80, seed=3)
-    model = root / "model"
-    train_tiny_pair(data, CAT, model)
-    return {"data": data, "model": model, "test": sorted((data / CAT / "test").rglob("*.png"))}
+    return tiny_trained(tmp_path_factory.mktemp("igd_precision"), CAT, n_train=16, seed=3)
 
 
 @pytest.fixture

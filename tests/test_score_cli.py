@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _cli import torchrun, train_tiny_pair
+from _cli import tiny_trained, torchrun
 from PIL import Image
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 from igd_fast import recon_error_map, recon_loss
 from igd_fast.cli import main
-from igd_fast.data import load_image, make_synthetic_mvtec
+from igd_fast.data import load_image
 from igd_fast.score import Failure, Scorer, conformal_threshold
 from igd_fast.score.threshold import THRESHOLD_JSON, read_threshold
 
@@ -27,10 +27,8 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("igd_score")
-    data = root / "data"
-    make_synthetic_mvtec(data, CAT, n_train=12, n_test_good=3, n_test_bad=3, size=80, seed=1)
-    model = root / "model"
-    train_tiny_pair(data, CAT, model)
+    t = tiny_trained(root, CAT, n_train=12, seed=1)
+    data, model = t["data"], t["model"]
     # an input folder with other sizes and modes than the training data
     inp = root / "input"
     (inp / "sub").mkdir(parents=True)

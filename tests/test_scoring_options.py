@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _cli import train_tiny_pair
+from _cli import tiny_trained
 
 from igd_fast.checkpoint import validation_files
 from igd_fast.cli import main
-from igd_fast.data import make_synthetic_mvtec
 from igd_fast.models.terms import latent_term, recon_term, sample_scores
 from igd_fast.ops.patches import extract_patches
 from igd_fast.score import Scorer, conformal_threshold
@@ -24,12 +23,7 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("igd_scoring")
-    data = root / "data"
-    make_synthetic_mvtec(data, CAT, n_train=12, n_test_good=3, n_test_bad=3, size=80, seed=2)
-    model = root / "model"
-    train_tiny_pair(data, CAT, model)
-    return {"data": data, "model": model, "test": sorted((data / CAT / "test").rglob("*.png"))}
+    return tiny_trained(tmp_path_factory.mktemp("igd_scoring"), CAT, n_train=12, seed=2)
 
 
 def _scored(scorer, paths):
