@@ -63,6 +63,13 @@ def fraction(text: str) -> float:
     return v
 
 
+def unit_float(text: str) -> float:
+    v = finite_float(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {v}")
+    return v
+
+
 def open_fraction(text: str) -> float:
     v = finite_float(text)
     if not 0.0 < v < 1.0:
@@ -89,10 +96,11 @@ def add_runtime(p: argparse.ArgumentParser, batch_default: int = 16) -> None:
 
 
 def add_scoring(p: argparse.ArgumentParser) -> None:
-    """--score-norm, --latent-weight, --local-topk, --map-norm, --map-term, --map-sigma: the Scorer's scoring
-    options, the same in ``score`` and ``eval`` (defaults: igd_fast.score.threshold.DEFAULT_SCORING)."""
+    """--score-norm, --latent-weight, --local-topk, --map-norm, --map-term, --map-sigma, --map-position,
+    --image-score: the Scorer's scoring options, the same in ``score`` and ``eval`` (defaults:
+    igd_fast.score.threshold.DEFAULT_SCORING)."""
     from ..score.threshold import DEFAULT_SCORING as d
-    from ..score.threshold import MAP_TERMS, SCORE_NORMS
+    from ..score.threshold import IMAGE_SCORES, MAP_TERMS, SCORE_NORMS
 
     g = p.add_argument_group("scoring (need no retraining; the threshold is recalibrated for each setting)")
     g.add_argument("--score-norm", choices=SCORE_NORMS, default=d["score_norm"],
@@ -107,10 +115,19 @@ def add_scoring(p: argparse.ArgumentParser) -> None:
                         f"validation-normal pixel mean/std before summing (default {d['map_norm']})")
     g.add_argument("--map-term", choices=MAP_TERMS, default=d["map_term"],
                    help="lr: each map is the l_r map (the paper); abs: its absolute-error part |x - x_hat| / L "
-                        f"alone (default {d['map_term']})")
+                        "alone; maha: the squared Mahalanobis distance of the residual x - x_hat over the colour "
+                        "channels, under its mean/covariance on the validation normals "
+                        f"(default {d['map_term']})")
     g.add_argument("--map-sigma", type=non_negative_float, default=d["map_sigma"],
                    help="Gaussian smoothing of each map, sigma in pixels of the original image, 0 = none "
                         f"(default {d['map_sigma']:g})")  # fmt: skip
+    g.add_argument("--map-position", action=argparse.BooleanOptionalAction, default=d["map_position"],
+                   help="standardise each position of the (smoothed) map by the validation normals' mean/std "
+                        "there, which removes what every normal image shows (borders, hard parts) "
+                        f"(default {'on' if d['map_position'] else 'off'})")
+    g.add_argument("--image-score", choices=IMAGE_SCORES, default=d["image_score"],
+                   help="terms: s = s_G + s_L of the options above (the paper); map-max: the maximum of the "
+                        f"final map (default {d['image_score']})")  # fmt: skip
     g.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
                    help="the networks' arithmetic (the loss kernels stay fp32): bf16 needs avx512_bf16/AMX or a "
                         "bf16 GPU; auto = bf16 for each model where the hardware has it and a bf16-vs-fp32 check on "
@@ -126,7 +143,8 @@ def scoring_options(args: argparse.Namespace) -> dict:
     """The Scorer keyword arguments of :func:`add_scoring`'s flags."""
     return {"score_norm": args.score_norm, "latent_weight": args.latent_weight, "local_topk": args.local_topk,
             "map_sigma": args.map_sigma, "map_norm": args.map_norm,
-            "map_term": args.map_term}  # fmt: skip
+            "map_term": args.map_term, "map_position": args.map_position,
+            "image_score": args.image_score}  # fmt: skip
 
 
 def network_options(args: argparse.Namespace) -> dict:

@@ -25,6 +25,7 @@ from ._args import (
     non_negative_int,
     positive_int,
     training_layout,
+    unit_float,
 )
 from .presets import Default, add_preset, apply_preset
 
@@ -101,6 +102,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--estep-every", type=positive_int, default=10, help="E-step every N epochs (default 10)")
     m.add_argument("--sigma2-floor", type=non_negative_float, default=0.0,
                    help="E-step sigma^2 = max(mean ||z - mu||^2, this); 0 = SPEC (default), the published code used 1")
+    m.add_argument("--rho", type=unit_float, default=0.15,
+                   help="weight of the absolute-error part of l_r = rho |x - x_hat| / L + (1 - rho)(1 - MS-SSIM) "
+                        "(default 0.15, SPEC)")
     m.add_argument("--lr", type=non_negative_float, default=1e-4, help="Adam learning rate (default 1e-4)")
     m.add_argument("--weight-decay", type=non_negative_float, default=1e-6, help="Adam weight decay (default 1e-6)")
     for kind, win, scales in (("global", 11, 5), ("local", 3, 4)):
@@ -204,6 +208,7 @@ def _config(args: argparse.Namespace, kind: str, model_config):
         patch_stride=args.patch_stride,
         latent=args.latent, width=args.width, blocks=tuple(args.blocks),
         gamma=None if args.gamma < 0 else args.gamma, estep_every=args.estep_every, lr=args.lr,
-        sigma2_floor=args.sigma2_floor, weight_decay=args.weight_decay, win_size=getattr(args, f"{kind}_win_size"),
+        rho=args.rho, sigma2_floor=args.sigma2_floor, weight_decay=args.weight_decay,
+        win_size=getattr(args, f"{kind}_win_size"),
         weights=getattr(args, f"{kind}_weights"),
     )  # fmt: skip

@@ -69,6 +69,8 @@ class ModelConfig:
             strict = name in ("sigma", "data_range")
             if not math.isfinite(v) or v < 0 or (strict and v == 0):
                 raise ValueError(f"{name} must be a finite number {'> 0' if strict else '>= 0'}, got {v!r}")
+        if self.rho > 1:
+            raise ValueError(f"rho must be in [0, 1], got {self.rho!r}")
         if self.critic_width is None:
             self.critic_width = self.width
         if self.gamma is not None and not 0.0 <= self.gamma <= 1.0:

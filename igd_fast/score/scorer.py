@@ -21,8 +21,18 @@ for the ablation that chose the defaults):
       (the l_r map's first part), not "lr" (the paper): rho·|x - x_hat|/L + (1 - rho)(1 -
       MS-SSIM map), whose SSIM part saturates where a texture is not reconstructed.
       Variants without an MS-SSIM term keep their own map.
+  map_term "maha": each map is the squared Mahalanobis distance of the residual x - x_hat
+      over the channels, under the residual's mean and covariance on the validation normals'
+      pixels (per model; :mod:`igd_fast.score.residual`). Variants without a decoder keep
+      no map.
   map_sigma: Gaussian smoothing (σ in pixels of the original resolution, truncated at
       4σ, symmetric edges: scipy.ndimage.gaussian_filter's "reflect") of each map; 0 = none.
+  map_position: after smoothing, each position of the map is standardised by the
+      validation normals' mean and std there (on a grid of at most 32², see
+      :mod:`igd_fast.score.residual`).
+  image_score "map-max": the image score is the maximum of the final map (at the original
+      resolution, after smoothing and map_position) instead of the terms' combination
+      ("terms", the paper). s_G and s_L are still reported.
 
 Single-model directories (the paper's one-class protocols, ``train --model global``):
 with only ``global.pt`` the score is s = s_G and the map the global map; with only
@@ -48,6 +58,7 @@ from ..checkpoint import load_model, model_files, validation_files
 from ..models.fold import fold_batchnorm
 from ..models.terms import latent_term, sample_scores
 from ..ops.patches import extract_patches, fold_patch_maps, patch_scores
+from .calibrate import calibrate
 from .io import Item, ScoreDataset, collate
 from .networks import compile_networks
 from .precision import (
@@ -59,19 +70,15 @@ from .precision import (
     guard_record,
     guard_values,
 )
+from .residual import channel_distance, standardise_positions
 from .threshold import (
     DEFAULT_ALPHA,
     DEFAULT_SCORING,
+    IMAGE_SCORES,
     MAP_TERMS,
-    NORMALISATION,
-    PIXEL_RULE,
     SCORE_NORMS,
-    conformal_threshold,
-    model_signature,
     normalise_scores,
     read_threshold,
-    score_scale,
-    term_stats,
     write_threshold,
 )
 
@@ -124,8 +131,8 @@ class Scorer:
     convolutions on CPU here; same results to float rounding); the kernels always get
     contiguous NCHW tensors. ``fold_bn`` folds every BatchNorm into its convolution
     (:func:`igd_fast.models.fold.fold_batchnorm`; the same function up to rounding).
-    ``score_norm``, ``latent_weight``, ``local_topk``, ``map_norm``, ``map_term`` and ``map_sigma``: the scoring
-    options of the module doc.
+    ``score_norm``, ``latent_weight``, ``local_topk``, ``map_norm``, ``map_term``, ``map_sigma``,
+    ``map_position`` and ``image_score``: the scoring options of the module doc.
     ``precision`` "fp32", "bf16" or "auto" (:mod:`igd_fast.score.precision`): the networks'
     arithmetic; "auto" runs the bf16-vs-fp32 guard (tolerances ``guard``) on the validation
     normals here, at construction, and keeps bf16 for each model that passes it. The
@@ -150,6 +157,8 @@ class Scorer:
         map_sigma: float = DEFAULT_SCORING["map_sigma"],
         map_norm: str = DEFAULT_SCORING["map_norm"],
         map_term: str = DEFAULT_SCORING["map_term"],
+        map_position: bool = DEFAULT_SCORING["map_position"],
+        image_score: str = DEFAULT_SCORING["image_score"],
         precision: str = "fp32",
         guard: PrecisionGuard | None = None,
         compile: bool = False,
@@ -170,6 +179,8 @@ class Scorer:
             raise ValueError(f"map_norm must be one of {SCORE_NORMS}, got {map_norm!r}")
         if map_term not in MAP_TERMS:
             raise ValueError(f"map_term must be one of {MAP_TERMS}, got {map_term!r}")
+        if image_score not in IMAGE_SCORES:
+            raise ValueError(f"image_score must be one of {IMAGE_SCORES}, got {image_score!r}")
         if int(local_topk) < 1:
             raise ValueError(f"local_topk must be >= 1, got {local_topk}")
         if not (np.isfinite(map_sigma) and map_sigma >= 0):
@@ -180,7 +191,11 @@ class Scorer:
         self.map_sigma = float(map_sigma)
         self.map_norm = map_norm
         self.map_term = map_term
-        self._map_stats: dict | None = None  # set while calibrating, before the maps are combined
+        self.map_position = bool(map_position)
+        self.image_score = image_score
+        # statistics fitted so far while calibrating (used before calibration() has them)
+        self._fitting: dict | None = None
+        self._residual_maps = False  # True while the channel statistics are fitted
         self._raw = False  # True while calibrating: term stats are not known yet
         files = model_files(self.model_dir)
         self.global_model = self._load(files, "global", fold_bn)
@@ -193,6 +208,11 @@ class Scorer:
                 raise ValueError(f"{files[kind]} holds a {m.config.kind} model, not a {kind} one")
             m.to(memory_format=self._fmt)
         g, loc = self.global_model, self.local_model
+        map_options = self.map_term == "maha" or self.map_position or self.image_score == "map-max"
+        if map_options and not any(m is not None and m.config.method.recon for m in (g, loc)):
+            raise ValueError(f"map_term='maha', map_position and image_score='map-max' need a model with a decoder; "
+                             f"{self.model_dir} holds {g.config.variant if g is not None else loc.config.variant} "
+                             "models without one")  # fmt: skip
         # images are read at the global size; the local model resizes to its own
         self.image_size = (g or loc).config.image_size
         self.local_size = loc.config.image_size if loc is not None else None
@@ -300,13 +320,16 @@ class Scorer:
         """The scoring options (recorded in threshold.json: a cache for others is stale)."""
         return {"score_norm": self.score_norm, "latent_weight": self.latent_weight, "local_topk": self.local_topk,
                 "map_sigma": self.map_sigma, "map_norm": self.map_norm,
-                "map_term": self.map_term}  # fmt: skip
+                "map_term": self.map_term, "map_position": self.map_position,
+                "image_score": self.image_score}  # fmt: skip
 
     # ------------------------------------------------------------------ core
 
     @torch.inference_mode()
     def score_batch(self, images: Tensor, want_maps: bool = True) -> BatchScores:
-        """Score an N×3×S×S batch already resized to :attr:`image_size` and ImageNet-normalised."""
+        """Score an N×3×S×S batch already resized to :attr:`image_size` and ImageNet-normalised.
+        ``score`` is the terms' combination; with ``image_score="map-max"`` the image score
+        comes from the map at the original resolution, i.e. from :meth:`score_paths`."""
         x = images.to(self.device, torch.float32, non_blocking=True)
         zero = torch.zeros(x.shape[0], device=x.device)
         s_g, map_g = self._global_terms(x, want_maps) if self.global_model is not None else (zero, None)
@@ -320,31 +343,16 @@ class Scorer:
             return map_l if map_g is None else map_g
         if self.map_norm == "sum":
             return map_g + map_l
-        st = self._map_stats if self._map_stats is not None else self.calibration()["map_stats"]
+        st = self._stat("map_stats")
         g, loc = st["global"], st["local"]
         return (map_g - g["mean"]) / g["std"] + (map_l - loc["mean"]) / loc["std"]
 
-    @torch.inference_mode()
-    def _pixel_stats(self, paths: Sequence[str | Path], num_workers: int) -> dict:
-        """Mean and std of each model's map over all pixels of ``paths`` (model resolution)."""
-        acc = {"global": [0.0, 0.0, 0], "local": [0.0, 0.0, 0]}
-        for batch in self.loader(paths, num_workers):
-            if batch.images is None:
-                continue
-            x = batch.images.to(self.device, torch.float32)
-            for kind, fn in (("global", self._global_terms), ("local", self._local_terms)):
-                m = fn(x, True)[1]
-                if m is None:  # no map (Deep SVDD): the other map is used as is
-                    continue
-                m, a = m.double(), acc[kind]
-                a[0], a[1], a[2] = a[0] + float(m.sum()), a[1] + float((m * m).sum()), a[2] + m.numel()
-        out = {}
-        for kind, (s1, s2, n) in acc.items():
-            mean = s1 / max(n, 1)
-            var = (s2 - n * mean * mean) / (n - 1) if n > 1 else 0.0
-            sd = float(np.sqrt(var)) if var > 0 else 0.0
-            out[kind] = {"mean": mean, "std": sd if sd > 0 and np.isfinite(sd) else 1.0}
-        return out
+    def _stat(self, name: str):
+        """A fitted statistic: the one being calibrated, else the cached calibration's."""
+        fitting = getattr(self, "_fitting", None)  # exported runtimes have no fitting state
+        if fitting is not None and name in fitting:
+            return fitting[name]
+        return self.calibration()[name]
 
     def _combine(self, s_g: Tensor, s_l: Tensor, stats: dict | None = None) -> Tensor:
         if self.score_norm == "sum" or (self._raw and stats is None):
@@ -365,27 +373,29 @@ class Scorer:
         cfg = model.config
         if cfg.method.recon == "msssim":
             abs_map = want_maps and self.map_term == "abs"
-            s, m = patch_scores(x, x_hat.contiguous(), cfg.msssim(), cfg.rho, extra, want_maps and not abs_map,
-                                self.backend)  # fmt: skip
+            own_map = want_maps and self.map_term == "lr"
+            s, m = patch_scores(x, x_hat.contiguous(), cfg.msssim(), cfg.rho, extra, own_map, self.backend)
             if abs_map:
                 m = (x.float() - x_hat.float()).abs().mean(1, keepdim=True) / cfg.data_range
-            return s, m
-        if cfg.method.recon == "mse":
+        elif cfg.method.recon == "mse":
             err = (x.float() - x_hat.float()).pow(2)
-            return err.mean((1, 2, 3)) + extra, (err.mean(1, keepdim=True) if want_maps else None)
-        return extra, None
+            s, m = err.mean((1, 2, 3)) + extra, (err.mean(1, keepdim=True) if want_maps else None)
+        else:
+            return extra, None
+        if want_maps and self.map_term == "maha":
+            # the C-channel residual; _channel_map turns it into the distance after folding
+            m = x.float() - x_hat.float()
+        return s, m
 
     def _global_terms(self, x: Tensor, want_maps: bool, model=None) -> tuple[Tensor, Tensor | None]:
         # the whole image is one "patch" of the global config: the variant's score and
         # its per-pixel map in one pass of the kernels
-        return self._terms(self.global_model if model is None else model, x, want_maps)
+        s, m = self._terms(self.global_model if model is None else model, x, want_maps)
+        return s, self._channel_map("global", m)
 
     def _local_terms(self, x: Tensor, want_maps: bool, model=None) -> tuple[Tensor, Tensor | None]:
         loc = self.local_model if model is None else model
-        xl = x
-        if self.local_size != x.shape[-1]:
-            xl = F.interpolate(x, size=(self.local_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
-        patches, grid = extract_patches(xl, loc.config.patch_size, loc.config.patch_stride)
+        patches, grid = self._patches(x, loc)
         parts = [self._terms(loc, c, want_maps) for c in patches.split(self.patch_chunk)]
         per_patch = torch.cat([s for s, _ in parts]).view(x.shape[0], grid.count)
         if self.local_topk == 1:
@@ -394,10 +404,26 @@ class Scorer:
             s_l = per_patch.topk(min(self.local_topk, grid.count), dim=1).values.mean(1)
         if not want_maps or parts[0][1] is None:
             return s_l, None
-        map_l = fold_patch_maps(torch.cat([m for _, m in parts]), grid, "mean", self.backend)
+        # maha: the residuals are averaged over overlapping patches first (noise averages
+        # out, a defect's colour does not), then measured
+        map_l = self._channel_map("local", fold_patch_maps(torch.cat([m for _, m in parts]), grid, "mean",
+                                                           self.backend))  # fmt: skip
         if self.local_size != x.shape[-1]:
             map_l = F.interpolate(map_l, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return s_l, map_l
+
+    def _patches(self, x: Tensor, loc) -> tuple[Tensor, object]:
+        """The local model's patches of images at the global size (resized to its own)."""
+        if self.local_size != x.shape[-1]:
+            x = F.interpolate(x, size=(self.local_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
+        return extract_patches(x, loc.config.patch_size, loc.config.patch_stride)
+
+    def _channel_map(self, kind: str, m: Tensor | None) -> Tensor | None:
+        """maha: the residual map's squared Mahalanobis distance (the residual itself while
+        its statistics are being fitted); other map terms pass through."""
+        if m is None or self.map_term != "maha" or getattr(self, "_residual_maps", False):
+            return m
+        return channel_distance(m, self._stat("channel_stats")[kind])
 
     # ------------------------------------------------------------------ streaming
 
@@ -434,13 +460,17 @@ class Scorer:
             ]
             if batch.images is not None:
                 t0 = time.perf_counter()
-                out = self.score_batch(batch.images, want_maps)
+                map_score = self.image_score == "map-max"
+                out = self.score_batch(batch.images, want_maps or map_score)
                 maps = self._to_original(out.maps, batch.items) if out.maps is not None else [None] * len(batch.items)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 self.seconds += time.perf_counter() - t0
                 self.images_seen += len(batch.items)
                 sc, sg, sl = (t.double().cpu().tolist() for t in (out.score, out.s_global, out.s_local))
+                if map_score:
+                    sc = [float(m.max()) for m in maps]
+                    maps = maps if want_maps else [None] * len(maps)
                 for j, it in enumerate(batch.items):
                     results.append((it.pos, ScoredImage(it.index, it.path, sc[j], sg[j], sl[j], maps[j])))
             # a batch's failures and images come back in input order, as documented
@@ -456,6 +486,8 @@ class Scorer:
                 m = F.interpolate(m, size=it.orig_size, mode="bilinear", align_corners=False)
             if self.map_sigma > 0:
                 m = gaussian_smooth(m, self.map_sigma)
+            if self.map_position and (st := self._stat("position_stats")) is not None:
+                m = standardise_positions(m, st)
             out.append(m[0, 0].float().cpu().numpy())
         return out
 
@@ -473,59 +505,7 @@ class Scorer:
             return self._calibration
         cached = None if recompute else read_threshold(self.model_dir, self.alpha, self._cache_key())
         if cached is None:
-            files = validation_files(self.model_dir)
-            if not files:
-                raise ValueError(f"{self.model_dir}/run.json lists no validation images to calibrate on")
-            s_g, s_l, paths, pixels, peaks, failed = [], [], [], [], [], []
-            map_stats = None
-            if self.map_norm == "standard" and len(self.kinds) == 2:
-                # a first pass for the pixel stats the combined maps of the second need
-                map_stats = self._map_stats = self._pixel_stats(files, num_workers)
-            self._raw = True  # the combined score needs the term stats computed here
-            try:
-                for r in self.score_paths(files, num_workers, want_maps=True):
-                    if isinstance(r, Failure):
-                        failed.append({"path": r.path, "error": r.error})
-                        continue
-                    s_g.append(r.s_global)
-                    s_l.append(r.s_local)
-                    paths.append(r.path)
-                    if r.map is not None:
-                        pixels.append(r.map.reshape(-1))
-                        peaks.append(float(r.map.max()))
-            finally:
-                self._raw, self._map_stats = False, None
-            if not paths:
-                raise ValueError(f"none of the {len(files)} validation images of {self.model_dir} could be read")
-            stats = term_stats({"global": s_g, "local": s_l}, self.kinds)
-            # float32, as score_batch combines them: a re-scored validation image gets the same score
-            f32 = torch.float32
-            scores = self._combine(torch.tensor(s_g, dtype=f32), torch.tensor(s_l, dtype=f32), stats).tolist()
-            # no per-pixel map (Deep SVDD): a zero colour scale, never used for overlays
-            px = np.concatenate(pixels) if pixels else np.zeros(1, np.float32)
-            threshold = conformal_threshold(scores, self.alpha)
-            cached = {
-                "threshold": threshold,
-                "rule": "split-conformal: k-th smallest validation score, k = min(n, ceil((n+1)(1-alpha))); "
-                "anomalous when score > threshold",
-                "alpha": self.alpha,
-                "n_validation": len(scores),
-                "validation_scores": dict(zip(paths, scores, strict=True)),
-                "validation_failed": failed,
-                "map_low": float(np.median(px)),
-                "map_high": float(px.max()),
-                "has_maps": bool(pixels),
-                "score_scale": score_scale(scores, threshold),
-                "normalisation": NORMALISATION,
-                # no map (Deep SVDD): 0, never used (no pred_mask without a map)
-                "pixel_threshold": conformal_threshold(peaks, self.alpha) if peaks else 0.0,
-                "pixel_rule": PIXEL_RULE,
-                "signature": model_signature(self.model_dir),
-                "scoring": self._cache_key(),
-                "term_stats": stats,
-            }
-            if map_stats is not None:
-                cached["map_stats"] = map_stats
+            cached = calibrate(self, num_workers)
             try:
                 write_threshold(self.model_dir, cached)
             except OSError as e:  # a read-only model dir still scores; it just recalibrates next time

@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoint import MODEL_FILES, atomic_write_bytes
+from .residual import valid_stats
 
 THRESHOLD_JSON = "threshold.json"
 DEFAULT_ALPHA = 0.05
@@ -53,8 +54,9 @@ SCORE_NORMS = ("sum", "standard")
 # the Scorer's scoring options (see igd_fast.score.scorer); a cache records the ones it
 # was calibrated with, and one without that record was made with LEGACY_SCORING
 LEGACY_SCORING = {"score_norm": "sum", "latent_weight": 1.0, "local_topk": 1, "map_sigma": 0.0, "map_norm": "sum",
-                  "map_term": "lr"}  # fmt: skip
-MAP_TERMS = ("lr", "abs")
+                  "map_term": "lr", "map_position": False, "image_score": "terms"}  # fmt: skip
+MAP_TERMS = ("lr", "abs", "maha")
+IMAGE_SCORES = ("terms", "map-max")
 DEFAULT_SCORING = dict(LEGACY_SCORING)
 # fields a usable cached record must hold as finite numbers
 NUMERIC_FIELDS = ("threshold", "map_low", "map_high", "score_scale", "pixel_threshold")
@@ -134,6 +136,11 @@ def _problem(d: object) -> str | None:
         )
         if not ok or st["std"] <= 0:
             return f"term_stats/map_stats[{kind!r}] is {st!r}, not a finite mean and a positive std"
+    for kind, st in (d.get("channel_stats") or {}).items():
+        if not valid_stats(st, ("mean", "precision")):
+            return f"channel_stats[{kind!r}] does not hold a finite mean and precision matrix"
+    if "position_stats" in d and not valid_stats(d["position_stats"], ("mean", "std")):
+        return "position_stats does not hold finite mean and std grids"
     return None
 
 
@@ -170,7 +177,12 @@ def read_threshold(model_dir: str | Path, alpha: float, scoring: dict | None = N
         return None
     if d.get("signature") != model_signature(model_dir) or d.get("alpha") != alpha:
         return None
-    if scoring is not None and d.get("scoring", LEGACY_SCORING) != scoring:
+    # a record from before an option existed was made with that option's legacy value
+    if scoring is not None and {**LEGACY_SCORING, **d.get("scoring", {})} != scoring:
+        return None
+    if scoring is not None and scoring.get("map_term") == "maha" and not isinstance(d.get("channel_stats"), dict):
+        return None
+    if scoring is not None and scoring.get("map_position") and "position_stats" not in d:
         return None
     if scoring is not None and scoring.get("score_norm") == "standard" and not isinstance(d.get("term_stats"), dict):
         return None

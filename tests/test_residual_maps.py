@@ -1,0 +1,202 @@
+"""The map statistics of igd_fast.score.residual (checked against numpy / scipy) and the
+Scorer options built on them: map_term="maha", map_position, image_score="map-max"."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from _cli import tiny_trained
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.spatial.distance import mahalanobis
+
+from igd_fast.checkpoint import validation_files
+from igd_fast.cli import main
+from igd_fast.ops.patches import fold_patch_maps
+from igd_fast.score import Scorer, conformal_threshold
+from igd_fast.score.residual import (
+    RIDGE,
+    ChannelAccumulator,
+    PositionAccumulator,
+    channel_distance,
+    standardise_positions,
+)
+from igd_fast.score.threshold import THRESHOLD_JSON
+
+CAT = "synth"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return tiny_trained(tmp_path_factory.mktemp("igd_residual"), CAT, n_train=12, seed=5)
+
+
+# ----------------------------------------------------------------- the statistics
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 3), st.integers(2, 4), st.integers(1, 9), st.integers(1, 9), st.integers(0, 2**31 - 1))
+def test_channel_gaussian_equals_numpy_and_scipy(n, c, h, w, seed):
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(c, c, generator=g)
+    batches = [torch.einsum("dc,nchw->ndhw", mix, torch.randn(n, c, h, w, generator=g)) + 0.3 for _ in range(2)]
+    acc = ChannelAccumulator()
+    for b in batches:
+        acc.add(b)
+    stats = acc.finish()
+    v = np.concatenate([b.permute(0, 2, 3, 1).reshape(-1, c).double().numpy() for b in batches])
+    if len(v) < 2:
+        return
+    cov = np.cov(v, rowvar=False).reshape(c, c)
+    reg = cov + RIDGE * np.trace(cov) / c * np.eye(c)
+    np.testing.assert_allclose(stats["mean"], v.mean(0), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(stats["precision"], np.linalg.inv(reg), rtol=1e-6, atol=1e-9)
+    r = torch.randn(1, c, h, w, generator=g)
+    got = channel_distance(r, stats)[0, 0].double().numpy()
+    want = np.array([[mahalanobis(r[0, :, i, j].double().numpy(), v.mean(0), np.linalg.inv(reg)) ** 2
+                      for j in range(w)] for i in range(h)])  # fmt: skip
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_channel_statistics_refuse_too_little_and_wrong_channels():
+    acc = ChannelAccumulator()
+    with pytest.raises(ValueError, match="at least two"):
+        acc.finish()
+    acc.add(torch.randn(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="3 channels, residual has 2"):
+        channel_distance(torch.zeros(1, 2, 4, 4), acc.finish())
+
+
+def test_position_stats_per_pixel_equal_numpy():
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.rand(12, 20, generator=g) * (1 + torch.arange(20.0)) for _ in range(5)]
+    acc = PositionAccumulator(grid=32)  # the grid is larger than the maps: per pixel
+    for m in maps:
+        acc.add(m)
+    stats = acc.finish()
+    a = torch.stack(maps).double().numpy()
+    np.testing.assert_allclose(stats["mean"], a.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(stats["std"], a.std(0, ddof=1), rtol=1e-6)
+    z = standardise_positions(maps[0], stats).double().numpy()
+    np.testing.assert_allclose(z, (a[0] - a.mean(0)) / a.std(0, ddof=1), rtol=1e-4, atol=1e-5)
+
+
+def test_position_stats_pool_blocks():
+    g = torch.Generator().manual_seed(1)
+    maps = [torch.rand(64, 96, generator=g) for _ in range(3)]
+    acc = PositionAccumulator(grid=16)  # 4×6-pixel cells
+    for m in maps:
+        acc.add(m)
+    stats = acc.finish()
+    a = torch.stack(maps).double().numpy()
+    cell = a.reshape(3, 16, 4, 16, 6)
+    mean, sq = cell.mean((2, 4)), (cell**2).mean((2, 4))
+    np.testing.assert_allclose(stats["mean"], mean.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(np.square(stats["std"]), (sq.sum(0) - 3 * mean.mean(0) ** 2) / 2, rtol=1e-6)
+    # a constant cell is floored, never divided by 0
+    flat = PositionAccumulator(grid=4)
+    for _ in range(2):
+        flat.add(torch.ones(8, 8))
+    assert min(min(r) for r in flat.finish()["std"]) > 0
+
+
+# ----------------------------------------------------------------- the Scorer options
+
+
+def _model_res_maps(scorer, paths, kind):
+    out = []
+    with torch.inference_mode():
+        for batch in scorer.loader(paths):
+            out.append(scorer._model_terms(kind, scorer._model(kind), batch.images.float(), True)[1])
+    return torch.cat(out)
+
+
+def test_maha_map_is_the_residual_distance(trained):
+    model = trained["model"]
+    s = Scorer(model, device="cpu", map_term="maha", fold_bn=False, channels_last=False)
+    cal = s.calibration(recompute=True)
+    val = validation_files(model)
+    x_val = torch.cat([b.images.float() for b in s.loader(val)])
+    with torch.inference_mode():
+        g, loc = s.global_model, s.local_model
+        r_g = x_val - g(x_val)[1]  # the global residual, by hand
+        p, grid = s._patches(x_val, loc)
+        r_l = fold_patch_maps(p - loc(p)[1], grid, "mean")  # the local residual, folded
+    for kind, r in (("global", r_g), ("local", r_l)):
+        v = r.permute(0, 2, 3, 1).reshape(-1, 3).double().numpy()
+        np.testing.assert_allclose(cal["channel_stats"][kind]["mean"], v.mean(0), rtol=1e-6, atol=1e-8)
+        cov = np.cov(v, rowvar=False)
+        prec = np.linalg.inv(cov + RIDGE * np.trace(cov) / 3 * np.eye(3))
+        np.testing.assert_allclose(cal["channel_stats"][kind]["precision"], prec, rtol=1e-4)
+        d = r.permute(0, 2, 3, 1).double().numpy() - v.mean(0)
+        want = np.einsum("nhwc,cd,nhwd->nhw", d, prec, d)
+        got = _model_res_maps(s, val, kind)[:, 0].double().numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+    # the image scores do not change: only the map
+    plain = Scorer(model, device="cpu", fold_bn=False, channels_last=False)
+    x = next(iter(s.loader(trained["test"][:4]))).images
+    torch.testing.assert_close(s.score_batch(x).score, plain.score_batch(x).score, rtol=1e-5, atol=1e-6)
+
+
+def test_map_max_scores_the_final_map_and_calibrates_on_it(trained):
+    model = trained["model"]
+    s = Scorer(model, device="cpu", map_term="maha", map_sigma=2.0, image_score="map-max")
+    cal = s.calibration(recompute=True)
+    val = list(s.score_paths(validation_files(model)))
+    assert cal["threshold"] == pytest.approx(conformal_threshold([float(r.map.max()) for r in val]), rel=1e-6)
+    for r in s.score_paths(trained["test"]):
+        assert r.score == pytest.approx(float(r.map.max()), rel=1e-6)
+    # without maps asked for, the same scores
+    again = [r.score for r in s.score_paths(trained["test"], want_maps=False)]
+    assert again == [r.score for r in s.score_paths(trained["test"])]
+
+
+def test_map_position_standardises_by_validation_positions(trained):
+    model = trained["model"]
+    kw = dict(device="cpu", map_term="abs", map_sigma=1.0)
+    raw = Scorer(model, **kw)
+    pos = Scorer(model, map_position=True, **kw)
+    cal = pos.calibration(recompute=True)
+    val = validation_files(model)
+    acc = PositionAccumulator()
+    for r in raw.score_paths(val):
+        acc.add(torch.from_numpy(r.map))
+    want = acc.finish()
+    np.testing.assert_allclose(cal["position_stats"]["mean"], want["mean"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(cal["position_stats"]["std"], want["std"], rtol=1e-5, atol=1e-7)
+    for a, b in zip(raw.score_paths(trained["test"]), pos.score_paths(trained["test"]), strict=True):
+        np.testing.assert_allclose(b.map, standardise_positions(torch.from_numpy(a.map), want).numpy(), rtol=1e-4,
+                                   atol=1e-5)  # fmt: skip
+        assert b.score == pytest.approx(a.score, rel=1e-6)  # terms score: unchanged
+
+
+def test_new_options_key_the_cache_and_damage_is_recalibrated(trained):
+    model = trained["model"]
+    Scorer(model, device="cpu").calibration(recompute=True)
+    s = Scorer(model, device="cpu", map_term="maha", map_position=True, image_score="map-max")
+    cal = s.calibration()
+    assert cal["scoring"]["map_term"] == "maha" and "channel_stats" in cal and "position_stats" in cal
+    d = json.loads((model / THRESHOLD_JSON).read_text())
+    d["channel_stats"]["global"]["precision"][0][0] = float("nan")
+    (model / THRESHOLD_JSON).write_text(json.dumps(d))
+    with pytest.warns(UserWarning, match="channel_stats"):
+        again = Scorer(model, device="cpu", map_term="maha", map_position=True, image_score="map-max").calibration()
+    assert np.isfinite(again["channel_stats"]["global"]["precision"][0][0])
+
+
+@pytest.mark.parametrize("kw", [dict(image_score="mean"), dict(map_term="mahalanobis")])
+def test_bad_options_are_refused(trained, kw):
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        Scorer(trained["model"], device="cpu", **kw)
+
+
+def test_eval_flags_reach_the_scorer(trained, tmp_path, capsys):
+    out = tmp_path / "ev"
+    rc = main(["eval", "--model", str(trained["model"]), "--data", str(trained["data"]), "--category", CAT,
+               "--out", str(out), "--map-term", "maha", "--map-position", "--image-score", "map-max",
+               "--no-progress", "--device", "cpu"])  # fmt: skip
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["scoring"]["map_term"] == "maha" and rep["scoring"]["map_position"] is True
+    assert rep["scoring"]["image_score"] == "map-max"
