@@ -26,7 +26,8 @@ Run (the malloc settings matter: see below):
 images/s = batch / median, in ``extra_info`` and printed. IGD_BENCH_BATCH sets the CPU
 batch (default 4), IGD_BENCH_THREADS the torch threads (default 2).
 
-Our network paths side by side (same group): the Scorer's default (fp32, BatchNorm folded),
+Our network paths side by side (same group): the Scorer's default (fp32, BatchNorm folded,
+upsample + conv as polyphase convs), the same without the polyphase rewrite,
 fp32 unfolded (``fold_bn=False``, the path before folding; target 2x), bf16 autocast
 networks (``precision="bf16"``, no guard: random weights) and the networks alone in fp32
 and bf16 (peak RSS of each path: benchmarks/scoring_rss.py, one process per path). The
@@ -283,6 +284,8 @@ def _needs_bf16(kw: dict) -> None:
 # entry -> (role, Scorer keyword arguments, target speed-up of "ours" over it)
 PATHS = {
     "igd_fast Scorer fp32 unfolded (fold_bn=False)": ("peer", {"fold_bn": False}, 2.0),
+    # the default path before the polyphase decoder (igd_fast.models.polyphase)
+    "igd_fast Scorer fp32 folded, no polyphase (fuse_upsample=False)": ("peer", {"fuse_upsample": False}, None),
     "igd_fast Scorer bf16 autocast networks": ("ours", {"precision": "bf16"}, None),
 }
 

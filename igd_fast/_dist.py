@@ -126,3 +126,17 @@ def default_workers() -> int:
     the first two, at most 4 (2 cores: 1 worker, 4: 2, 8+: 4).
     """
     return max(1, min(4, available_cores() // 2))
+
+
+def default_score_workers() -> int:
+    """DataLoader workers for scoring (score, eval): none on 2 cores or fewer, else
+    :func:`default_workers`.
+
+    On the 2-core EPYC VM a worker cost more compute than the reading it hid: 96 PNGs of
+    256², 2 torch threads, paper width 5.8 images/s with 0 workers against 5.1 with 1
+    (decode + resize is 1 % of the wall time there), the ``--preset cpu`` model 152 against
+    136 (reading 19-29 % of the wall time, but the forked worker slowed the networks by
+    14-39 %; benchmarks/loader_overlap.py, README). Training was not measured: it keeps
+    :func:`default_workers`.
+    """
+    return 0 if available_cores() <= 2 else default_workers()

@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .._dist import DeviceError, default_workers, resolve_device
+from .._dist import DeviceError, default_score_workers, default_workers, resolve_device
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad arguments or data, nothing to do, or interrupted: nothing half-written
@@ -82,13 +82,16 @@ def add_out(p: argparse.ArgumentParser, required: bool, what: str, default: str 
     p.add_argument("--out", "--output", dest="out", required=required, default=default, metavar="DIR", help=what)
 
 
-def add_runtime(p: argparse.ArgumentParser, batch_default: int = 16) -> None:
-    """--batch-size, --workers, --device, --backend, --no-progress: the same in every verb."""
+def add_runtime(p: argparse.ArgumentParser, batch_default: int = 16, scoring: bool = False) -> None:
+    """--batch-size, --workers, --device, --backend, --no-progress: the same in every verb
+    (``scoring``: the scoring verbs' worker default, none on 2 cores)."""
     p.add_argument("--batch-size", type=positive_int, default=batch_default,
                    help=f"images per batch (default {batch_default})")
-    p.add_argument("--workers", type=non_negative_int, default=default_workers(),
-                   help=f"DataLoader worker processes reading images (default {default_workers()} on this machine: "
-                        "one per two cores, at most 4; 0 reads in the main process)")
+    workers = default_score_workers() if scoring else default_workers()
+    rule = "0 on 2 cores or fewer, else " if scoring else ""
+    p.add_argument("--workers", type=non_negative_int, default=workers,
+                   help=f"DataLoader worker processes reading images (default {workers} on this machine: "
+                        f"{rule}one per two cores, at most 4; 0 reads in the main process)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu)")
     p.add_argument("--backend", default=None, choices=("auto", "torch", "cpu", "cuda", "triton"),
                    help="MS-SSIM kernel backend (default auto: by device)")

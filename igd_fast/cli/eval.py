@@ -77,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write each pred_mask (map > calibrated pixel threshold) as a 0/255 PNG to "
                         "OUT/masks/<defect>/<id>.png")
     add_scoring(p)
-    add_runtime(p)
+    add_runtime(p, scoring=True)
 
 
 def _safe(fn, *a) -> tuple[float | None, str | None]:

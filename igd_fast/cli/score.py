@@ -87,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch (default): --model is a model directory; onnxruntime / openvino: --model is a file "
                         "written by igd-fast export (.onnx / .xml, with its .json beside it)")
     add_scoring(p)
-    add_runtime(p)
+    add_runtime(p, scoring=True)
 
 
 CSV_COLUMNS = ["path", "score", "pred_score", "pred_label", "s_global", "s_local"]

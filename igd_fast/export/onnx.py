@@ -52,7 +52,8 @@ def open_pipeline(model_dir: str | Path):
     """(Scorer on the reference backend, its ScoringPipeline in eval mode)."""
     from ..score import Scorer
 
-    scorer = Scorer(model_dir, device="cpu", backend="torch", channels_last=False)
+    # plain convolutions in the graph: the polyphase rewrite is a CPU-eager speed-up
+    scorer = Scorer(model_dir, device="cpu", backend="torch", channels_last=False, fuse_upsample=False)
     return scorer, ScoringPipeline(scorer).eval()
 
 
