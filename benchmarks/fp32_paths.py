@@ -36,6 +36,7 @@ import time
 import warnings
 
 import torch
+from _netargs import add_network_args
 from layer_profile import build, inputs  # benchmarks/ is on sys.path when run as a script
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -126,12 +127,7 @@ def scorer_end_to_end(a) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--images", type=int, default=4)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--peak", type=float, default=460.0)
-    p.add_argument("--kinds", nargs="+", default=["global", "local"])
+    add_network_args(p)
     p.add_argument("--paths", nargs="+", default=["eager", "fused", "jit", "jit-fused", "mkldnn"])
     p.add_argument("--scorer", action="store_true", help="only the end-to-end Scorer comparison")
     a = p.parse_args()

@@ -23,6 +23,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _netargs import add_network_args
 from torch import nn
 
 from igd_fast.models import IGD, ModelConfig
@@ -162,12 +163,7 @@ def report(kind: str, model: IGD, x: torch.Tensor, args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--images", type=int, default=4)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--peak", type=float, default=460.0, help="fp32 peak GFLOP/s (benchmarks/peak_fma.c)")
-    p.add_argument("--kinds", nargs="+", default=["global", "local"])
+    add_network_args(p)
     p.add_argument("--chunk", type=int, default=None, help="local patches per forward pass (default: all)")
     p.add_argument("--fused", action="store_true", help="profile fuse_upsampling(model) (polyphase decoder)")
     p.add_argument("--top", type=int, default=12, help="slowest layers listed")

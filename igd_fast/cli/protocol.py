@@ -66,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="score = l_r + this * l_h (1 = the paper's s_G; as igd-fast score --latent-weight)")
     t = p.add_argument_group("training")
     t.add_argument("--out", required=True, metavar="DIR", help="results folder (resumed when it exists)")
-    t.add_argument("--epochs", type=int, default=None, help="epochs per class (mnist 60, mvtec 256)")
+    t.add_argument("--epochs", type=int, default=None, help="epochs per class (mnist 150, mvtec 256)")
     t.add_argument("--batch-size", type=int, default=None, help="images per batch (mnist 16, mvtec 16)")
     t.add_argument("--seed", type=int, default=0, help="split and training seed (default 0)")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
