@@ -103,3 +103,22 @@ def test_knowledge_distillation_lowers_the_kd_loss(tmp_path):
     losses = distill_encoder(student, f, batches, steps=12, lr=3e-3)
     assert len(losses) == 12
     assert sum(losses[-3:]) / 3 < 0.8 * losses[0]
+
+
+def test_rho_weighs_the_absolute_error_part_of_l_r():
+    from igd_fast.models.terms import recon_term
+    from igd_fast.reference.ssim import ms_ssim
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 64, 64, generator=g) * 4 - 2
+    x_hat = x + 0.3 * torch.randn(2, 3, 64, 64, generator=g)
+    kw = dict(kind="local", image_size=64, width=8, latent=8, blocks=(1, 1, 1, 1))
+    mae = (x - x_hat).abs().mean((1, 2, 3)) / 4.7579
+    for rho in (1.0, 0.0, 0.5):
+        m = IGD(ModelConfig(rho=rho, **kw))
+        # the MS-SSIM part from the pure-PyTorch reference (itself checked against the peers)
+        ms = ms_ssim(x, x_hat, m.config.msssim(), "none")
+        torch.testing.assert_close(recon_term(m, x, x_hat, "torch"), rho * mae + (1 - rho) * (1 - ms),
+                                   rtol=1e-4, atol=1e-5)  # fmt: skip
+    with pytest.raises(ValueError, match="rho"):
+        ModelConfig(rho=1.5, **kw)

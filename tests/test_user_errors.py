@@ -175,6 +175,7 @@ def test_score_bad_values(env, tmp_path, capsys, extra, flag):
         (["--micro-batch", "0"], "--micro-batch"),
         (["--val-fraction", "1.0"], "--val-fraction"),
         (["--lr", "nan"], "--lr"),
+        (["--rho", "1.5"], "--rho"),
     ],
 )
 def test_train_bad_values(env, tmp_path, capsys, extra, flag):
