@@ -93,6 +93,18 @@ def test_empty_model_dir_says_what_to_do(env, tmp_path, capsys):
     assert "holds neither global.pt nor local.pt" in err and "igd-fast train" in err
 
 
+def test_random_bytes_are_a_named_checkpoint_error(tmp_path):
+    # seeded, so that every byte pattern the unpickler may trip on is tried on every run
+    # (seeds 0-199 include ones where torch.load raises IndexError and KeyError)
+    from igd_fast.checkpoint import CheckpointError, load_checkpoint
+
+    p = tmp_path / "local.pt"
+    for seed in range(200):
+        p.write_bytes(np.random.default_rng(seed).bytes(4096))
+        with pytest.raises(CheckpointError, match="local.pt"):
+            load_checkpoint(p)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "random"])
 def test_damaged_checkpoint_is_named(env, tmp_path, capsys, damage):
     model = tmp_path / "m"
