@@ -203,6 +203,23 @@ def examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {ln}" for ln in lines)
 
 
+def add_training_data(p: argparse.ArgumentParser, held_out: str) -> None:
+    """The data flags of ``train`` and ``pretrain`` (read by :func:`training_layout`);
+    ``held_out`` says what the verb does with the --val-fraction split."""
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="ROOT", help="dataset root holding CATEGORY/ (MVTec AD or MVTec LOCO layout)")
+    g.add_argument("--category", metavar="NAME", help="category folder under ROOT")
+    g.add_argument("--normal-dir", metavar="DIR",
+                   help="Folder layout instead of --data: the normal images (as in eval, a fixed 20 %% is left "
+                        "for eval's normal test part unless --normal-test-dir is given)")
+    g.add_argument("--normal-test-dir", metavar="DIR",
+                   help="Folder layout: normal test images (then every --normal-dir image trains)")
+    g.add_argument("--val-fraction", type=fraction, default=0.1,
+                   help=f"fraction of train/good held out {held_out} (default 0.1)")
+    g.add_argument("--skip-corrupt", action="store_true",
+                   help="skip unreadable images with a warning instead of stopping")  # fmt: skip
+
+
 def training_layout(args: argparse.Namespace):
     """The training data of ``train`` / ``pretrain`` (``--data``/``--category`` or the
     Folder flags); a layout problem becomes a UsageError naming it."""

@@ -13,10 +13,10 @@ from ._args import (
     EXIT_USAGE,
     UsageError,
     add_runtime,
+    add_training_data,
     check_device_backend,
     check_out_dir,
     finite_float,
-    fraction,
     non_negative_int,
     positive_int,
     training_layout,
@@ -50,18 +50,7 @@ examples:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
-    g = p.add_argument_group("data")
-    g.add_argument("--data", metavar="ROOT", help="dataset root holding CATEGORY/ (MVTec AD or MVTec LOCO layout)")
-    g.add_argument("--category", metavar="NAME", help="category folder under ROOT")
-    g.add_argument("--normal-dir", metavar="DIR", help="Folder layout instead of --data (as in train)")
-    g.add_argument("--normal-test-dir", metavar="DIR", help="Folder layout: normal test images (as in train)")
-    g.add_argument(
-        "--val-fraction",
-        type=fraction,
-        default=0.1,
-        help="fraction of train/good held out (never seen), as train's (default 0.1)",
-    )
-    g.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images with a warning")
+    add_training_data(p, "and never seen, the same split as train's")
     m = p.add_argument_group("encoder (the same names and defaults as train)")
     m.add_argument(
         "--model",

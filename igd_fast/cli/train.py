@@ -17,10 +17,10 @@ from ._args import (
     UsageError,
     add_out,
     add_runtime,
+    add_training_data,
     check_device_backend,
     check_out_dir,
     finite_float,
-    fraction,
     non_negative_float,
     non_negative_int,
     positive_int,
@@ -71,18 +71,7 @@ examples:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
-    g = p.add_argument_group("data")
-    g.add_argument("--data", metavar="ROOT", help="dataset root holding CATEGORY/ (MVTec AD or MVTec LOCO layout)")
-    g.add_argument("--category", metavar="NAME", help="category folder under ROOT")
-    g.add_argument("--normal-dir", metavar="DIR",
-                   help="Folder layout instead of --data: the normal images (as in eval, a fixed 20 %% is left "
-                        "for eval's normal test part unless --normal-test-dir is given)")
-    g.add_argument("--normal-test-dir", metavar="DIR",
-                   help="Folder layout: normal test images (then every --normal-dir image trains)")
-    g.add_argument("--val-fraction", type=fraction, default=0.1,
-                   help="fraction of train/good held out for validation (default 0.1)")
-    g.add_argument("--skip-corrupt", action="store_true",
-                   help="skip unreadable images with a warning instead of stopping")
+    add_training_data(p, "for validation")
     m = p.add_argument_group("model")
     m.add_argument("--model", choices=("global", "local", "both"), default="both",
                    help="which model(s) to train (default both, global first)")
