@@ -1,5 +1,6 @@
 """The map statistics of igd_fast.score.residual (checked against numpy / scipy) and the
-Scorer options built on them: map_term="maha", map_position, image_score="map-max"."""
+Scorer options built on them: map_term="maha" (with residual_sigma), map_position,
+image_score="map-max" and "map-excess"."""
 
 import json
 
@@ -9,6 +10,7 @@ import torch
 from _cli import tiny_trained
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.ndimage import gaussian_filter
 from scipy.spatial.distance import mahalanobis
 
 from igd_fast.checkpoint import validation_files
@@ -112,9 +114,18 @@ def _model_res_maps(scorer, paths, kind):
     return torch.cat(out)
 
 
-def test_maha_map_is_the_residual_distance(trained):
+def _smoothed(r: torch.Tensor, sigma: float) -> torch.Tensor:
+    # scipy's filter on each channel plane: the independent peer of residual_sigma
+    if sigma == 0:
+        return r
+    return torch.from_numpy(gaussian_filter(r.double().numpy(), (0, 0, sigma, sigma), mode="reflect", truncate=4.0))
+
+
+@pytest.mark.parametrize("residual_sigma", [0.0, 1.5])
+def test_maha_map_is_the_residual_distance(trained, residual_sigma):
     model = trained["model"]
-    s = Scorer(model, device="cpu", map_term="maha", fold_bn=False, channels_last=False)
+    s = Scorer(model, device="cpu", map_term="maha", fold_bn=False, channels_last=False,
+               residual_sigma=residual_sigma)  # fmt: skip
     cal = s.calibration(recompute=True)
     val = validation_files(model)
     x_val = torch.cat([b.images.float() for b in s.loader(val)])
@@ -123,6 +134,7 @@ def test_maha_map_is_the_residual_distance(trained):
         r_g = x_val - g(x_val)[1]  # the global residual, by hand
         p, grid = s._patches(x_val, loc)
         r_l = fold_patch_maps(p - loc(p)[1], grid, "mean")  # the local residual, folded
+    r_g, r_l = _smoothed(r_g, residual_sigma), _smoothed(r_l, residual_sigma)
     for kind, r in (("global", r_g), ("local", r_l)):
         v = r.permute(0, 2, 3, 1).reshape(-1, 3).double().numpy()
         np.testing.assert_allclose(cal["channel_stats"][kind]["mean"], v.mean(0), rtol=1e-6, atol=1e-8)
@@ -152,6 +164,27 @@ def test_map_max_scores_the_final_map_and_calibrates_on_it(trained):
     assert again == [r.score for r in s.score_paths(trained["test"])]
 
 
+def test_map_excess_scores_the_area_above_the_normals_quantile(trained):
+    model = trained["model"]
+    kw = dict(device="cpu", map_term="maha", map_sigma=1.0)
+    raw = Scorer(model, **kw)  # the same final maps, scored by the terms
+    s = Scorer(model, image_score="map-excess", excess_quantile=0.9, **kw)
+    cal = s.calibration(recompute=True)
+    val = [r.map for r in raw.score_paths(validation_files(model))]
+    level = np.quantile(np.concatenate([m.ravel() for m in val]).astype(np.float64), 0.9)
+    assert cal["excess_level"] == pytest.approx(level, rel=1e-6)
+    excess = [float(np.clip(m.astype(np.float64) - level, 0, None).sum() / m.size) for m in val]
+    assert cal["threshold"] == pytest.approx(conformal_threshold(excess), rel=1e-5, abs=1e-9)
+    got = list(s.score_paths(trained["test"]))
+    for a, b in zip(raw.score_paths(trained["test"]), got, strict=True):
+        np.testing.assert_allclose(b.map, a.map, rtol=1e-6)
+        assert b.score == pytest.approx(float(np.clip(a.map - level, 0, None).mean()), rel=1e-5, abs=1e-9)
+    assert [r.score for r in s.score_paths(trained["test"], want_maps=False)] == [r.score for r in got]
+    # a higher quantile counts fewer pixels: scores cannot rise
+    hi = Scorer(model, image_score="map-excess", excess_quantile=0.99, **kw)
+    assert all(h.score <= g.score + 1e-12 for h, g in zip(hi.score_paths(trained["test"]), got, strict=True))
+
+
 def test_map_position_standardises_by_validation_positions(trained):
     model = trained["model"]
     kw = dict(device="cpu", map_term="abs", map_sigma=1.0)
@@ -177,6 +210,18 @@ def test_new_options_key_the_cache_and_damage_is_recalibrated(trained):
     s = Scorer(model, device="cpu", map_term="maha", map_position=True, image_score="map-max")
     cal = s.calibration()
     assert cal["scoring"]["map_term"] == "maha" and "channel_stats" in cal and "position_stats" in cal
+    # another residual sigma or quantile is another calibration
+    s2 = Scorer(model, device="cpu", map_term="maha", residual_sigma=1.0, image_score="map-excess")
+    c2 = s2.calibration()
+    assert c2["scoring"]["residual_sigma"] == 1.0 and np.isfinite(c2["excess_level"])
+    assert c2["channel_stats"] != cal["channel_stats"]
+    d = json.loads((model / THRESHOLD_JSON).read_text())
+    d["excess_level"] = float("nan")
+    (model / THRESHOLD_JSON).write_text(json.dumps(d))
+    with pytest.warns(UserWarning, match="excess_level"):
+        assert np.isfinite(Scorer(model, device="cpu", map_term="maha", residual_sigma=1.0,
+                                  image_score="map-excess").calibration()["excess_level"])  # fmt: skip
+    cal = Scorer(model, device="cpu", map_term="maha", map_position=True, image_score="map-max").calibration()
     d = json.loads((model / THRESHOLD_JSON).read_text())
     d["channel_stats"]["global"]["precision"][0][0] = float("nan")
     (model / THRESHOLD_JSON).write_text(json.dumps(d))
@@ -185,7 +230,9 @@ def test_new_options_key_the_cache_and_damage_is_recalibrated(trained):
     assert np.isfinite(again["channel_stats"]["global"]["precision"][0][0])
 
 
-@pytest.mark.parametrize("kw", [dict(image_score="mean"), dict(map_term="mahalanobis")])
+@pytest.mark.parametrize("kw", [dict(image_score="mean"), dict(map_term="mahalanobis"), dict(residual_sigma=-1.0),
+                                dict(residual_sigma=1.0, map_term="abs"), dict(excess_quantile=1.0),
+                                dict(excess_quantile=0.0), dict(excess_quantile=float("nan"))])
 def test_bad_options_are_refused(trained, kw):
     with pytest.raises(ValueError, match=next(iter(kw))):
         Scorer(trained["model"], device="cpu", **kw)
@@ -200,3 +247,9 @@ def test_eval_flags_reach_the_scorer(trained, tmp_path, capsys):
     rep = json.loads((out / "report.json").read_text())
     assert rep["scoring"]["map_term"] == "maha" and rep["scoring"]["map_position"] is True
     assert rep["scoring"]["image_score"] == "map-max"
+    rc = main(["eval", "--model", str(trained["model"]), "--data", str(trained["data"]), "--category", CAT,
+               "--out", str(out), "--map-term", "maha", "--residual-sigma", "2", "--image-score", "map-excess",
+               "--excess-quantile", "0.9", "--no-progress", "--device", "cpu"])  # fmt: skip
+    assert rc == 0
+    sc = json.loads((out / "report.json").read_text())["scoring"]
+    assert (sc["residual_sigma"], sc["image_score"], sc["excess_quantile"]) == (2.0, "map-excess", 0.9)

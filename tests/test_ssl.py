@@ -253,6 +253,23 @@ def test_preset_cpu_values_and_an_explicit_override(data, tmp_path):
     assert "width" not in m["options"]["preset_applied"] and m["options"]["preset_applied"]["image_size"] == 128
 
 
+def test_preset_cpu_texture_trains_the_local_model_alone(data, tmp_path):
+    ns = build_parser().parse_args(["train", "--out", "x", "--preset", "cpu-texture", "--lr", "2e-3"])
+    applied = apply_preset(ns, "train")
+    assert (ns.model, ns.image_size, ns.patches_per_image, ns.rho, ns.lr) == ("local", 256, 64, 1.0, 2e-3)
+    assert "lr" not in applied and applied["model"] == "local"
+    ns = build_parser().parse_args(["train", "--out", "x"])
+    apply_preset(ns, "train")
+    assert (ns.model, ns.rho, ns.lr) == ("both", 0.15, 1e-4)  # the paper's without a preset
+    out = tmp_path / "t"
+    assert main(["train", "--data", str(data), "--category", CAT, "--out", str(out), "--preset", "cpu-texture",
+                 "--epochs", "0", "--image-size", "64", *FAST]) == 0  # fmt: skip
+    models = json.loads((out / "run.json").read_text())["models"]
+    assert list(models) == ["local"] and (out / "local.pt").is_file() and not (out / "global.pt").exists()
+    c = models["local"]["config"]
+    assert (c["rho"], c["lr"], c["width"], c["image_size"]) == (1.0, 1e-3, 16, 64)
+
+
 def test_pretrain_preset_matches_train_preset_architecture():
     ns = build_parser().parse_args(["pretrain", "--out", "e.pt", "--preset", "cpu"])
     apply_preset(ns, "pretrain")

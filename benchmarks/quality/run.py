@@ -148,8 +148,12 @@ def _preset(a: argparse.Namespace) -> list[str]:
     return ["--preset", a.preset] if a.preset else []
 
 
+def _model(a: argparse.Namespace) -> list[str]:
+    return ["--model", a.model] if a.model else []
+
+
 def train_args(a: argparse.Namespace, variant: str, out: Path, init: str | None = None) -> list[str]:
-    args = ["train", "--data", a.data, "--category", a.category, "--out", str(out), "--model", a.model,
+    args = ["train", "--data", a.data, "--category", a.category, "--out", str(out), *_model(a),
             "--variant", variant, *_preset(a), "--latent", str(a.latent), "--seed", str(a.seed), "--no-progress",
             "--device", a.device, *_flags(a, ("image_size", "width", "blocks", "epochs", "patches_per_image",
                                               "global_weights"))]  # fmt: skip
@@ -160,7 +164,7 @@ def train_args(a: argparse.Namespace, variant: str, out: Path, init: str | None 
 
 def pretrain_args(a: argparse.Namespace, out: Path) -> list[str]:
     """``igd-fast pretrain`` with the encoder flags of the training run, then ``--pretrain``'s."""
-    return ["pretrain", "--data", a.data, "--category", a.category, "--out", str(out), "--model", a.model,
+    return ["pretrain", "--data", a.data, "--category", a.category, "--out", str(out), *_model(a),
             *_preset(a), "--latent", str(a.latent), "--seed", str(a.seed), "--no-progress", "--device", a.device,
             *_flags(a, ("image_size", "width", "blocks")), *shlex.split(a.pretrain)]  # fmt: skip
 
@@ -175,6 +179,7 @@ def _resolve_model_flags(a: argparse.Namespace) -> None:
     docs/results_quality.md); with it, unset flags stay unset (the preset decides)."""
     if a.preset:
         return
+    a.model = a.model or "both"
     for k, v in MODEL_FLAGS.items():
         if getattr(a, k) is None:
             setattr(a, k, v)
@@ -187,7 +192,8 @@ def _used(mdir: Path) -> dict:
     models = json.loads((mdir / "run.json").read_text())["models"]
     m = models.get("global") or next(iter(models.values()))
     c, o = m["config"], m["options"]
-    return {"image_size": c["image_size"], "width": c["width"], "blocks": " ".join(map(str, c["blocks"])),
+    return {"model": "both" if len(models) == 2 else next(iter(models)), "image_size": c["image_size"],
+            "width": c["width"], "blocks": " ".join(map(str, c["blocks"])),
             "epochs": o["epochs"], "patches_per_image": o["patches_per_image"] or ""}  # fmt: skip
 
 
@@ -199,7 +205,7 @@ def _pretrain_label(a: argparse.Namespace) -> str:
 
 
 def _tag(a: argparse.Namespace, variant: str) -> str:
-    parts = [a.category, variant, a.model]
+    parts = [a.category, variant, a.model or ""]
     if a.preset:
         parts.append(f"p{a.preset}")
     parts += [f"s{a.image_size}" if a.image_size else "", f"w{a.width}" if a.width else "",
@@ -215,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True)
     p.add_argument("--category", required=True)
     p.add_argument("--variants", nargs="+", default=["igd", "rec"], help="trained with the same flags")
-    p.add_argument("--model", choices=("global", "local", "both"), default="both")
+    p.add_argument("--model", choices=("global", "local", "both"), default=None,
+                   help="default both, or the preset's")
     p.add_argument("--epochs", type=int, default=None, help="the budget (required without --preset)")
     p.add_argument("--preset", default=None, help="train --preset NAME (then unset model flags are the preset's)")
     p.add_argument("--image-size", type=int, default=None, help="default 128 without --preset")
@@ -264,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                 t_eval = _run(_cli(*eargs), log)
                 rep = json.loads((rdir / "report.json").read_text())
                 row = {"date": time.strftime("%Y-%m-%d %H:%M"), "data": a.data, "category": a.category,
-                       "variant": variant, "model": a.model, **used, "latent": a.latent,
+                       "variant": variant, **used, "latent": a.latent,
                        "extra_train": _extra(a), "preset": a.preset or "",
                        "pretrain": _pretrain_label(a),
                        "pretrain_seconds": t_pre,

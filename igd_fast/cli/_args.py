@@ -121,6 +121,10 @@ def add_scoring(p: argparse.ArgumentParser) -> None:
                         "alone; maha: the squared Mahalanobis distance of the residual x - x_hat over the colour "
                         "channels, under its mean/covariance on the validation normals "
                         f"(default {d['map_term']})")
+    g.add_argument("--residual-sigma", type=non_negative_float, default=d["residual_sigma"],
+                   help="with --map-term maha: Gaussian smoothing of the residual before its distance, sigma in "
+                        "pixels of the model's input, 0 = none; the AE's pixel noise averages out, a defect's "
+                        f"colour does not (default {d['residual_sigma']:g})")
     g.add_argument("--map-sigma", type=non_negative_float, default=d["map_sigma"],
                    help="Gaussian smoothing of each map, sigma in pixels of the original image, 0 = none "
                         f"(default {d['map_sigma']:g})")  # fmt: skip
@@ -130,7 +134,11 @@ def add_scoring(p: argparse.ArgumentParser) -> None:
                         f"(default {'on' if d['map_position'] else 'off'})")
     g.add_argument("--image-score", choices=IMAGE_SCORES, default=d["image_score"],
                    help="terms: s = s_G + s_L of the options above (the paper); map-max: the maximum of the "
-                        f"final map (default {d['image_score']})")  # fmt: skip
+                        "final map; map-excess: the mean over its pixels of max(map - t, 0), t = the validation "
+                        f"normals' --excess-quantile of map pixels (default {d['image_score']})")
+    g.add_argument("--excess-quantile", type=open_fraction, default=d["excess_quantile"],
+                   help="with --image-score map-excess: the quantile of the validation normals' map pixels above "
+                        f"which a pixel counts, in (0, 1) (default {d['excess_quantile']:g})")  # fmt: skip
     g.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
                    help="the networks' arithmetic (the loss kernels stay fp32): bf16 needs avx512_bf16/AMX or a "
                         "bf16 GPU; auto = bf16 for each model where the hardware has it and a bf16-vs-fp32 check on "
@@ -147,7 +155,8 @@ def scoring_options(args: argparse.Namespace) -> dict:
     return {"score_norm": args.score_norm, "latent_weight": args.latent_weight, "local_topk": args.local_topk,
             "map_sigma": args.map_sigma, "map_norm": args.map_norm,
             "map_term": args.map_term, "map_position": args.map_position,
-            "image_score": args.image_score}  # fmt: skip
+            "image_score": args.image_score, "residual_sigma": args.residual_sigma,
+            "excess_quantile": args.excess_quantile}  # fmt: skip
 
 
 def network_options(args: argparse.Namespace) -> dict:

@@ -73,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
     add_training_data(p, "for validation")
     m = p.add_argument_group("model")
-    m.add_argument("--model", choices=("global", "local", "both"), default="both",
+    m.add_argument("--model", choices=("global", "local", "both"), default=Default("both"),
                    help="which model(s) to train (default both, global first)")
     m.add_argument("--variant", choices=tuple(VARIANTS), default="igd",
                    help="method: igd (default) or one of the paper's baselines/ablations: mse, rec (l_r), "
@@ -91,10 +91,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--estep-every", type=positive_int, default=10, help="E-step every N epochs (default 10)")
     m.add_argument("--sigma2-floor", type=non_negative_float, default=0.0,
                    help="E-step sigma^2 = max(mean ||z - mu||^2, this); 0 = SPEC (default), the published code used 1")
-    m.add_argument("--rho", type=unit_float, default=0.15,
+    m.add_argument("--rho", type=unit_float, default=Default(0.15),
                    help="weight of the absolute-error part of l_r = rho |x - x_hat| / L + (1 - rho)(1 - MS-SSIM) "
                         "(default 0.15, SPEC)")
-    m.add_argument("--lr", type=non_negative_float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    m.add_argument("--lr", type=non_negative_float, default=Default(1e-4), help="Adam learning rate (default 1e-4)")
     m.add_argument("--weight-decay", type=non_negative_float, default=1e-6, help="Adam weight decay (default 1e-6)")
     for kind, win, scales in (("global", 11, 5), ("local", 3, 4)):
         m.add_argument(f"--{kind}-win-size", type=positive_int, default=None,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import validation_files
-from .residual import ChannelAccumulator, PositionAccumulator
+from .residual import ChannelAccumulator, PositionAccumulator, excess_level, map_excess
 from .threshold import (
     NORMALISATION,
     PIXEL_RULE,
@@ -40,6 +40,8 @@ def calibrate(scorer: Scorer, num_workers: int = 0) -> dict:
     scorer._fitting = {}
     try:
         fitted = fit_map_stats(scorer, files, num_workers)
+        if scorer.image_score == "map-excess":
+            scorer._fitting["excess_level"] = None  # fitted on this pass's maps, below
         for r in scorer.score_paths(files, num_workers, want_maps=True):
             if isinstance(r, Failure):
                 failed.append({"path": r.path, "error": r.error})
@@ -56,7 +58,11 @@ def calibrate(scorer: Scorer, num_workers: int = 0) -> dict:
     if not paths:
         raise ValueError(f"none of the {len(files)} validation images of {scorer.model_dir} could be read")
     stats = term_stats({"global": s_g, "local": s_l}, scorer.kinds)
-    if scorer.image_score == "map-max":
+    if scorer.image_score == "map-excess":
+        # float32 maps, as score_paths gives them: a re-scored validation image gets the same score
+        fitted["excess_level"] = excess_level(np.concatenate(pixels), scorer.excess_quantile)
+        scores = [map_excess(p, fitted["excess_level"]) for p in pixels]
+    elif scorer.image_score == "map-max":
         scores = own
     else:
         # float32, as score_batch combines them: a re-scored validation image gets the same score

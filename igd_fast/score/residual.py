@@ -14,12 +14,16 @@ patches cover the borders, objects have parts that always reconstruct worse); ea
 position is standardised by the calibration normals' mean and standard deviation there.
 Both are kept on a grid of at most ``POSITION_GRID``² cells (area-averaged, then
 bilinearly resized to each map), which smooths the estimates and fits any image size.
+
+Excess image score: with t the q-quantile of the calibration normals' final-map pixels,
+an image scores mean(max(map - t, 0)) over its pixels (``image_score="map-excess"``).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -114,3 +118,15 @@ def valid_stats(st: object, keys: tuple[str, ...]) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
     return isinstance(st, dict) and all(finite(st.get(k)) for k in keys)
+
+
+def excess_level(pixels: np.ndarray, q: float) -> float:
+    """The q-quantile of the calibration normals' map pixels (numpy's linear rule)."""
+    if pixels.size == 0:
+        raise ValueError("the excess level needs at least one map pixel")
+    return float(np.quantile(pixels.astype(np.float64, copy=False), q))
+
+
+def map_excess(m: np.ndarray, level: float) -> float:
+    """mean(max(m - level, 0)) over the pixels of one map (float64 sum)."""
+    return float(np.maximum(m.astype(np.float64, copy=False) - level, 0.0).mean())

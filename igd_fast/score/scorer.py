@@ -25,6 +25,9 @@ for the ablation that chose the defaults):
       over the channels, under the residual's mean and covariance on the validation normals'
       pixels (per model; :mod:`igd_fast.score.residual`). Variants without a decoder keep
       no map.
+  residual_sigma (maha only): Gaussian smoothing of the residual x - x_hat (σ in pixels of
+      the model's input; the local model's after folding) before its distance is taken, so
+      the AE's pixel noise averages out before it is measured and a defect's colour does not.
   map_sigma: Gaussian smoothing (σ in pixels of the original resolution, truncated at
       4σ, symmetric edges: scipy.ndimage.gaussian_filter's "reflect") of each map; 0 = none.
   map_position: after smoothing, each position of the map is standardised by the
@@ -33,6 +36,11 @@ for the ablation that chose the defaults):
   image_score "map-max": the image score is the maximum of the final map (at the original
       resolution, after smoothing and map_position) instead of the terms' combination
       ("terms", the paper). s_G and s_L are still reported.
+  image_score "map-excess": the mean over the final map's pixels of max(map - t, 0), with t
+      the ``excess_quantile`` quantile of the validation normals' final-map pixels (kept in
+      threshold.json as ``excess_level``): how much of the image is how far above what
+      normal pixels reach. Unlike the maximum, one hot pixel of a normal image weighs little
+      and a defect's whole area counts.
 
 Single-model directories (the paper's one-class protocols, ``train --model global``):
 with only ``global.pt`` the score is s = s_G and the map the global map; with only
@@ -71,7 +79,7 @@ from .precision import (
     guard_record,
     guard_values,
 )
-from .residual import channel_distance, standardise_positions
+from .residual import channel_distance, map_excess, standardise_positions
 from .threshold import (
     DEFAULT_ALPHA,
     DEFAULT_SCORING,
@@ -164,6 +172,8 @@ class Scorer:
         map_term: str = DEFAULT_SCORING["map_term"],
         map_position: bool = DEFAULT_SCORING["map_position"],
         image_score: str = DEFAULT_SCORING["image_score"],
+        residual_sigma: float = DEFAULT_SCORING["residual_sigma"],
+        excess_quantile: float = DEFAULT_SCORING["excess_quantile"],
         precision: str = "fp32",
         guard: PrecisionGuard | None = None,
         compile: bool = False,
@@ -191,6 +201,12 @@ class Scorer:
             raise ValueError(f"local_topk must be >= 1, got {local_topk}")
         if not (np.isfinite(map_sigma) and map_sigma >= 0):
             raise ValueError(f"map_sigma must be a finite number >= 0, got {map_sigma}")
+        if not (np.isfinite(residual_sigma) and residual_sigma >= 0):
+            raise ValueError(f"residual_sigma must be a finite number >= 0, got {residual_sigma}")
+        if residual_sigma > 0 and map_term != "maha":
+            raise ValueError(f"residual_sigma smooths the residual of map_term='maha', not of {map_term!r}")
+        if not (np.isfinite(excess_quantile) and 0 < excess_quantile < 1):
+            raise ValueError(f"excess_quantile must be in (0, 1), got {excess_quantile}")
         self.score_norm = score_norm
         self.latent_weight = float(latent_weight)
         self.local_topk = int(local_topk)
@@ -199,6 +215,8 @@ class Scorer:
         self.map_term = map_term
         self.map_position = bool(map_position)
         self.image_score = image_score
+        self.residual_sigma = float(residual_sigma)
+        self.excess_quantile = float(excess_quantile)
         # statistics fitted so far while calibrating (used before calibration() has them)
         self._fitting: dict | None = None
         self._residual_maps = False  # True while the channel statistics are fitted
@@ -215,9 +233,9 @@ class Scorer:
                 raise ValueError(f"{files[kind]} holds a {m.config.kind} model, not a {kind} one")
             m.to(memory_format=self._fmt)
         g, loc = self.global_model, self.local_model
-        map_options = self.map_term == "maha" or self.map_position or self.image_score == "map-max"
+        map_options = self.map_term == "maha" or self.map_position or self.image_score != "terms"
         if map_options and not any(m is not None and m.config.method.recon for m in (g, loc)):
-            raise ValueError(f"map_term='maha', map_position and image_score='map-max' need a model with a decoder; "
+            raise ValueError(f"map_term='maha', map_position and the map image scores need a model with a decoder; "
                              f"{self.model_dir} holds {g.config.variant if g is not None else loc.config.variant} "
                              "models without one")  # fmt: skip
         # images are read at the global size; the local model resizes to its own
@@ -330,7 +348,8 @@ class Scorer:
         return {"score_norm": self.score_norm, "latent_weight": self.latent_weight, "local_topk": self.local_topk,
                 "map_sigma": self.map_sigma, "map_norm": self.map_norm,
                 "map_term": self.map_term, "map_position": self.map_position,
-                "image_score": self.image_score}  # fmt: skip
+                "image_score": self.image_score, "residual_sigma": self.residual_sigma,
+                "excess_quantile": self.excess_quantile}  # fmt: skip
 
     # ------------------------------------------------------------------ core
 
@@ -430,7 +449,10 @@ class Scorer:
     def _channel_map(self, kind: str, m: Tensor | None) -> Tensor | None:
         """maha: the residual map's squared Mahalanobis distance (the residual itself while
         its statistics are being fitted); other map terms pass through."""
-        if m is None or self.map_term != "maha" or getattr(self, "_residual_maps", False):
+        if m is None or self.map_term != "maha":
+            return m
+        m = gaussian_smooth(m, self.residual_sigma)
+        if getattr(self, "_residual_maps", False):
             return m
         return channel_distance(m, self._stat("channel_stats")[kind])
 
@@ -469,7 +491,7 @@ class Scorer:
             ]
             if batch.images is not None:
                 t0 = time.perf_counter()
-                map_score = self.image_score == "map-max"
+                map_score = self.image_score != "terms"
                 out = self.score_batch(batch.images, want_maps or map_score)
                 maps = self._to_original(out.maps, batch.items) if out.maps is not None else [None] * len(batch.items)
                 if self.device.type == "cuda":
@@ -478,7 +500,7 @@ class Scorer:
                 self.images_seen += len(batch.items)
                 sc, sg, sl = (t.double().cpu().tolist() for t in (out.score, out.s_global, out.s_local))
                 if map_score:
-                    sc = [float(m.max()) for m in maps]
+                    sc = [self._map_score(m) for m in maps]
                     maps = maps if want_maps else [None] * len(maps)
                 for j, it in enumerate(batch.items):
                     results.append((it.pos, ScoredImage(it.index, it.path, sc[j], sg[j], sl[j], maps[j])))
@@ -486,6 +508,13 @@ class Scorer:
             yield from (r for _, r in sorted(results, key=lambda t: t[0]))
             if progress is not None:
                 progress.update(len(batch.items) + len(batch.failed))
+
+    def _map_score(self, m: np.ndarray) -> float:
+        if self.image_score == "map-max":
+            return float(m.max())
+        level = self._stat("excess_level")
+        # nan while the level itself is being calibrated (calibrate scores those maps after)
+        return float("nan") if level is None else map_excess(m, level)
 
     def _to_original(self, maps: Tensor, items: list[Item]) -> list[np.ndarray]:
         out = []

@@ -54,9 +54,10 @@ SCORE_NORMS = ("sum", "standard")
 # the Scorer's scoring options (see igd_fast.score.scorer); a cache records the ones it
 # was calibrated with, and one without that record was made with LEGACY_SCORING
 LEGACY_SCORING = {"score_norm": "sum", "latent_weight": 1.0, "local_topk": 1, "map_sigma": 0.0, "map_norm": "sum",
-                  "map_term": "lr", "map_position": False, "image_score": "terms"}  # fmt: skip
+                  "map_term": "lr", "map_position": False, "image_score": "terms", "residual_sigma": 0.0,
+                  "excess_quantile": 0.95}  # fmt: skip
 MAP_TERMS = ("lr", "abs", "maha")
-IMAGE_SCORES = ("terms", "map-max")
+IMAGE_SCORES = ("terms", "map-max", "map-excess")
 DEFAULT_SCORING = dict(LEGACY_SCORING)
 # fields a usable cached record must hold as finite numbers
 NUMERIC_FIELDS = ("threshold", "map_low", "map_high", "score_scale", "pixel_threshold")
@@ -141,6 +142,9 @@ def _problem(d: object) -> str | None:
             return f"channel_stats[{kind!r}] does not hold a finite mean and precision matrix"
     if "position_stats" in d and not valid_stats(d["position_stats"], ("mean", "std")):
         return "position_stats does not hold finite mean and std grids"
+    v = d.get("excess_level", 0.0)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return f"field 'excess_level' is {v!r}, not a finite number"
     return None
 
 
@@ -183,6 +187,8 @@ def read_threshold(model_dir: str | Path, alpha: float, scoring: dict | None = N
     if scoring is not None and scoring.get("map_term") == "maha" and not isinstance(d.get("channel_stats"), dict):
         return None
     if scoring is not None and scoring.get("map_position") and "position_stats" not in d:
+        return None
+    if scoring is not None and scoring.get("image_score") == "map-excess" and "excess_level" not in d:
         return None
     if scoring is not None and scoring.get("score_norm") == "standard" and not isinstance(d.get("term_stats"), dict):
         return None
