@@ -176,6 +176,16 @@ def test_score_bad_values(env, tmp_path, capsys, extra, flag):
     assert flag in err
 
 
+def test_residual_sigma_needs_the_maha_map(env, tmp_path, capsys):
+    for argv in (_score(env, env["both"], tmp_path / "o", "--residual-sigma", "2"),
+                 ["eval", "--model", str(env["both"]), "--data", str(env["data"]), "--category", CAT,
+                  "--out", str(tmp_path / "e"), "--residual-sigma", "2", "--map-term", "abs"]):  # fmt: skip
+        assert main(argv) == 2
+        err = _err(capsys)
+        assert "--residual-sigma" in err and "--map-term maha" in err and "--model" not in err
+    assert not (tmp_path / "o" / "scores.csv").exists()
+
+
 @pytest.mark.parametrize(
     "extra, flag",
     [

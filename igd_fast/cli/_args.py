@@ -151,7 +151,10 @@ def add_scoring(p: argparse.ArgumentParser) -> None:
 
 
 def scoring_options(args: argparse.Namespace) -> dict:
-    """The Scorer keyword arguments of :func:`add_scoring`'s flags."""
+    """The Scorer keyword arguments of :func:`add_scoring`'s flags (UsageError for flags
+    that do not go together)."""
+    if args.residual_sigma > 0 and args.map_term != "maha":
+        raise UsageError(f"--residual-sigma smooths the residual of --map-term maha, not of --map-term {args.map_term}")
     return {"score_norm": args.score_norm, "latent_weight": args.latent_weight, "local_topk": args.local_topk,
             "map_sigma": args.map_sigma, "map_norm": args.map_norm,
             "map_term": args.map_term, "map_position": args.map_position,

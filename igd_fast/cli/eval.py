@@ -236,9 +236,10 @@ def _prepare(args: argparse.Namespace):
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
         raise UsageError("masks must have their image's size: " + "; ".join(bad[:5]) + more)
     out = check_out_dir(args.out or Path(args.model) / f"eval_{args.category}")
+    scoring = scoring_options(args)
     try:
         scorer = Scorer(args.model, device=args.device, batch_size=args.batch_size, backend=args.backend,
-                        **scoring_options(args), **network_options(args))
+                        **scoring, **network_options(args))
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         raise UsageError(f"--model {args.model}: {e}") from None
     return samples, out, scorer

@@ -155,10 +155,11 @@ def _open(args: argparse.Namespace, proc: _dist.ProcessInfo):
     check_out_dir(args.out)
     if args.runtime != "torch":
         return _open_exported(args)
+    scoring = scoring_options(args)
     try:
         return Scorer(args.model, device=resolve_device(args.device, proc.local_rank), batch_size=args.batch_size,
                       backend=args.backend, alpha=DEFAULT_ALPHA if args.alpha is None else args.alpha,
-                      **scoring_options(args), **network_options(args))  # fmt: skip
+                      **scoring, **network_options(args))  # fmt: skip
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         raise UsageError(f"--model {args.model}: {e}") from None
 
