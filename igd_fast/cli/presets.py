@@ -33,8 +33,8 @@ CPU_TRAIN = {
 # of 225 per image and step), ρ = 1 (absolute error alone: the (1 - MS-SSIM) part makes
 # the AE output texture-like noise, docs/results_quality.md section 9) and Adam lr 1e-3
 # (at 1e-4 the 256² model did not learn the texture in 36 epochs: grass/moon image AUROC
-# ~0.6/0.8 against 0.83/0.97 at 1e-3, same scoring). About 2 min of training on
-# textures_dev. Score it with --map-term maha --residual-sigma 2 --image-score map-excess
+# ~0.63/0.76 against 0.83/0.97 at 1e-3, same scoring). 2-3.5 min of training (rec/igd)
+# on textures_dev. Score it with --map-term maha --residual-sigma 2 --image-score map-excess
 # (section 10). Not for objects: on juice_bottle the local model alone gave image AUROC 0.40.
 CPU_TEXTURE_TRAIN = {
     "model": "local",
