@@ -11,7 +11,7 @@ import importlib.util
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 import igd_fast
@@ -439,6 +439,8 @@ def test_cpu_downsample_matches_reference(dtype, h, w):
     st.sampled_from(["noisy", "identical", "anti"]),
     st.integers(0, 2**31 - 1),
 )
+# found by a CI-like run: one float32 pixel 2.5e-5 apart (a near-zero contrast term under its 1/4 power)
+@example(1, 4, 36, 72, 1, torch.float32, "anti", 69)
 def test_fused_map_matches_reference(k, scales, dh, dw, c, dtype, relation, seed):
     """ms_ssim_fused (all scales, pools, combination and channel mean in one op) ==
     the reference's per-scale ops composed, from the minimum size up to 130 wide: both
@@ -453,9 +455,12 @@ def test_fused_map_matches_reference(k, scales, dh, dw, c, dtype, relation, seed
     args = (k, 1.5, LOCAL.c1, LOCAL.c2, weights)
     got = ext.ms_ssim_fused(_layout(x, "transposed"), y, *args, True)
     want = ref.ms_ssim_fused(x, y, *args, True)
+    # float32: both sides round in their own order, and a fractional power of a near-zero
+    # contrast term amplifies that (see _well_conditioned); float64 stays at 1e-5
+    atol = 1e-4 if dtype == torch.float32 else 1e-5
     for g, wnt in zip(got, want):
         assert g.shape == wnt.shape and g.dtype == dtype
-        _close_values(g, wnt)
+        _close_values(g, wnt, atol)
     # without the map: the same means (bit for bit: the same scale kernels) and no map
     s_means, c_means, no_map = ext.ms_ssim_fused(x, y, *args, False)
     assert torch.equal(s_means, got[0]) and torch.equal(c_means, got[1]) and no_map.numel() == 0
