@@ -58,9 +58,11 @@ def calibrate(scorer: Scorer, num_workers: int = 0) -> dict:
     if not paths:
         raise ValueError(f"none of the {len(files)} validation images of {scorer.model_dir} could be read")
     stats = term_stats({"global": s_g, "local": s_l}, scorer.kinds)
+    # no per-pixel map (Deep SVDD): a zero colour scale, never used for overlays
+    px = np.concatenate(pixels) if pixels else np.zeros(1, np.float32)
     if scorer.image_score == "map-excess":
         # float32 maps, as score_paths gives them: a re-scored validation image gets the same score
-        fitted["excess_level"] = excess_level(np.concatenate(pixels), scorer.excess_quantile)
+        fitted["excess_level"] = excess_level(px, scorer.excess_quantile)
         scores = [map_excess(p, fitted["excess_level"]) for p in pixels]
     elif scorer.image_score == "map-max":
         scores = own
@@ -68,8 +70,6 @@ def calibrate(scorer: Scorer, num_workers: int = 0) -> dict:
         # float32, as score_batch combines them: a re-scored validation image gets the same score
         f32 = torch.float32
         scores = scorer._combine(torch.tensor(s_g, dtype=f32), torch.tensor(s_l, dtype=f32), stats).tolist()
-    # no per-pixel map (Deep SVDD): a zero colour scale, never used for overlays
-    px = np.concatenate(pixels) if pixels else np.zeros(1, np.float32)
     threshold = conformal_threshold(scores, scorer.alpha)
     record = {
         "threshold": threshold,

@@ -63,6 +63,8 @@ DEFAULT_SCORING = dict(LEGACY_SCORING)
 NUMERIC_FIELDS = ("threshold", "map_low", "map_high", "score_scale", "pixel_threshold")
 # added after the first releases: a cache without them is stale, not damaged
 LATER_FIELDS = ("score_scale", "pixel_threshold")
+# numbers only some scoring options record (checked when present)
+OPTIONAL_FIELDS = ("excess_level",)
 NORMALISATION = (
     "pred_score = 1 / (1 + exp(-(score - threshold) / score_scale)); score_scale = max - min of the "
     "validation-normal scores; 0.5 = threshold"
@@ -122,9 +124,9 @@ def _problem(d: object) -> str | None:
     """Why a parsed threshold.json cannot be used as is, or None."""
     if not isinstance(d, dict):
         return f"it holds a JSON {type(d).__name__}, not an object"
-    for k in NUMERIC_FIELDS:
-        if k in LATER_FIELDS and k not in d:
-            continue  # an older cache: stale (recalibrated silently), not damaged
+    for k in (*NUMERIC_FIELDS, *OPTIONAL_FIELDS):
+        if k in (*LATER_FIELDS, *OPTIONAL_FIELDS) and k not in d:
+            continue  # an older cache (stale, recalibrated silently) or another option's: not damaged
         v = d.get(k)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return f"field {k!r} is {v!r}, not a number"
@@ -142,9 +144,6 @@ def _problem(d: object) -> str | None:
             return f"channel_stats[{kind!r}] does not hold a finite mean and precision matrix"
     if "position_stats" in d and not valid_stats(d["position_stats"], ("mean", "std")):
         return "position_stats does not hold finite mean and std grids"
-    v = d.get("excess_level", 0.0)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        return f"field 'excess_level' is {v!r}, not a finite number"
     return None
 
 
