@@ -201,10 +201,16 @@ def test_protocol_cli_mvtec(tmp_path, capsys):
     out = tmp_path / "out"
     args = ["protocol", "mvtec", "--data", str(tmp_path / "src"), "--category", "synth", "--out", str(out),
             "--image-size", "32", "--win-size", "3", "--weights", "0.5", "0.5", "--contamination", "0.2",
-            "--workers", "0", *TINY_CLI]  # fmt: skip
+            "--workers", "0", "--lr", "5e-4", "--lr-schedule", "cosine", *TINY_CLI]  # fmt: skip
     assert main(args) == 0
     assert "mean image AUROC" in capsys.readouterr().out
-    r = json.loads((out / "results.json").read_text())["classes"]["synth"]
+    res = json.loads((out / "results.json").read_text())
+    assert (res["settings"]["lr"], res["settings"]["lr_schedule"]) == (5e-4, "cosine")
+    from igd_fast.checkpoint import load_model
+
+    cfg = load_model(out / "synth" / "model" / "global.pt").config
+    assert (cfg.lr, cfg.lr_schedule) == (5e-4, "cosine")
+    r = res["classes"]["synth"]
     assert (r["n_train_normal"], r["n_train_anomaly"], r["n_test_anomaly"]) == (10, 2, 4)
     y, s = _scores(out / "synth" / "scores.csv")
     assert r["image_AUROC"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
@@ -266,6 +272,13 @@ def test_dev_split_never_touches_the_test_pools():
         assert np.array_equal(s.test_normal, dev.test[k]) and not set(s.train_anomaly) & set(s.test_anomaly)
         again = mnist_split(labels, k, 5, 1.0, 0.1, dev=True)
         assert all(np.array_equal(a, b) for a, b in zip(s.to_dict().values(), again.to_dict().values()))
+
+
+def test_dataset_defaults_of_the_optimiser():
+    mn = ProtocolSettings.for_dataset("mnist", ".", ["0"])
+    mv = ProtocolSettings.for_dataset("mvtec", ".", ["x"])
+    assert (mn.lr, mn.lr_schedule, mv.lr, mv.lr_schedule) == (3e-4, "cosine", 1e-4, "constant")
+    assert ProtocolSettings.for_dataset("mnist", ".", ["0"], lr=None, lr_schedule="constant").lr_schedule == "constant"
 
 
 def test_protocol_dev_settings_and_latent_weight(tmp_path):

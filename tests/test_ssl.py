@@ -256,18 +256,19 @@ def test_preset_cpu_values_and_an_explicit_override(data, tmp_path):
 def test_preset_cpu_texture_trains_the_local_model_alone(data, tmp_path):
     ns = build_parser().parse_args(["train", "--out", "x", "--preset", "cpu-texture", "--lr", "2e-3"])
     applied = apply_preset(ns, "train")
-    assert (ns.model, ns.image_size, ns.patches_per_image, ns.rho, ns.lr) == ("local", 256, 64, 1.0, 2e-3)
+    assert (ns.model, ns.image_size, ns.patches_per_image, ns.rho, ns.lr, ns.lr_schedule) == (
+        "local", 256, 64, 1.0, 2e-3, "cosine")  # fmt: skip
     assert "lr" not in applied and applied["model"] == "local"
     ns = build_parser().parse_args(["train", "--out", "x"])
     apply_preset(ns, "train")
-    assert (ns.model, ns.rho, ns.lr) == ("both", 0.15, 1e-4)  # the paper's without a preset
+    assert (ns.model, ns.rho, ns.lr, ns.lr_schedule) == ("both", 0.15, 1e-4, "constant")  # the paper's
     out = tmp_path / "t"
     assert main(["train", "--data", str(data), "--category", CAT, "--out", str(out), "--preset", "cpu-texture",
                  "--epochs", "0", "--image-size", "64", *FAST]) == 0  # fmt: skip
     models = json.loads((out / "run.json").read_text())["models"]
     assert list(models) == ["local"] and (out / "local.pt").is_file() and not (out / "global.pt").exists()
     c = models["local"]["config"]
-    assert (c["rho"], c["lr"], c["width"], c["image_size"]) == (1.0, 1e-3, 16, 64)
+    assert (c["rho"], c["lr"], c["lr_schedule"], c["width"], c["image_size"]) == (1.0, 1e-3, "cosine", 16, 64)
 
 
 def test_pretrain_preset_matches_train_preset_architecture():

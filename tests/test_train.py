@@ -19,6 +19,8 @@ from igd_fast.models import IGD, ModelConfig
 from igd_fast.train import (
     MStep,
     NonFiniteLossError,
+    TrainingInterrupted,
+    default_recon_fn,
     load_checkpoint,
     load_model,
     make_optimizers,
@@ -115,6 +117,56 @@ def test_resume_matches_uninterrupted_run(root, one_epoch, tmp_path):
         train(
             ModelConfig(**{**GLOBAL_SMALL, "latent": 8}), root, "synth", tmp_path / "cut", epochs=3, resume=True, **FAST
         )
+
+
+def test_checkpoint_from_before_lr_schedule_resumes(root, one_epoch, tmp_path):
+    cfg, out, _ = one_epoch
+    shutil.copytree(out, tmp_path / "old")
+    path = tmp_path / "old" / "global.pt"
+    ck = load_checkpoint(path)
+    del ck["config"]["lr_schedule"]  # as written before the field existed
+    torch.save(ck, path)
+    res = train(cfg, root, "synth", tmp_path / "old", epochs=2, resume=True, **FAST)
+    assert [r["epoch"] for r in res.history] == [1, 2] and res.history[-1]["lr"] == cfg.lr
+
+
+def test_cosine_schedule_sets_each_epochs_lr_and_resumes_exactly(root, tmp_path):
+    cfg = ModelConfig(**GLOBAL_SMALL, lr=2e-3, lr_schedule="cosine", gamma=None)
+    base = default_recon_fn(cfg)
+    calls = []
+
+    def counting(x, x_hat):
+        calls.append(1)
+        return base(x, x_hat)
+
+    train(cfg, root, "synth", tmp_path / "count", epochs=1, recon_fn=counting, **FAST)
+    per_epoch = len(calls)
+
+    def interrupt_in_epoch_3(x, x_hat):
+        calls.append(1)
+        if len(calls) > 2 * per_epoch:
+            raise KeyboardInterrupt
+        return base(x, x_hat)
+
+    calls.clear()
+    with pytest.raises(TrainingInterrupted) as e:
+        train(cfg, root, "synth", tmp_path / "cut", epochs=4, recon_fn=interrupt_in_epoch_3, **FAST)
+    assert e.value.epoch == 2
+    resumed = train(cfg, root, "synth", tmp_path / "cut", epochs=4, resume=True, **FAST)
+    full = train(cfg, root, "synth", tmp_path / "full", epochs=4, **FAST)
+    # lr (1 + cos(pi e / 4)) / 2 at epochs e = 0..3, by hand
+    want = [2e-3, 2e-3 * (1 + 2**-0.5) / 2, 1e-3, 2e-3 * (1 - 2**-0.5) / 2]
+    for res in (full, resumed):
+        assert [r["lr"] for r in res.history] == pytest.approx(want, rel=1e-12)
+    ck = load_checkpoint(tmp_path / "cut" / "global.pt")
+    assert [g["lr"] for g in ck["opt_ae"]["param_groups"] + ck["opt_critic"]["param_groups"]] == pytest.approx(
+        [want[-1]] * 2, rel=1e-12
+    )
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine"):
+        ModelConfig(lr_schedule="step")
 
 
 def test_nan_loss_stops_with_step_and_terms_checkpoint_intact(root, one_epoch, tmp_path):

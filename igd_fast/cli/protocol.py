@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..models.config import LR_SCHEDULES
+
 EPILOG = """\
 mnist: the 10,000-image t10k set (t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz
 in --data). Every class is split once, 50/50, into a training and a test pool by a
@@ -58,7 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--latent", type=int, default=None, help="latent dimension Z (mnist 32, mvtec 128)")
     m.add_argument("--win-size", type=int, default=None, help="MS-SSIM window (mnist 3, mvtec 11)")
     m.add_argument("--weights", type=float, nargs="+", default=None, metavar="W", help="MS-SSIM scale weights")
-    m.add_argument("--lr", type=float, default=1e-4)
+    m.add_argument("--lr", type=float, default=None, help="Adam learning rate (mnist 3e-4, mvtec 1e-4)")
+    m.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                   help="constant or cosine, as igd-fast train --lr-schedule (mnist cosine, mvtec constant)")
     m.add_argument("--estep-every", type=int, default=None, help="E-step every N epochs (mnist 5, mvtec 10)")
     m.add_argument("--sigma2-floor", type=float, default=None,
                    help="E-step sigma^2 = max(mean ||z - mu||^2, this) (mnist 1 as the published code, mvtec 0 = SPEC)")
@@ -120,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
             win_size=args.win_size,
             weights=None if args.weights is None else tuple(args.weights),
             lr=args.lr,
+            lr_schedule=args.lr_schedule,
             estep_every=args.estep_every,
             sigma2_floor=args.sigma2_floor,
             latent_weight=args.latent_weight,

@@ -10,6 +10,7 @@ import shlex
 import sys
 
 from .. import _dist
+from ..models.config import LR_SCHEDULES
 from ..models.variants import VARIANTS
 from ._args import (
     EXIT_OK,
@@ -95,6 +96,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of the absolute-error part of l_r = rho |x - x_hat| / L + (1 - rho)(1 - MS-SSIM) "
                         "(default 0.15, SPEC)")
     m.add_argument("--lr", type=non_negative_float, default=Default(1e-4), help="Adam learning rate (default 1e-4)")
+    m.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=Default("constant"),
+                   help="constant (default, the paper) or cosine: lr (1 + cos(pi e / E)) / 2 at epoch e of "
+                        "--epochs E (resume with the same --epochs to continue the same schedule)")
     m.add_argument("--weight-decay", type=non_negative_float, default=1e-6, help="Adam weight decay (default 1e-6)")
     for kind, win, scales in (("global", 11, 5), ("local", 3, 4)):
         m.add_argument(f"--{kind}-win-size", type=positive_int, default=None,
@@ -197,6 +201,7 @@ def _config(args: argparse.Namespace, kind: str, model_config):
         patch_stride=args.patch_stride,
         latent=args.latent, width=args.width, blocks=tuple(args.blocks),
         gamma=None if args.gamma < 0 else args.gamma, estep_every=args.estep_every, lr=args.lr,
+        lr_schedule=args.lr_schedule,
         rho=args.rho, sigma2_floor=args.sigma2_floor, weight_decay=args.weight_decay,
         win_size=getattr(args, f"{kind}_win_size"),
         weights=getattr(args, f"{kind}_weights"),

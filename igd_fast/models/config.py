@@ -9,6 +9,7 @@ from ..config import DATA_RANGE, GLOBAL, LOCAL, MSSSIMConfig
 from .variants import Variant, get_variant
 
 KINDS = ("global", "local")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -44,6 +45,9 @@ class ModelConfig:
     # E-step: sigma2 = max(mean ||z - mu||^2, sigma2_floor). 0 = SPEC; the published code
     # floors it at 1, which stops sigma2 and l_h collapsing as the embeddings contract
     sigma2_floor: float = 0.0
+    # learning rate over the run: "constant" (the paper) or "cosine" (lr * (1 + cos(pi e / E)) / 2
+    # at epoch e of E, set at each epoch's start, so a resume with the same --epochs is exact)
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -75,6 +79,8 @@ class ModelConfig:
             self.critic_width = self.width
         if self.gamma is not None and not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1] or None, got {self.gamma}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.estep_every < 1:
             raise ValueError(f"estep_every must be >= 1, got {self.estep_every}")
         s = self.input_size
@@ -102,6 +108,12 @@ class ModelConfig:
     def input_size(self) -> int:
         """Side of the model's input: the image (global) or the patch (local)."""
         return self.image_size if self.kind == "global" else self.patch_size
+
+    def epoch_lr(self, epoch: int, epochs: int) -> float:
+        """Learning rate of 0-based ``epoch`` in a run of ``epochs``."""
+        if self.lr_schedule == "constant" or epochs <= 0:
+            return self.lr
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
 
     def msssim(self) -> MSSSIMConfig:
         return MSSSIMConfig(win_size=self.win_size, sigma=self.sigma, weights=self.weights, data_range=self.data_range)

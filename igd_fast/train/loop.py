@@ -26,7 +26,7 @@ from .. import _dist
 from ..checkpoint import rng_state, save_checkpoint, write_run
 from ..models import IGD, ModelConfig
 from .estep import calibrate_batchnorm, estimate_descriptor, model_inputs, validation_loss
-from .mstep import LOSS_TERMS, MStep, ReconFn, default_recon_fn
+from .mstep import LOSS_TERMS, MStep, ReconFn, default_recon_fn, set_lr
 from .setup import Loaders, Run, TrainOptions, loaders, setup, wrappers
 
 
@@ -151,6 +151,8 @@ def _save_now(run: Run, epoch: int) -> None:
 def _epoch(run: Run, step: MStep, ld: Loaders, epoch: int, last_saved: int | None) -> dict:
     """One epoch of M-steps; returns its log row (losses, validation, descriptor)."""
     opts, cfg, world = run.opts, run.cfg, run.proc.world
+    lr = cfg.epoch_lr(epoch, opts.epochs)
+    set_lr((run.opt_ae, run.opt_critic), lr)
     run.model.train()
     ld.sampler.set_epoch(epoch)
     gen = _epoch_generator(opts.seed, epoch, run.proc.rank)
@@ -183,7 +185,7 @@ def _epoch(run: Run, step: MStep, ld: Loaders, epoch: int, last_saved: int | Non
             bar.set_postfix({k: f"{v:.4f}" for k, v in zip(LOSS_TERMS, vals)} | {"img/s": f"{ips:.1f}"})
     secs = time.perf_counter() - t0
     row = {"epoch": epoch + 1, "steps": n_steps, "images": n_images, "seconds": round(secs, 4),
-           "images_per_s": n_images / max(secs, 1e-9)}  # fmt: skip
+           "images_per_s": n_images / max(secs, 1e-9), "lr": lr}  # fmt: skip
     row |= {k: float(v) / max(n_steps, 1) for k, v in zip(LOSS_TERMS, sums)}
     row |= validation_loss(run.model, ld.val, run.device, opts.backend, run.micro_batch)
     row |= {"mu_norm": float(run.model.descriptor.mu.norm()), "sigma2": float(run.model.descriptor.sigma2)}

@@ -85,6 +85,14 @@ def make_optimizers(model: IGD) -> tuple[torch.optim.Adam, torch.optim.Adam | No
     return torch.optim.Adam(ae_params, lr=c.lr, weight_decay=c.weight_decay, foreach=True), opt_critic
 
 
+def set_lr(optimizers, lr: float) -> None:
+    """Set every param group's learning rate (the schedule's value for this epoch)."""
+    for opt in optimizers:
+        if opt is not None:
+            for g in opt.param_groups:
+                g["lr"] = lr
+
+
 def chunks(n: int, size: int | None) -> list[tuple[int, int]]:
     """[start, stop) ranges covering 0..n in as few pieces of at most ``size`` as
     possible, balanced (16 by 11 -> 8 + 8, not 11 + 5: no tiny BatchNorm batch)."""

@@ -146,8 +146,10 @@ def _empty(layout, kw) -> MVTecDataset:
 
 def _check_resume(ck: dict, path: Path, cfg: ModelConfig, opts: TrainOptions, record: dict) -> None:
     """Refuse a resume that would silently train another model or on another split."""
-    if ck["config"] != cfg.to_dict():
-        diff = {k: (v, cfg.to_dict().get(k)) for k, v in ck["config"].items() if cfg.to_dict().get(k) != v}
+    # through ModelConfig: a field added since the checkpoint was written takes its default
+    saved, asked = ModelConfig.from_dict(ck["config"]).to_dict(), cfg.to_dict()
+    if saved != asked:
+        diff = {k: (v, asked.get(k)) for k, v in saved.items() if asked.get(k) != v}
         raise ValueError(
             f"--resume: {path} was trained with another model config: "
             + ", ".join(f"{k} {a!r} in the checkpoint, {b!r} requested" for k, (a, b) in diff.items())
