@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
 
 import numpy as np
 import pytest
@@ -196,6 +197,31 @@ def test_protocol_results_match_sklearn_and_resume(tmp_path):
         Protocol(ProtocolSettings.for_dataset("mnist", tmp_path, ["1"], seed=1, **TINY), tmp_path / "out").run()
 
 
+def test_parallel_jobs_give_the_sequential_results(tmp_path):
+    import torch
+
+    fake_mnist(tmp_path)
+    st = ProtocolSettings.for_dataset("mnist", tmp_path, ["1", "6", "3"], **TINY)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))  # the workers' thread count
+    try:
+        seq = Protocol(st, tmp_path / "seq").run()
+    finally:
+        torch.set_num_threads(threads)
+    logs: list[str] = []
+    par = Protocol(st, tmp_path / "par", jobs=2, log=logs.append).run()
+    disk = json.loads((tmp_path / "par" / "results.json").read_text())
+    assert disk["complete"] and disk["jobs"] == 2 and disk["wall_seconds"] > 0
+    assert list(disk["classes"]) == ["1", "6", "3"]  # the asked-for order, whatever finished first
+    assert sorted(line.split(":")[0] for line in logs) == ["mnist 1", "mnist 3", "mnist 6"]
+    for k in ("1", "6", "3"):
+        assert par["classes"][k]["image_AUROC"] == seq["classes"][k]["image_AUROC"]
+        assert _scores(tmp_path / "par" / k / "scores.csv") == _scores(tmp_path / "seq" / k / "scores.csv")
+    assert par["mean_image_AUROC"] == seq["mean_image_AUROC"]
+    with pytest.raises(ValueError, match="jobs"):
+        Protocol(st, tmp_path / "x", jobs=0)
+
+
 def test_protocol_cli_mvtec(tmp_path, capsys):
     make_synthetic_mvtec(tmp_path / "src", "synth", n_train=10, n_test_good=4, n_test_bad=6, size=32)
     out = tmp_path / "out"
@@ -226,6 +252,7 @@ def test_protocol_cli_mvtec(tmp_path, capsys):
         (["--image-size", "28"], "multiple of 32"),
         (["--epochs", "0"], "epochs"),
         (["--workers", "-1"], "--workers"),
+        (["--jobs", "0"], "--jobs"),
     ],
 )
 def test_protocol_cli_bad_arguments_exit_2(tmp_path, capsys, extra, words):

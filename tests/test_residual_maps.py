@@ -7,14 +7,16 @@ import json
 import numpy as np
 import pytest
 import torch
-from _cli import tiny_trained
+from _cli import tiny_trained, train_tiny_pair
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from scipy.ndimage import gaussian_filter
 from scipy.spatial.distance import mahalanobis
 
 from igd_fast.checkpoint import validation_files
 from igd_fast.cli import main
+from igd_fast.data import IMAGENET_MEAN, IMAGENET_STD
 from igd_fast.ops.patches import fold_patch_maps
 from igd_fast.score import Scorer, conformal_threshold
 from igd_fast.score.residual import (
@@ -22,6 +24,7 @@ from igd_fast.score.residual import (
     ChannelAccumulator,
     PositionAccumulator,
     channel_distance,
+    grey_projection,
     standardise_positions,
 )
 from igd_fast.score.threshold import THRESHOLD_JSON
@@ -32,6 +35,20 @@ CAT = "synth"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     return tiny_trained(tmp_path_factory.mktemp("igd_residual"), CAT, n_train=12, seed=5)
+
+
+@pytest.fixture(scope="module")
+def grey_trained(tmp_path_factory, trained):
+    """The same synthetic images as grey (mode L) files, and a tiny pair trained on them."""
+    root = tmp_path_factory.mktemp("igd_residual_grey")
+    for f in trained["data"].rglob("*.png"):
+        out = root / "data" / f.relative_to(trained["data"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(f) as im:
+            (im if "ground_truth" in f.parts else im.convert("L")).save(out)
+    train_tiny_pair(root / "data", CAT, root / "model")
+    test = sorted((root / "data" / CAT / "test").rglob("*.png"))
+    return {"data": root / "data", "model": root / "model", "test": test}
 
 
 # ----------------------------------------------------------------- the statistics
@@ -68,6 +85,27 @@ def test_channel_statistics_refuse_too_little_and_wrong_channels():
     acc.add(torch.randn(1, 3, 4, 4))
     with pytest.raises(ValueError, match="3 channels, residual has 2"):
         channel_distance(torch.zeros(1, 2, 4, 4), acc.finish())
+
+
+def _pixels(x: torch.Tensor) -> torch.Tensor:
+    std, mean = (torch.tensor(v, dtype=x.dtype).view(1, 3, 1, 1) for v in (IMAGENET_STD, IMAGENET_MEAN))
+    return x * std + mean
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 6), st.integers(1, 6), st.integers(0, 2**31 - 1))
+def test_grey_projection_is_the_nearest_grey_image(n, h, w, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, h, w, dtype=torch.float64, generator=g)
+    p = grey_projection(x, IMAGENET_MEAN, IMAGENET_STD)
+    u = _pixels(p)
+    torch.testing.assert_close(u[:, :1].expand_as(u), u, rtol=0, atol=1e-12)  # R = G = B in pixel space
+    torch.testing.assert_close(grey_projection(p, IMAGENET_MEAN, IMAGENET_STD), p, rtol=0, atol=1e-12)
+    # no other grey image is closer in pixel space (least squares)
+    best = (_pixels(x) - u).pow(2).sum(1)
+    for _ in range(5):
+        other = u + 0.1 * torch.randn(n, 1, h, w, dtype=torch.float64, generator=g)
+        assert bool(((_pixels(x) - other).pow(2).sum(1) >= best - 1e-12).all())
 
 
 def test_position_stats_per_pixel_equal_numpy():
@@ -230,7 +268,59 @@ def test_new_options_key_the_cache_and_damage_is_recalibrated(trained):
     assert np.isfinite(again["channel_stats"]["global"]["precision"][0][0])
 
 
-@pytest.mark.parametrize("kw", [dict(image_score="mean"), dict(map_term="mahalanobis"), dict(residual_sigma=-1.0),
+def _tint(scorer: Scorer) -> None:
+    """Add a colour that varies over the image (zero-mean over R, G, B in pixel space) to
+    every reconstruction: a constant one would be absorbed by the residual's mean."""
+    d = (torch.tensor([0.2, -0.1, -0.1]) / torch.tensor(IMAGENET_STD)).view(1, 3, 1, 1)
+
+    def hook(mod, inp, out):
+        i = torch.arange(out.shape[-2], dtype=out.dtype).view(-1, 1)
+        j = torch.arange(out.shape[-1], dtype=out.dtype).view(1, -1)
+        return out + d.to(out.dtype) * torch.sin(0.7 * i + 0.3 * j)
+
+    for m in (scorer.global_model, scorer.local_model):
+        m.decoder.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("map_term", ["maha", "abs"])
+def test_grey_data_takes_a_grey_reconstruction(grey_trained, trained, map_term):
+    kw = dict(device="cpu", map_term=map_term, fold_bn=False, channels_last=False)
+    auto = Scorer(grey_trained["model"], **kw)
+    assert auto.grey_recon and auto.scoring["recon_colour"] == "auto"
+    assert auto.calibration(recompute=True)["recon_colour_used"] == "grey"
+    tinted = Scorer(grey_trained["model"], **kw)
+    _tint(tinted)
+    tinted.calibration(recompute=True)
+    test = grey_trained["test"]
+    for a, b in zip(auto.score_paths(test), tinted.score_paths(test), strict=True):
+        np.testing.assert_allclose(b.map, a.map, rtol=1e-4, atol=1e-5)  # the AE's colour drops out
+    rgb = Scorer(grey_trained["model"], recon_colour="rgb", **kw)
+    assert not rgb.grey_recon and rgb.calibration(recompute=True)["recon_colour_used"] == "rgb"
+    tinted_rgb = Scorer(grey_trained["model"], recon_colour="rgb", **kw)
+    _tint(tinted_rgb)
+    tinted_rgb.calibration(recompute=True)
+    diffs = [np.abs(a.map - b.map).max() for a, b in zip(rgb.score_paths(test), tinted_rgb.score_paths(test),
+                                                         strict=True)]  # fmt: skip
+    assert min(diffs) > 1e-3  # without the projection the same colour moves every map
+    for a, b in zip(auto.score_paths(test), rgb.score_paths(test), strict=True):
+        assert a.score == pytest.approx(b.score, rel=1e-6)  # the terms keep the model's own reconstruction
+    # colour data: auto keeps the reconstruction as it is
+    col = Scorer(trained["model"], **kw)
+    assert not col.grey_recon and col.calibration(recompute=True)["recon_colour_used"] == "rgb"
+    forced = Scorer(trained["model"], recon_colour="grey", **kw)
+    assert forced.grey_recon
+
+
+def test_recon_colour_keys_the_cache_only_for_residual_maps(grey_trained):
+    model = grey_trained["model"]
+    assert Scorer(model, device="cpu").scoring["recon_colour"] == "rgb"  # lr maps: the legacy value
+    Scorer(model, device="cpu", map_term="maha", recon_colour="rgb").calibration(recompute=True)
+    again = Scorer(model, device="cpu", map_term="maha").calibration()
+    assert again["scoring"]["recon_colour"] == "auto" and again["recon_colour_used"] == "grey"
+
+
+@pytest.mark.parametrize("kw", [dict(image_score="mean"), dict(recon_colour="gray"), dict(recon_colour="grey"),
+                                dict(map_term="mahalanobis"), dict(residual_sigma=-1.0),
                                 dict(residual_sigma=1.0, map_term="abs"), dict(excess_quantile=1.0),
                                 dict(excess_quantile=0.0), dict(excess_quantile=float("nan"))])
 def test_bad_options_are_refused(trained, kw):
@@ -253,3 +343,11 @@ def test_eval_flags_reach_the_scorer(trained, tmp_path, capsys):
     assert rc == 0
     sc = json.loads((out / "report.json").read_text())["scoring"]
     assert (sc["residual_sigma"], sc["image_score"], sc["excess_quantile"]) == (2.0, "map-excess", 0.9)
+    assert sc["recon_colour"] == "auto"
+    rc = main(["eval", "--model", str(trained["model"]), "--data", str(trained["data"]), "--category", CAT,
+               "--out", str(out), "--map-term", "abs", "--recon-colour", "grey", "--no-progress", "--device", "cpu"])
+    assert rc == 0 and json.loads((out / "report.json").read_text())["scoring"]["recon_colour"] == "grey"
+    rc = main(["eval", "--model", str(trained["model"]), "--data", str(trained["data"]), "--category", CAT,
+               "--out", str(out), "--recon-colour", "grey", "--no-progress", "--device", "cpu"])
+    assert rc == 2
+    assert "--recon-colour grey applies to --map-term abs or maha" in capsys.readouterr().err

@@ -34,7 +34,8 @@ def test_defaults_are_the_paper_sum(trained):
     s = Scorer(trained["model"], device="cpu")
     assert s.scoring == {"score_norm": "sum", "latent_weight": 1.0, "local_topk": 1, "map_sigma": 0.0,
                          "map_norm": "sum", "map_term": "lr", "map_position": False,
-                         "image_score": "terms", "residual_sigma": 0.0, "excess_quantile": 0.95}  # fmt: skip
+                         "image_score": "terms", "residual_sigma": 0.0, "excess_quantile": 0.95,
+                         "recon_colour": "rgb"}  # fmt: skip  (auto decides nothing for the lr map)
     for r in _scored(s, trained["test"]):
         assert r.score == pytest.approx(r.s_global + r.s_local, rel=1e-6, abs=1e-7)
 
@@ -235,7 +236,8 @@ def test_eval_flags_reach_the_scorer(trained, tmp_path, capsys):
     rep = json.loads((out / "report.json").read_text())
     assert rep["scoring"] == {"score_norm": "standard", "latent_weight": 0.5, "local_topk": 2, "map_sigma": 2.0,
                               "map_norm": "sum", "map_term": "lr", "map_position": False,
-                              "image_score": "terms", "residual_sigma": 0.0, "excess_quantile": 0.95}  # fmt: skip
+                              "image_score": "terms", "residual_sigma": 0.0, "excess_quantile": 0.95,
+                         "recon_colour": "rgb"}  # fmt: skip  (auto decides nothing for the lr map)
     s = Scorer(trained["model"], device="cpu", score_norm="standard", latent_weight=0.5, local_topk=2, map_sigma=2)
     want = {r.path: r.score for r in _scored(s, trained["test"])}
     for row in rep["images"]:

@@ -103,7 +103,7 @@ def add_scoring(p: argparse.ArgumentParser) -> None:
     --image-score: the Scorer's scoring options, the same in ``score`` and ``eval`` (defaults:
     igd_fast.score.threshold.DEFAULT_SCORING)."""
     from ..score.threshold import DEFAULT_SCORING as d
-    from ..score.threshold import IMAGE_SCORES, MAP_TERMS, SCORE_NORMS
+    from ..score.threshold import IMAGE_SCORES, MAP_TERMS, RECON_COLOURS, SCORE_NORMS
 
     g = p.add_argument_group("scoring (need no retraining; the threshold is recalibrated for each setting)")
     g.add_argument("--score-norm", choices=SCORE_NORMS, default=d["score_norm"],
@@ -121,6 +121,11 @@ def add_scoring(p: argparse.ArgumentParser) -> None:
                         "alone; maha: the squared Mahalanobis distance of the residual x - x_hat over the colour "
                         "channels, under its mean/covariance on the validation normals "
                         f"(default {d['map_term']})")
+    g.add_argument("--recon-colour", choices=RECON_COLOURS, default=d["recon_colour"],
+                   help="with --map-term abs/maha: grey: the residual is taken against the reconstruction's nearest "
+                        "grey image, so only the input's colour counts; auto: grey when every validation normal is "
+                        "grey (R = G = B: the AE of grey data never learns colour); rgb: the reconstruction as is "
+                        f"(default {d['recon_colour']})")
     g.add_argument("--residual-sigma", type=non_negative_float, default=d["residual_sigma"],
                    help="with --map-term maha: Gaussian smoothing of the residual before its distance, sigma in "
                         "pixels of the model's input, 0 = none; the AE's pixel noise averages out, a defect's "
@@ -155,11 +160,13 @@ def scoring_options(args: argparse.Namespace) -> dict:
     that do not go together)."""
     if args.residual_sigma > 0 and args.map_term != "maha":
         raise UsageError(f"--residual-sigma smooths the residual of --map-term maha, not of --map-term {args.map_term}")
+    if args.recon_colour == "grey" and args.map_term not in ("abs", "maha"):
+        raise UsageError(f"--recon-colour grey applies to --map-term abs or maha, not to --map-term {args.map_term}")
     return {"score_norm": args.score_norm, "latent_weight": args.latent_weight, "local_topk": args.local_topk,
             "map_sigma": args.map_sigma, "map_norm": args.map_norm,
             "map_term": args.map_term, "map_position": args.map_position,
             "image_score": args.image_score, "residual_sigma": args.residual_sigma,
-            "excess_quantile": args.excess_quantile}  # fmt: skip
+            "excess_quantile": args.excess_quantile, "recon_colour": args.recon_colour}  # fmt: skip
 
 
 def network_options(args: argparse.Namespace) -> dict:

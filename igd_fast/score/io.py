@@ -7,6 +7,7 @@ returns the error, and the collate function keeps those apart from the batch.
 from __future__ import annotations
 
 import glob
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..data import image_size_of, images_under, load_image, open_rgb
+from ..data import CorruptImageError, image_size_of, images_under, load_image, open_rgb
 
 
 def list_images(spec: str | Path) -> list[Path]:
@@ -93,6 +94,22 @@ def collate(items: list[Item]) -> Batch:
     for it in ok:
         it.image = None  # the stacked tensor holds the pixels; don't ship them twice
     return Batch(images, ok, bad)
+
+
+def all_grey(paths: Sequence[str | Path]) -> bool:
+    """True when at least one of ``paths`` can be read and every readable one is grey
+    (R = G = B at every pixel after the scoring's RGB conversion; unreadable files are
+    left to the caller, which reports them)."""
+    seen = False
+    for p in paths:
+        try:
+            a = np.asarray(open_rgb(p))
+        except CorruptImageError:
+            continue
+        if not ((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()):
+            return False
+        seen = True
+    return seen
 
 
 def jet(values: np.ndarray) -> np.ndarray:

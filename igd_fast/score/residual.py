@@ -15,6 +15,12 @@ position is standardised by the calibration normals' mean and standard deviation
 Both are kept on a grid of at most ``POSITION_GRID``² cells (area-averaged, then
 bilinearly resized to each map), which smooths the estimates and fits any image size.
 
+Grey reconstruction (``recon_colour``): on grey data (every calibration normal has R = G = B)
+the AE never sees colour, so the colour of its output is untrained noise, and the maha map
+weighs colour ~1/RIDGE times the grey residual. The reconstruction is then replaced by its
+nearest grey image (the channel mean in pixel space) before the residual is taken: the
+residual's colour is the input's own (a stain) and nothing of the AE's.
+
 Excess image score: with t the q-quantile of the calibration normals' final-map pixels,
 an image scores mean(max(map - t, 0)) over its pixels (``image_score="map-excess"``).
 """
@@ -22,6 +28,7 @@ an image scores mean(max(map - t, 0)) over its pixels (``image_score="map-excess
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -130,3 +137,12 @@ def excess_level(pixels: np.ndarray, q: float) -> float:
 def map_excess(m: np.ndarray, level: float) -> float:
     """mean(max(m - level, 0)) over the pixels of one map (float64 sum)."""
     return float(np.maximum(m.astype(np.float64, copy=False) - level, 0.0).mean())
+
+
+def grey_projection(x_hat: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """The nearest grey image (R = G = B, the channel mean in pixel space) to each of
+    N×C×H×W images normalised by per-channel ``mean`` / ``std``, normalised back."""
+    m = torch.tensor(mean, dtype=x_hat.dtype, device=x_hat.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x_hat.dtype, device=x_hat.device).view(1, -1, 1, 1)
+    grey = (x_hat * s + m).mean(1, keepdim=True)
+    return (grey - m) / s

@@ -25,6 +25,11 @@ for the ablation that chose the defaults):
       over the channels, under the residual's mean and covariance on the validation normals'
       pixels (per model; :mod:`igd_fast.score.residual`). Variants without a decoder keep
       no map.
+  recon_colour (abs and maha maps): "grey" takes the residual against the reconstruction's
+      nearest grey image (its channel mean in pixel space), so the residual's colour is the
+      input's alone; "auto" (the default) does that when every validation normal is grey
+      (R = G = B), as the AE of grey data never learns colour; "rgb" keeps the
+      reconstruction as it is (before this option). The decision is in threshold.json.
   residual_sigma (maha only): Gaussian smoothing of the residual x - x_hat (σ in pixels of
       the model's input; the local model's after folding) before its distance is taken, so
       the AE's pixel noise averages out before it is measured and a defect's colour does not.
@@ -63,12 +68,13 @@ from torch.utils.data import DataLoader
 
 from .._dist import resolve_device
 from ..checkpoint import load_model, model_files, validation_files
+from ..data import IMAGENET_MEAN, IMAGENET_STD
 from ..models.fold import fold_batchnorm
 from ..models.polyphase import fuse_upsampling
 from ..models.terms import latent_term, sample_scores
 from ..ops.patches import extract_patches, fold_patch_maps, patch_scores
 from .calibrate import calibrate
-from .io import Item, ScoreDataset, collate
+from .io import Item, ScoreDataset, all_grey, collate
 from .networks import compile_networks
 from .precision import (
     PRECISIONS,
@@ -79,12 +85,14 @@ from .precision import (
     guard_record,
     guard_values,
 )
-from .residual import channel_distance, map_excess, standardise_positions
+from .residual import channel_distance, grey_projection, map_excess, standardise_positions
 from .threshold import (
     DEFAULT_ALPHA,
     DEFAULT_SCORING,
     IMAGE_SCORES,
     MAP_TERMS,
+    RECON_COLOURS,
+    RESIDUAL_MAP_TERMS,
     SCORE_NORMS,
     normalise_scores,
     read_threshold,
@@ -174,6 +182,7 @@ class Scorer:
         image_score: str = DEFAULT_SCORING["image_score"],
         residual_sigma: float = DEFAULT_SCORING["residual_sigma"],
         excess_quantile: float = DEFAULT_SCORING["excess_quantile"],
+        recon_colour: str = DEFAULT_SCORING["recon_colour"],
         precision: str = "fp32",
         guard: PrecisionGuard | None = None,
         compile: bool = False,
@@ -207,6 +216,11 @@ class Scorer:
             raise ValueError(f"residual_sigma smooths the residual of map_term='maha', not of {map_term!r}")
         if not (np.isfinite(excess_quantile) and 0 < excess_quantile < 1):
             raise ValueError(f"excess_quantile must be in (0, 1), got {excess_quantile}")
+        if recon_colour not in RECON_COLOURS:
+            raise ValueError(f"recon_colour must be one of {RECON_COLOURS}, got {recon_colour!r}")
+        if recon_colour == "grey" and map_term not in RESIDUAL_MAP_TERMS:
+            raise ValueError(f"recon_colour='grey' applies to the residual maps (map_term 'abs' or 'maha'), "
+                             f"not to map_term={map_term!r}")  # fmt: skip
         self.score_norm = score_norm
         self.latent_weight = float(latent_weight)
         self.local_topk = int(local_topk)
@@ -217,6 +231,7 @@ class Scorer:
         self.image_score = image_score
         self.residual_sigma = float(residual_sigma)
         self.excess_quantile = float(excess_quantile)
+        self.recon_colour = recon_colour
         # statistics fitted so far while calibrating (used before calibration() has them)
         self._fitting: dict | None = None
         self._residual_maps = False  # True while the channel statistics are fitted
@@ -240,6 +255,7 @@ class Scorer:
                              "models without one")  # fmt: skip
         # images are read at the global size; the local model resizes to its own
         self.image_size = (g or loc).config.image_size
+        self.grey_recon = self._grey_recon()
         self.local_size = loc.config.image_size if loc is not None else None
         self.images_seen = 0
         self.seconds = 0.0
@@ -250,6 +266,12 @@ class Scorer:
         if compile:
             self.global_model, self.local_model = (compile_networks(m) if m is not None else None
                                                    for m in (self.global_model, self.local_model))  # fmt: skip
+
+    def _grey_recon(self) -> bool:
+        """Whether the residual maps take a grey reconstruction (``recon_colour``)."""
+        if self.map_term not in RESIDUAL_MAP_TERMS or self.recon_colour == "rgb":
+            return False
+        return self.recon_colour == "grey" or all_grey(validation_files(self.model_dir))
 
     def _load(self, files: dict, kind: str, fold_bn: bool):
         if kind not in files:
@@ -349,7 +371,9 @@ class Scorer:
                 "map_sigma": self.map_sigma, "map_norm": self.map_norm,
                 "map_term": self.map_term, "map_position": self.map_position,
                 "image_score": self.image_score, "residual_sigma": self.residual_sigma,
-                "excess_quantile": self.excess_quantile}  # fmt: skip
+                "excess_quantile": self.excess_quantile,
+                # no effect on the other maps: recorded as the legacy value, so their caches stay valid
+                "recon_colour": self.recon_colour if self.map_term in RESIDUAL_MAP_TERMS else "rgb"}  # fmt: skip
 
     # ------------------------------------------------------------------ core
 
@@ -399,12 +423,16 @@ class Scorer:
         z, x_hat = model(x.contiguous(memory_format=self._fmt))
         extra = latent_term(model, z) * self.latent_weight
         cfg = model.config
+        # the residual maps' reconstruction (the terms keep the model's own)
+        x_res = None if x_hat is None else x_hat.float()
+        if self.grey_recon and x_res is not None:
+            x_res = grey_projection(x_res, IMAGENET_MEAN, IMAGENET_STD)
         if cfg.method.recon == "msssim":
             abs_map = want_maps and self.map_term == "abs"
             own_map = want_maps and self.map_term == "lr"
             s, m = patch_scores(x, x_hat.contiguous(), cfg.msssim(), cfg.rho, extra, own_map, self.backend)
             if abs_map:
-                m = (x.float() - x_hat.float()).abs().mean(1, keepdim=True) / cfg.data_range
+                m = (x.float() - x_res).abs().mean(1, keepdim=True) / cfg.data_range
         elif cfg.method.recon == "mse":
             err = (x.float() - x_hat.float()).pow(2)
             s, m = err.mean((1, 2, 3)) + extra, (err.mean(1, keepdim=True) if want_maps else None)
@@ -412,7 +440,7 @@ class Scorer:
             return extra, None
         if want_maps and self.map_term == "maha":
             # the C-channel residual; _channel_map turns it into the distance after folding
-            m = x.float() - x_hat.float()
+            m = x.float() - x_res
         return s, m
 
     def _global_terms(self, x: Tensor, want_maps: bool, model=None) -> tuple[Tensor, Tensor | None]:

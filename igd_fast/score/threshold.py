@@ -55,10 +55,13 @@ SCORE_NORMS = ("sum", "standard")
 # was calibrated with, and one without that record was made with LEGACY_SCORING
 LEGACY_SCORING = {"score_norm": "sum", "latent_weight": 1.0, "local_topk": 1, "map_sigma": 0.0, "map_norm": "sum",
                   "map_term": "lr", "map_position": False, "image_score": "terms", "residual_sigma": 0.0,
-                  "excess_quantile": 0.95}  # fmt: skip
+                  "excess_quantile": 0.95, "recon_colour": "rgb"}  # fmt: skip
 MAP_TERMS = ("lr", "abs", "maha")
+RESIDUAL_MAP_TERMS = ("abs", "maha")  # the maps recon_colour applies to
+RECON_COLOURS = ("auto", "rgb", "grey")
 IMAGE_SCORES = ("terms", "map-max", "map-excess")
-DEFAULT_SCORING = dict(LEGACY_SCORING)
+# "auto": the residual maps of grey data use a grey reconstruction (igd_fast.score.residual)
+DEFAULT_SCORING = dict(LEGACY_SCORING, recon_colour="auto")
 # fields a usable cached record must hold as finite numbers
 NUMERIC_FIELDS = ("threshold", "map_low", "map_high", "score_scale", "pixel_threshold")
 # added after the first releases: a cache without them is stale, not damaged
