@@ -423,16 +423,12 @@ class Scorer:
         z, x_hat = model(x.contiguous(memory_format=self._fmt))
         extra = latent_term(model, z) * self.latent_weight
         cfg = model.config
-        # the residual maps' reconstruction (the terms keep the model's own)
-        x_res = None if x_hat is None else x_hat.float()
-        if self.grey_recon and x_res is not None:
-            x_res = grey_projection(x_res, IMAGENET_MEAN, IMAGENET_STD)
         if cfg.method.recon == "msssim":
             abs_map = want_maps and self.map_term == "abs"
             own_map = want_maps and self.map_term == "lr"
             s, m = patch_scores(x, x_hat.contiguous(), cfg.msssim(), cfg.rho, extra, own_map, self.backend)
             if abs_map:
-                m = (x.float() - x_res).abs().mean(1, keepdim=True) / cfg.data_range
+                m = (x.float() - self._map_recon(x_hat)).abs().mean(1, keepdim=True) / cfg.data_range
         elif cfg.method.recon == "mse":
             err = (x.float() - x_hat.float()).pow(2)
             s, m = err.mean((1, 2, 3)) + extra, (err.mean(1, keepdim=True) if want_maps else None)
@@ -440,8 +436,14 @@ class Scorer:
             return extra, None
         if want_maps and self.map_term == "maha":
             # the C-channel residual; _channel_map turns it into the distance after folding
-            m = x.float() - x_res
+            m = x.float() - self._map_recon(x_hat)
         return s, m
+
+    def _map_recon(self, x_hat: Tensor) -> Tensor:
+        """The reconstruction the residual maps compare with: grey under ``recon_colour``
+        (only when a residual map is made; the terms keep the model's own)."""
+        x_hat = x_hat.float()
+        return grey_projection(x_hat, IMAGENET_MEAN, IMAGENET_STD) if self.grey_recon else x_hat
 
     def _global_terms(self, x: Tensor, want_maps: bool, model=None) -> tuple[Tensor, Tensor | None]:
         # the whole image is one "patch" of the global config: the variant's score and
