@@ -3,6 +3,8 @@ Scorer options built on them: map_term="maha" (with residual_sigma), map_positio
 image_score="map-max" and "map-excess"."""
 
 import json
+import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +108,11 @@ def test_grey_projection_is_the_nearest_grey_image(n, h, w, seed):
     for _ in range(5):
         other = u + 0.1 * torch.randn(n, 1, h, w, dtype=torch.float64, generator=g)
         assert bool(((_pixels(x) - other).pow(2).sum(1) >= best - 1e-12).all())
+    # keep: the same grey image plus that fraction of the image's own colour
+    k = 0.1 + 0.8 * torch.rand((), dtype=torch.float64, generator=g).item()
+    pk = _pixels(grey_projection(x, IMAGENET_MEAN, IMAGENET_STD, keep=k))
+    torch.testing.assert_close(pk, u + k * (_pixels(x) - u), rtol=0, atol=1e-12)
+    torch.testing.assert_close(grey_projection(x, IMAGENET_MEAN, IMAGENET_STD, keep=1.0), x, rtol=0, atol=1e-12)
 
 
 def test_position_stats_per_pixel_equal_numpy():
@@ -282,33 +289,55 @@ def _tint(scorer: Scorer) -> None:
         m.decoder.register_forward_hook(hook)
 
 
-@pytest.mark.parametrize("map_term", ["maha", "abs"])
-def test_grey_data_takes_a_grey_reconstruction(grey_trained, trained, map_term):
-    kw = dict(device="cpu", map_term=map_term, fold_bn=False, channels_last=False)
-    auto = Scorer(grey_trained["model"], **kw)
-    assert auto.grey_recon and auto.scoring["recon_colour"] == "auto"
-    assert auto.calibration(recompute=True)["recon_colour_used"] == "grey"
-    tinted = Scorer(grey_trained["model"], **kw)
+def _scale_colour(scorer: Scorer, keep: float) -> None:
+    """Scale each reconstruction's colour (its departure from the channel mean in pixel
+    space) by ``keep``: the damped reconstruction, built here without grey_projection."""
+    std, mean = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_STD, IMAGENET_MEAN))
+
+    def hook(mod, inp, out):
+        pix = out * std.to(out.dtype) + mean.to(out.dtype)
+        g = pix.mean(1, keepdim=True)
+        return (g + keep * (pix - g) - mean.to(out.dtype)) / std.to(out.dtype)
+
+    for m in (scorer.global_model, scorer.local_model):
+        m.decoder.register_forward_hook(hook)
+
+
+def _tint_moves(model, test, **kw) -> list[float]:
+    """Per test image, how far the tint (_tint) moves the map under these options, relative
+    to the map's peak."""
+    plain, tinted = Scorer(model, **kw), Scorer(model, **kw)
     _tint(tinted)
-    tinted.calibration(recompute=True)
-    test = grey_trained["test"]
-    for a, b in zip(auto.score_paths(test), tinted.score_paths(test), strict=True):
-        np.testing.assert_allclose(b.map, a.map, rtol=1e-4, atol=1e-5)  # the AE's colour drops out
-    rgb = Scorer(grey_trained["model"], recon_colour="rgb", **kw)
-    assert not rgb.grey_recon and rgb.calibration(recompute=True)["recon_colour_used"] == "rgb"
-    tinted_rgb = Scorer(grey_trained["model"], recon_colour="rgb", **kw)
-    _tint(tinted_rgb)
-    tinted_rgb.calibration(recompute=True)
-    diffs = [np.abs(a.map - b.map).max() for a, b in zip(rgb.score_paths(test), tinted_rgb.score_paths(test),
-                                                         strict=True)]  # fmt: skip
-    assert min(diffs) > 1e-3  # without the projection the same colour moves every map
-    for a, b in zip(auto.score_paths(test), rgb.score_paths(test), strict=True):
+    plain.calibration(recompute=True), tinted.calibration(recompute=True)
+    return [float(np.abs(a.map - b.map).max() / np.abs(a.map).max())
+            for a, b in zip(plain.score_paths(test), tinted.score_paths(test), strict=True)]
+
+
+@pytest.mark.parametrize("map_term", ["maha", "abs"])
+def test_grey_data_damps_the_reconstructions_colour(grey_trained, trained, map_term):
+    kw = dict(device="cpu", map_term=map_term, fold_bn=False, channels_last=False)
+    model, test = grey_trained["model"], grey_trained["test"]
+    auto = Scorer(model, **kw)
+    assert auto.recon_colour_used == "damped" and auto.scoring["recon_colour"] == "auto"
+    assert auto.calibration(recompute=True)["recon_colour_used"] == "damped"
+    grey = _tint_moves(model, test, recon_colour="grey", **kw)
+    damped = _tint_moves(model, test, **kw)
+    rgb = _tint_moves(model, test, recon_colour="rgb", **kw)
+    assert max(grey) < 1e-4  # grey: the AE's colour drops out
+    assert min(rgb) > 1e-3 and min(damped) > 1e-3  # rgb, damped: the same colour moves every map
+    # damped = rgb maps of an AE whose output colour is scaled by sqrt(ridge) in pixel space
+    damping = Scorer(model, recon_colour="rgb", **kw)
+    _scale_colour(damping, math.sqrt(RIDGE))
+    damping.calibration(recompute=True)
+    for a, b in zip(auto.score_paths(test), damping.score_paths(test), strict=True):
+        np.testing.assert_allclose(a.map, b.map, rtol=1e-3, atol=1e-4 * float(np.abs(b.map).max()))
+    plain_rgb = Scorer(model, recon_colour="rgb", **kw)
+    for a, b in zip(auto.score_paths(test), plain_rgb.score_paths(test), strict=True):
         assert a.score == pytest.approx(b.score, rel=1e-6)  # the terms keep the model's own reconstruction
     # colour data: auto keeps the reconstruction as it is
     col = Scorer(trained["model"], **kw)
-    assert not col.grey_recon and col.calibration(recompute=True)["recon_colour_used"] == "rgb"
-    forced = Scorer(trained["model"], recon_colour="grey", **kw)
-    assert forced.grey_recon
+    assert col.recon_colour_used == "rgb" and col.calibration(recompute=True)["recon_colour_used"] == "rgb"
+    assert Scorer(trained["model"], recon_colour="grey", **kw).recon_colour_used == "grey"
 
 
 def test_recon_colour_keys_the_cache_only_for_residual_maps(grey_trained):
@@ -316,10 +345,19 @@ def test_recon_colour_keys_the_cache_only_for_residual_maps(grey_trained):
     assert Scorer(model, device="cpu").scoring["recon_colour"] == "rgb"  # lr maps: the legacy value
     Scorer(model, device="cpu", map_term="maha", recon_colour="rgb").calibration(recompute=True)
     again = Scorer(model, device="cpu", map_term="maha").calibration()
-    assert again["scoring"]["recon_colour"] == "auto" and again["recon_colour_used"] == "grey"
+    assert again["scoring"]["recon_colour"] == "auto" and again["recon_colour_used"] == "damped"
+    # a record from when "auto" picked the grey reconstruction (its key lacks the decision)
+    p = Path(model) / "threshold.json"
+    old = json.loads(p.read_text())
+    old["scoring"].pop("recon_colour_used")
+    old["recon_colour_used"], old["threshold"] = "grey", 123.0
+    p.write_text(json.dumps(old))
+    fresh = Scorer(model, device="cpu", map_term="maha").calibration()
+    assert fresh["recon_colour_used"] == "damped" and fresh["threshold"] != 123.0
 
 
 @pytest.mark.parametrize("kw", [dict(image_score="mean"), dict(recon_colour="gray"), dict(recon_colour="grey"),
+                                dict(recon_colour="damped"),
                                 dict(map_term="mahalanobis"), dict(residual_sigma=-1.0),
                                 dict(residual_sigma=1.0, map_term="abs"), dict(excess_quantile=1.0),
                                 dict(excess_quantile=0.0), dict(excess_quantile=float("nan"))])
@@ -347,7 +385,8 @@ def test_eval_flags_reach_the_scorer(trained, tmp_path, capsys):
     rc = main(["eval", "--model", str(trained["model"]), "--data", str(trained["data"]), "--category", CAT,
                "--out", str(out), "--map-term", "abs", "--recon-colour", "grey", "--no-progress", "--device", "cpu"])
     assert rc == 0 and json.loads((out / "report.json").read_text())["scoring"]["recon_colour"] == "grey"
-    rc = main(["eval", "--model", str(trained["model"]), "--data", str(trained["data"]), "--category", CAT,
-               "--out", str(out), "--recon-colour", "grey", "--no-progress", "--device", "cpu"])
-    assert rc == 2
-    assert "--recon-colour grey applies to --map-term abs or maha" in capsys.readouterr().err
+    for colour in ("grey", "damped"):
+        rc = main(["eval", "--model", str(trained["model"]), "--data", str(trained["data"]), "--category", CAT,
+                   "--out", str(out), "--recon-colour", colour, "--no-progress", "--device", "cpu"])
+        assert rc == 2
+        assert f"--recon-colour {colour} applies to --map-term abs or maha" in capsys.readouterr().err

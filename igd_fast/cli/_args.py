@@ -123,9 +123,10 @@ def add_scoring(p: argparse.ArgumentParser) -> None:
                         f"(default {d['map_term']})")
     g.add_argument("--recon-colour", choices=RECON_COLOURS, default=d["recon_colour"],
                    help="with --map-term abs/maha: grey: the residual is taken against the reconstruction's nearest "
-                        "grey image, so only the input's colour counts; auto: grey when every validation normal is "
-                        "grey (R = G = B: the AE of grey data never learns colour); rgb: the reconstruction as is "
-                        f"(default {d['recon_colour']})")
+                        "grey image, so only the input's colour counts; damped: the reconstruction's colour is kept "
+                        "at sqrt(ridge) = 0.1, so maha weighs it like the grey residual; auto: damped when every "
+                        "validation normal is grey (R = G = B: the AE of grey data never learns colour); rgb: the "
+                        f"reconstruction as is (default {d['recon_colour']})")
     g.add_argument("--residual-sigma", type=non_negative_float, default=d["residual_sigma"],
                    help="with --map-term maha: Gaussian smoothing of the residual before its distance, sigma in "
                         "pixels of the model's input, 0 = none; the AE's pixel noise averages out, a defect's "
@@ -160,8 +161,9 @@ def scoring_options(args: argparse.Namespace) -> dict:
     that do not go together)."""
     if args.residual_sigma > 0 and args.map_term != "maha":
         raise UsageError(f"--residual-sigma smooths the residual of --map-term maha, not of --map-term {args.map_term}")
-    if args.recon_colour == "grey" and args.map_term not in ("abs", "maha"):
-        raise UsageError(f"--recon-colour grey applies to --map-term abs or maha, not to --map-term {args.map_term}")
+    if args.recon_colour in ("grey", "damped") and args.map_term not in ("abs", "maha"):
+        raise UsageError(f"--recon-colour {args.recon_colour} applies to --map-term abs or maha, "
+                         f"not to --map-term {args.map_term}")
     return {"score_norm": args.score_norm, "latent_weight": args.latent_weight, "local_topk": args.local_topk,
             "map_sigma": args.map_sigma, "map_norm": args.map_norm,
             "map_term": args.map_term, "map_position": args.map_position,

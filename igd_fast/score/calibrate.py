@@ -90,8 +90,8 @@ def calibrate(scorer: Scorer, num_workers: int = 0) -> dict:
         "signature": model_signature(scorer.model_dir),
         "scoring": scorer._cache_key(),
         "term_stats": stats,
-        # what recon_colour decided for the residual maps ("auto": grey for grey normals)
-        "recon_colour_used": "grey" if getattr(scorer, "grey_recon", False) else "rgb",
+        # what recon_colour decided for the residual maps ("auto": damped for grey normals)
+        "recon_colour_used": getattr(scorer, "recon_colour_used", "rgb"),
     }
     record.update(fitted)
     return record

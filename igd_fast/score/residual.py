@@ -15,11 +15,15 @@ position is standardised by the calibration normals' mean and standard deviation
 Both are kept on a grid of at most ``POSITION_GRID``² cells (area-averaged, then
 bilinearly resized to each map), which smooths the estimates and fits any image size.
 
-Grey reconstruction (``recon_colour``): on grey data (every calibration normal has R = G = B)
-the AE never sees colour, so the colour of its output is untrained noise, and the maha map
-weighs colour ~1/RIDGE times the grey residual. The reconstruction is then replaced by its
-nearest grey image (the channel mean in pixel space) before the residual is taken: the
-residual's colour is the input's own (a stain) and nothing of the AE's.
+Reconstruction colour (``recon_colour``): on grey data (every calibration normal has R = G = B)
+the AE never sees colour, so the colour of its output is untrained, and the maha map weighs
+colour ~1/RIDGE times the grey residual. "grey" replaces the reconstruction by its nearest
+grey image (the channel mean in pixel space) before the residual is taken, so the residual's
+colour is the input's own (a stain) and nothing of the AE's. "damped" keeps the AE's colour
+(its departure from that grey image) scaled by COLOUR_DAMPING = sqrt(RIDGE): its squared
+distance then weighs ~1 against the grey residual's instead of ~1/RIDGE, so an AE that
+puts colour on a defect it cannot reconstruct still marks it, and untrained colour on a
+normal shadow no longer dominates the map.
 
 Excess image score: with t the q-quantile of the calibration normals' final-map pixels,
 an image scores mean(max(map - t, 0)) over its pixels (``image_score="map-excess"``).
@@ -36,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 RIDGE = 1e-2  # fraction of the mean channel variance added to the covariance's diagonal
+COLOUR_DAMPING = math.sqrt(RIDGE)  # recon_colour "damped": the AE's colour scaled so maha weighs it ~1
 POSITION_GRID = 32
 
 
@@ -139,10 +144,15 @@ def map_excess(m: np.ndarray, level: float) -> float:
     return float(np.maximum(m.astype(np.float64, copy=False) - level, 0.0).mean())
 
 
-def grey_projection(x_hat: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+def grey_projection(x_hat: Tensor, mean: Sequence[float], std: Sequence[float], keep: float = 0.0) -> Tensor:
     """The nearest grey image (R = G = B, the channel mean in pixel space) to each of
-    N×C×H×W images normalised by per-channel ``mean`` / ``std``, normalised back."""
+    N×C×H×W images normalised by per-channel ``mean`` / ``std``, normalised back; with
+    ``keep`` > 0, that grey image plus ``keep`` times the image's colour (its departure
+    from it): 0 is grey, 1 the image itself."""
     m = torch.tensor(mean, dtype=x_hat.dtype, device=x_hat.device).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=x_hat.dtype, device=x_hat.device).view(1, -1, 1, 1)
-    grey = (x_hat * s + m).mean(1, keepdim=True)
+    pix = x_hat * s + m
+    grey = pix.mean(1, keepdim=True)
+    if keep:
+        grey = grey + keep * (pix - grey)
     return (grey - m) / s

@@ -27,9 +27,11 @@ for the ablation that chose the defaults):
       no map.
   recon_colour (abs and maha maps): "grey" takes the residual against the reconstruction's
       nearest grey image (its channel mean in pixel space), so the residual's colour is the
-      input's alone; "auto" (the default) does that when every validation normal is grey
-      (R = G = B), as the AE of grey data never learns colour; "rgb" keeps the
-      reconstruction as it is (before this option). The decision is in threshold.json.
+      input's alone; "damped" keeps the reconstruction's colour scaled by sqrt(ridge), so the
+      maha map weighs it like the grey residual, not ~100 times more; "auto" (the default)
+      damps when every validation normal is grey (R = G = B), as the AE of grey data never
+      learns colour; "rgb" keeps the reconstruction as it is (before this option). The
+      decision is in threshold.json (``recon_colour_used``).
   residual_sigma (maha only): Gaussian smoothing of the residual x - x_hat (σ in pixels of
       the model's input; the local model's after folding) before its distance is taken, so
       the AE's pixel noise averages out before it is measured and a defect's colour does not.
@@ -85,7 +87,7 @@ from .precision import (
     guard_record,
     guard_values,
 )
-from .residual import channel_distance, grey_projection, map_excess, standardise_positions
+from .residual import COLOUR_DAMPING, channel_distance, grey_projection, map_excess, standardise_positions
 from .threshold import (
     DEFAULT_ALPHA,
     DEFAULT_SCORING,
@@ -104,6 +106,8 @@ from .threshold import (
 # (benchmarks/test_bench_scoring.py::test_bench_patch_chunk; README); smaller chunks bound
 # the activation memory (fp32, 16 images: +0.9 GB at 4096 against +0.45 GB at 1800)
 DEFAULT_PATCH_CHUNK = 4096
+# how much of the reconstruction's colour the residual maps keep (recon_colour_used)
+COLOUR_KEEP = {"grey": 0.0, "damped": COLOUR_DAMPING}
 
 
 @dataclass
@@ -218,9 +222,9 @@ class Scorer:
             raise ValueError(f"excess_quantile must be in (0, 1), got {excess_quantile}")
         if recon_colour not in RECON_COLOURS:
             raise ValueError(f"recon_colour must be one of {RECON_COLOURS}, got {recon_colour!r}")
-        if recon_colour == "grey" and map_term not in RESIDUAL_MAP_TERMS:
-            raise ValueError(f"recon_colour='grey' applies to the residual maps (map_term 'abs' or 'maha'), "
-                             f"not to map_term={map_term!r}")  # fmt: skip
+        if recon_colour in COLOUR_KEEP and map_term not in RESIDUAL_MAP_TERMS:
+            raise ValueError(f"recon_colour={recon_colour!r} applies to the residual maps (map_term 'abs' or "
+                             f"'maha'), not to map_term={map_term!r}")  # fmt: skip
         self.score_norm = score_norm
         self.latent_weight = float(latent_weight)
         self.local_topk = int(local_topk)
@@ -255,7 +259,7 @@ class Scorer:
                              "models without one")  # fmt: skip
         # images are read at the global size; the local model resizes to its own
         self.image_size = (g or loc).config.image_size
-        self.grey_recon = self._grey_recon()
+        self.recon_colour_used = self._recon_colour_used()
         self.local_size = loc.config.image_size if loc is not None else None
         self.images_seen = 0
         self.seconds = 0.0
@@ -267,11 +271,11 @@ class Scorer:
             self.global_model, self.local_model = (compile_networks(m) if m is not None else None
                                                    for m in (self.global_model, self.local_model))  # fmt: skip
 
-    def _grey_recon(self) -> bool:
-        """Whether the residual maps take a grey reconstruction (``recon_colour``)."""
-        if self.map_term not in RESIDUAL_MAP_TERMS or self.recon_colour == "rgb":
-            return False
-        return self.recon_colour == "grey" or all_grey(validation_files(self.model_dir))
+    def _recon_colour_used(self) -> str:
+        """What ``recon_colour`` decides for the residual maps: "rgb", "grey" or "damped"."""
+        if self.map_term not in RESIDUAL_MAP_TERMS or self.recon_colour != "auto":
+            return self.recon_colour if self.map_term in RESIDUAL_MAP_TERMS else "rgb"
+        return "damped" if all_grey(validation_files(self.model_dir)) else "rgb"
 
     def _load(self, files: dict, kind: str, fold_bn: bool):
         if kind not in files:
@@ -357,7 +361,9 @@ class Scorer:
     def _cache_key(self) -> dict:
         # bf16 scores differ in the last digits: a threshold calibrated in fp32 is not theirs
         bf16 = sorted(k for k, p in self.precision.items() if p != "fp32")
-        return self.scoring if not bf16 else {**self.scoring, "bf16": bf16}
+        key = self.scoring if not bf16 else {**self.scoring, "bf16": bf16}
+        # what "auto" decided, so a record from an older meaning of it is recalibrated
+        return key if self.map_term not in RESIDUAL_MAP_TERMS else {**key, "recon_colour_used": self.recon_colour_used}
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -440,10 +446,11 @@ class Scorer:
         return s, m
 
     def _map_recon(self, x_hat: Tensor) -> Tensor:
-        """The reconstruction the residual maps compare with: grey under ``recon_colour``
-        (only when a residual map is made; the terms keep the model's own)."""
+        """The reconstruction the residual maps compare with, its colour as ``recon_colour``
+        decided (only when a residual map is made; the terms keep the model's own)."""
         x_hat = x_hat.float()
-        return grey_projection(x_hat, IMAGENET_MEAN, IMAGENET_STD) if self.grey_recon else x_hat
+        keep = COLOUR_KEEP.get(self.recon_colour_used)
+        return x_hat if keep is None else grey_projection(x_hat, IMAGENET_MEAN, IMAGENET_STD, keep)
 
     def _global_terms(self, x: Tensor, want_maps: bool, model=None) -> tuple[Tensor, Tensor | None]:
         # the whole image is one "patch" of the global config: the variant's score and

@@ -58,9 +58,9 @@ LEGACY_SCORING = {"score_norm": "sum", "latent_weight": 1.0, "local_topk": 1, "m
                   "excess_quantile": 0.95, "recon_colour": "rgb"}  # fmt: skip
 MAP_TERMS = ("lr", "abs", "maha")
 RESIDUAL_MAP_TERMS = ("abs", "maha")  # the maps recon_colour applies to
-RECON_COLOURS = ("auto", "rgb", "grey")
+RECON_COLOURS = ("auto", "rgb", "grey", "damped")
 IMAGE_SCORES = ("terms", "map-max", "map-excess")
-# "auto": the residual maps of grey data use a grey reconstruction (igd_fast.score.residual)
+# "auto": the residual maps of grey data damp the reconstruction's colour (igd_fast.score.residual)
 DEFAULT_SCORING = dict(LEGACY_SCORING, recon_colour="auto")
 # fields a usable cached record must hold as finite numbers
 NUMERIC_FIELDS = ("threshold", "map_low", "map_high", "score_scale", "pixel_threshold")
