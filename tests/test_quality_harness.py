@@ -1,5 +1,6 @@
 """benchmarks/quality/run.py: its rows and table, and one tiny run through the CLI."""
 
+import argparse
 import csv
 import importlib.util
 import json
@@ -48,12 +49,22 @@ def test_one_tiny_run_through_the_cli(harness, tmp_path):
                                                             ("rec", ""), ("rec", "--score-norm standard")]  # fmt: skip
     for r in rows:
         assert r["seed"] == "5" and r["epochs"] == "1" and r["extra_train"] == "--global-weights 0.3 0.3 0.4"
+        assert float(r["rho"]) == 0.15  # the paper's ρ, read from run.json
         assert 0.0 <= float(r["image_AUROC"]) <= 1.0 and 0.0 <= float(r["pixel_AUROC"]) <= 1.0
         assert float(r["pixel_AUPRO"]) >= 0.0
     assert rows[0]["train_seconds"] and float(rows[0]["train_seconds"]) > 0
     # the second setting re-evaluates the same model: same training time, its own eval time
     assert rows[1]["train_seconds"] == rows[0]["train_seconds"] and rows[1]["model_dir"] == rows[0]["model_dir"]
     assert (tmp_path / "results.md").read_text().count("| synth |") == 4
+
+
+def test_runs_that_differ_only_in_extra_flags_get_their_own_model_folder(harness):
+    base = dict(category="c", model="both", preset="cpu", image_size=None, width=None, epochs=None, seed=1,
+                pretrain=None, init_encoder=None, global_weights=None)  # fmt: skip
+    tags = {harness._tag(argparse.Namespace(**base, extra_train=x), "igd") for x in ("", "--rho 1", "--rho 0.5")}
+    assert len(tags) == 3 and harness._tag(argparse.Namespace(**base, extra_train=""), "igd") == "c_igd_both_pcpu_seed1"
+    gw = harness._tag(argparse.Namespace(**base | {"global_weights": [0.5, 0.5]}, extra_train=""), "igd")
+    assert gw not in tags
 
 
 def test_an_older_csv_is_upgraded_to_the_new_columns(harness, tmp_path):

@@ -235,7 +235,7 @@ def test_every_preset_key_is_a_sentinel_flag_of_its_verb():
 def test_preset_cpu_values_and_an_explicit_override(data, tmp_path):
     ns = build_parser().parse_args(["train", "--out", "x", "--preset", "cpu", "--epochs", "3"])
     applied = apply_preset(ns, "train")
-    assert (ns.image_size, ns.width, list(ns.blocks), ns.patches_per_image) == (128, 16, [1, 1, 1, 1], 32)
+    assert (ns.image_size, ns.width, list(ns.blocks), ns.patches_per_image, ns.rho) == (128, 16, [1, 1, 1, 1], 32, 1.0)
     assert list(ns.global_weights) == PRESETS["train"]["cpu"]["global_weights"]
     assert ns.epochs == 3 and "epochs" not in applied  # explicit wins, even at the preset's own value
     ns = build_parser().parse_args(["train", "--out", "x", "--preset", "cpu", "--epochs", "36"])
@@ -248,7 +248,7 @@ def test_preset_cpu_values_and_an_explicit_override(data, tmp_path):
                  "0", "--width", "8", "--model", "global", *FAST]) == 0  # fmt: skip
     m = json.loads((out / "run.json").read_text())["models"]["global"]
     assert m["config"]["width"] == 8 and m["config"]["image_size"] == 128 and m["config"]["blocks"] == [1, 1, 1, 1]
-    assert m["config"]["weights"] == PRESETS["train"]["cpu"]["global_weights"]
+    assert m["config"]["weights"] == PRESETS["train"]["cpu"]["global_weights"] and m["config"]["rho"] == 1.0
     assert m["options"]["preset"] == "cpu" and m["options"]["patches_per_image"] == 32
     assert "width" not in m["options"]["preset_applied"] and m["options"]["preset_applied"]["image_size"] == 128
 

@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 COLUMNS = (
     "date", "data", "category", "variant", "model", "image_size", "width", "blocks", "latent", "epochs",
     "patches_per_image", "extra_train", "seed", "train_seconds", "eval_seconds", "scoring", "image_AUROC",
-    "pixel_AUROC", "pixel_AUPRO", "model_dir", "preset", "pretrain", "pretrain_seconds",
+    "pixel_AUROC", "pixel_AUPRO", "model_dir", "preset", "pretrain", "pretrain_seconds", "rho",
 )  # fmt: skip
 # the model flags and their harness defaults without --preset (recipe A of docs/results_quality.md)
 MODEL_FLAGS = {"image_size": 128, "width": 16, "blocks": (1, 1, 1, 1), "patches_per_image": 32,
@@ -87,7 +87,7 @@ def write_markdown(csv_path: str | Path, md_path: str | Path) -> str:
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     cols = ("category", "variant", "model", "image_size", "width", "blocks", "epochs", "patches_per_image",
-            "extra_train", "preset", "pretrain", "seed", "pretrain_seconds", "train_seconds", "scoring",
+            "extra_train", "preset", "rho", "pretrain", "seed", "pretrain_seconds", "train_seconds", "scoring",
             *METRICS)  # fmt: skip
 
     def cell(r: dict, k: str) -> str:
@@ -188,13 +188,14 @@ def _resolve_model_flags(a: argparse.Namespace) -> None:
 
 
 def _used(mdir: Path) -> dict:
-    """The model values the run actually used (its run.json; the first model's config)."""
+    """The model values the run actually used (its run.json; the first model's config). ρ is
+    recorded because a preset may set it (``--preset cpu`` does since session 11)."""
     models = json.loads((mdir / "run.json").read_text())["models"]
     m = models.get("global") or next(iter(models.values()))
     c, o = m["config"], m["options"]
     return {"model": "both" if len(models) == 2 else next(iter(models)), "image_size": c["image_size"],
             "width": c["width"], "blocks": " ".join(map(str, c["blocks"])),
-            "epochs": o["epochs"], "patches_per_image": o["patches_per_image"] or ""}  # fmt: skip
+            "epochs": o["epochs"], "patches_per_image": o["patches_per_image"] or "", "rho": c["rho"]}  # fmt: skip
 
 
 def _pretrain_label(a: argparse.Namespace) -> str:
@@ -213,6 +214,8 @@ def _tag(a: argparse.Namespace, variant: str) -> str:
     ssl = a.pretrain if a.pretrain is not None else a.init_encoder
     if ssl is not None:
         parts.append("ssl" + hashlib.sha1(str(ssl).encode()).hexdigest()[:6])
+    if _extra(a):  # runs that differ only in extra flags (--rho 1) must not share a folder
+        parts.append("x" + hashlib.sha1(_extra(a).encode()).hexdigest()[:6])
     return "_".join(x for x in parts if x)
 
 
