@@ -189,7 +189,7 @@ def _resolve_model_flags(a: argparse.Namespace) -> None:
 
 def _used(mdir: Path) -> dict:
     """The model values the run actually used (its run.json; the first model's config). ρ is
-    recorded because a preset may set it (``--preset cpu`` does since session 11)."""
+    recorded because a preset may set it (``--preset cpu`` does)."""
     models = json.loads((mdir / "run.json").read_text())["models"]
     m = models.get("global") or next(iter(models.values()))
     c, o = m["config"], m["options"]
@@ -213,10 +213,15 @@ def _tag(a: argparse.Namespace, variant: str) -> str:
               f"e{a.epochs}" if a.epochs is not None else "", f"seed{a.seed}"]  # fmt: skip
     ssl = a.pretrain if a.pretrain is not None else a.init_encoder
     if ssl is not None:
-        parts.append("ssl" + hashlib.sha1(str(ssl).encode()).hexdigest()[:6])
-    if _extra(a):  # runs that differ only in extra flags (--rho 1) must not share a folder
-        parts.append("x" + hashlib.sha1(_extra(a).encode()).hexdigest()[:6])
+        parts.append("ssl" + _short_hash(str(ssl)))
+    extra = _extra(a)
+    if extra:  # runs that differ only in extra flags (--rho 1) must not share a folder
+        parts.append("x" + _short_hash(extra))
     return "_".join(x for x in parts if x)
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:6]
 
 
 def main(argv: list[str] | None = None) -> int:
