@@ -6,7 +6,7 @@
 
 Two model directories with random weights (timing does not depend on what was learnt):
 ``paper`` = width 64 at 256² (ModelConfig defaults: ResNet-18 blocks, global + local);
-``small`` = the ``--preset cpu`` recipe (width 16, 128², blocks 1 1 1 1, the local model's
+``small`` = the ``--preset cpu --model both`` recipe (width 16, 128², blocks 1 1 1 1, the local model's
 4 MS-SSIM weights for the global model; igd_fast/cli/presets.py). Each setting runs in a
 fresh process (under ``flock LOCK`` when given: one lock per measurement) that builds a
 ``Scorer`` (batch 16, maps on, the default fp32 path), warms it up on one batch read in

@@ -55,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument(
         "--model",
         choices=("global", "local", "both"),
-        default="both",
+        default=Default("both"),
         help="which model's encoder(s): global (whole images) or local (patches); default both, into one file",
     )
     m.add_argument(

@@ -48,9 +48,10 @@ exit codes: 0 trained (or nothing left to train); 2 bad arguments or data, a
 non-finite loss, or interrupted (Ctrl-C / SIGTERM: the last checkpoint stays intact
 and the message gives the --resume command).
 
-presets: --preset cpu sets the small 2-CPU-core recipe (values in the --preset help; each
-flag given explicitly overrides its preset value); run.json records the preset and the
-values it set. Without --preset every default is the paper's (GPU-sized).
+presets: --preset cpu sets the small 2-CPU-core recipe for objects (the global model alone;
+--model both adds the local one), --preset cpu-texture the one for textures (values in the
+--preset help; each flag given explicitly overrides its preset value); run.json records
+the preset and the values it set. Without --preset every default is the paper's (GPU-sized).
 
 encoder initialisation: --init-encoder FILE takes the file of `igd-fast pretrain` (the
 whole encoder, trunk + projection to Z, per model kind; width/blocks/latent must match,
