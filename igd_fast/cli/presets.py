@@ -19,14 +19,14 @@ import argparse
 # both textures (grass image/pixel AUROC 0.598/0.678 vs 0.530/0.606, moon 0.740/0.885
 # vs 0.719/0.868; ~2 min of training each; docs/results_quality.md section 7), and SSL
 # pre-training did not beat scratch at the same time, so the preset trains from scratch.
-# ρ = 1 (absolute error alone; paper 0.15): on juice_bottle at these 36 epochs image AUROC
-# went from 0.688 / 0.715 / 0.766 to 0.726 / 0.798 / 0.868 at seeds 0 / 1 / 2; score such
-# models with --map-term maha --map-sigma 4 (pixel AUROC 0.871-0.882 at every seed; the
-# default lr map gave 0.794 at seed 2; section 14). The global model alone (section 15): on
-# juice_bottle the local model's term and map were noise or worse (s_L image AUROC 0.54, local
-# map pixel AUROC 0.46 at seed 0), so s_G + s_L scored 0.745 where s_G alone scored 0.875, and
-# training takes half the time. Chosen on logical anomalies only: for small structural defects
-# on objects, --model both. Textures: --preset cpu-texture.
+# ρ = 1 (absolute error alone; paper 0.15): on juice_bottle at these 36 epochs, with both
+# models, image AUROC went from 0.688 / 0.715 / 0.766 to 0.726 / 0.798 / 0.868 at seeds
+# 0 / 1 / 2 (section 14). The global model alone (section 15): there the local model's term
+# and map were noise (s_L image AUROC 0.54, local map pixel AUROC 0.46 at seed 0), so
+# s_G + s_L scored 0.745 where s_G alone scored 0.875 (seeds 1 / 2: 0.898 / 0.890, pixel
+# 0.871-0.875 under the paper's scoring), in half the training time. Chosen on logical
+# anomalies only: for small structural defects on objects, --model both. Textures:
+# --preset cpu-texture.
 CPU_TRAIN = {
     "model": "global",
     "image_size": 128,
