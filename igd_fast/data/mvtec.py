@@ -24,8 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
+
+from ..limits import LimitError, check_pixels
+from .files import NotARegularFile, regular_file, walk_files
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,7 +47,8 @@ class DataLayoutError(ValueError):
 
 
 class CorruptImageError(ValueError):
-    """An image file could not be decoded; the message names the file."""
+    """An image file could not be decoded (or may not be: too large, not a regular file,
+    values out of range); the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -62,14 +66,11 @@ class Sample:
         return 0 if self.defect == "good" else 1
 
 
-def images_under(folder: str | Path) -> list[Path]:
-    """Image files below ``folder``, recursively, sorted (hidden files skipped)."""
-    root = Path(folder)
-    return sorted(
-        p for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )  # fmt: skip
+def images_under(folder: str | Path, exclude: Sequence[str | Path] = ()) -> list[Path]:
+    """Image files below ``folder``, recursively, sorted: the listing rule of
+    :mod:`igd_fast.data.files` (hidden files skipped, symlinked folders followed once,
+    ``exclude`` and igd-fast output folders skipped)."""
+    return sorted(p for p in walk_files(folder, exclude) if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _category_dir(root: str | Path, category: str) -> Path:
@@ -149,27 +150,69 @@ def split_train_val(files: Sequence[Path], val_fraction: float = 0.1, seed: int 
     return train, val
 
 
-def _to_uint8(im: Image.Image) -> Image.Image:
+def _to_uint8(im: Image.Image, path) -> Image.Image:
     """8-bit view of a high-bit-depth image, scaled by its bit depth, never by its own
     min/max (a darker copy must stay darker): I;16* and I (16-bit PNG/TIFF) divide by
     65535 (values above it, possible only in 32-bit files, saturate); F (float TIFF)
-    is taken as [0, 1]."""
+    must hold values in [0, 1] (a float image of 0-255 values, or NaN, is refused with
+    the file named rather than clipped to white)."""
     a = np.asarray(im, dtype=np.float64)
+    if im.mode == "F":
+        lo, hi = (float(np.nanmin(a)), float(np.nanmax(a))) if a.size and not np.isnan(a).all() else (0.0, 0.0)
+        if not np.isfinite(a).all() or lo < 0.0 or hi > 1.0:
+            bad = "NaN or inf values" if not np.isfinite(a).all() else f"values in [{lo:g}, {hi:g}]"
+            raise CorruptImageError(f"image file {path} is a float image with {bad}; float images must hold values "
+                                    "in [0, 1] (save 0-255 data as 8-bit, or divide it by 255)")  # fmt: skip
     scale = 255.0 if im.mode == "F" else 255.0 / 65535.0
     return Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8))
 
 
-def open_rgb(path: str | Path) -> Image.Image:
-    """The image as 8-bit RGB (RGBA / LA / P / L / 16-bit all end up as 3 channels);
-    CorruptImageError naming the file when it cannot be decoded."""
+# EXIF orientations that swap width and height (transpose, rotate 90/270, transverse)
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def _orientation(im: Image.Image) -> int:
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                return _to_uint8(im).convert("RGB")
-            return im.convert("RGB")
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a damaged EXIF block: no rotation
+        return 1
+
+
+def _opened(path, what: str = "image file"):
+    """``Image.open`` of a regular file within the pixel limit (checked on the header,
+    before any pixel is decoded); CorruptImageError naming the file otherwise."""
+    try:
+        regular_file(path, what)
+    except (FileNotFoundError, NotARegularFile) as e:
+        raise CorruptImageError(f"cannot read {e}") from None
+    try:
+        im = Image.open(path)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise CorruptImageError(f"cannot read image file {path}: {e}") from e
+        raise CorruptImageError(f"cannot read {what} {path}: {e}") from e
+    try:
+        check_pixels(im.size[0], im.size[1], f"{what} {path}")
+    except LimitError as e:
+        im.close()
+        raise CorruptImageError(str(e)) from None
+    return im
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """The image as 8-bit RGB (RGBA / LA / P / L / 16-bit all end up as 3 channels),
+    turned upright by its EXIF orientation (as viewers show it); CorruptImageError
+    naming the file when it cannot be decoded, is not a regular file or is over the
+    pixel limit (:mod:`igd_fast.limits`)."""
+    with _opened(path) as im:
+        try:
+            im.load()
+            upright = ImageOps.exif_transpose(im) if _orientation(im) != 1 else im
+            if upright.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                return _to_uint8(upright, path).convert("RGB")
+            return upright.convert("RGB")
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            if isinstance(e, CorruptImageError):
+                raise
+            raise CorruptImageError(f"cannot read image file {path}: {e}") from e
 
 
 def load_image(path: str | Path, size: int | tuple[int, int] | None = 256) -> torch.Tensor:
@@ -185,12 +228,22 @@ def load_image(path: str | Path, size: int | tuple[int, int] | None = 256) -> to
     return ((x - mean) / std).contiguous()
 
 
+def _mask_pixels(f, hw) -> np.ndarray:
+    """A mask file as an H×W bool array (nearest resize to ``hw``): any non-zero pixel is
+    anomalous, so 0/255 (MVTec), 0/1 (other tools) and LOCO's per-defect values all read."""
+    with _opened(f, "mask file") as im:
+        try:
+            return np.asarray(im.convert("L").resize((hw[1], hw[0]), Image.NEAREST)) > 0
+        except (OSError, SyntaxError, ValueError) as e:
+            raise CorruptImageError(f"cannot read mask file {f}: {e}") from e
+
+
 def load_mask(path: str | Path | None, size: int | tuple[int, int]) -> torch.Tensor:
     """1×H×W float32 {0, 1} mask (nearest resize to ``size``); zeros when ``path`` is None.
 
-    A file: pixels > 127 are anomalous (MVTec AD's 0/255 masks). A folder (MVTec LOCO):
-    the logical OR of its mask files, where any non-zero pixel is anomalous (LOCO codes
-    each defect type by its own pixel value).
+    Any non-zero pixel is anomalous: MVTec AD's 0/255 masks, the 0/1 masks of other
+    tools and MVTec LOCO's per-defect values alike. A folder (MVTec LOCO): the logical
+    OR of its mask files.
     """
     hw = (size, size) if isinstance(size, int) else tuple(size)
     if path is None:
@@ -201,27 +254,17 @@ def load_mask(path: str | Path | None, size: int | tuple[int, int]) -> torch.Ten
             raise CorruptImageError(f"mask folder {path} holds no mask files")
         out = np.zeros(hw, bool)
         for f in files:
-            try:
-                with Image.open(f) as im:
-                    out |= np.asarray(im.convert("L").resize((hw[1], hw[0]), Image.NEAREST)) > 0
-            except (OSError, SyntaxError, ValueError) as e:
-                raise CorruptImageError(f"cannot read mask file {f}: {e}") from e
+            out |= _mask_pixels(f, hw)
         return torch.from_numpy(out.astype(np.float32))[None]
-    try:
-        with Image.open(path) as im:
-            m = im.convert("L").resize((hw[1], hw[0]), Image.NEAREST)
-    except (OSError, SyntaxError, ValueError) as e:
-        raise CorruptImageError(f"cannot read mask file {path}: {e}") from e
-    return torch.from_numpy((np.asarray(m) > 127).astype(np.float32))[None]
+    return torch.from_numpy(_mask_pixels(path, hw).astype(np.float32))[None]
 
 
 def image_size_of(path: str | Path) -> tuple[int, int]:
-    """(H, W) of an image file without decoding the pixels."""
-    try:
-        with Image.open(path) as im:
-            return im.size[1], im.size[0]
-    except (OSError, SyntaxError, ValueError) as e:
-        raise CorruptImageError(f"cannot read image file {path}: {e}") from e
+    """(H, W) of an image file as :func:`open_rgb` gives it (EXIF orientation applied),
+    from its header alone."""
+    with _opened(path) as im:
+        w, h = im.size
+        return (w, h) if _orientation(im) in _SWAPPING_ORIENTATIONS else (h, w)
 
 
 def mask_size_mismatches(samples: Sequence[Sample]) -> list[str]:

@@ -6,7 +6,7 @@ returns the error, and the collate function keeps those apart from the batch.
 
 from __future__ import annotations
 
-import glob
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,23 +18,29 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..data import CorruptImageError, image_size_of, images_under, load_image, open_rgb
+from ..data.files import glob_files
+from ..outputs import atomic_write_bytes, save_image
 
 
-def list_images(spec: str | Path) -> list[Path]:
+def list_images(spec: str | Path, exclude: Sequence[str | Path] = ()) -> list[Path]:
     """Image files named by a folder (searched recursively) or a glob pattern, sorted.
 
     A folder yields every file with an image extension below it (the listing rule of
-    ``igd_fast.data``, also used for training and evaluation); a glob yields every file
-    it matches (whatever its extension: a file named explicitly is scored, and
-    reported if it cannot be read).
+    ``igd_fast.data.files``, also used for training and evaluation: symlinked folders
+    followed once, hidden files, ``exclude`` — the run's own output folder — and other
+    igd-fast output folders skipped); a glob yields every regular file it matches
+    (whatever its extension: a file named explicitly is scored, and reported if it
+    cannot be read). An empty ``spec`` is a ValueError (not the working directory).
     """
+    if not str(spec).strip():
+        raise ValueError("the input is empty: name a folder or a glob pattern (an unset shell variable?)")
     p = Path(spec)
     if p.is_dir():
-        files = images_under(p)
+        files = images_under(p, exclude)
     elif p.is_file():
         files = [p]
     else:
-        files = [Path(f) for f in glob.glob(str(spec), recursive=True) if Path(f).is_file()]
+        files = glob_files(str(spec), exclude)
     return sorted(files)
 
 
@@ -141,7 +147,8 @@ def overlay(rgb: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, alpha: 
 
 
 def save_overlay(path: str | Path, image_path: str | Path, amap: np.ndarray, vmin: float, vmax: float) -> None:
-    Image.fromarray(overlay(read_rgb(image_path), amap, vmin, vmax)).save(path)
+    """The overlay as a PNG, written atomically (a killed run leaves no half file)."""
+    save_image(path, overlay(read_rgb(image_path), amap, vmin, vmax), "PNG")
 
 
 def save_tiff(path: str | Path, amap: np.ndarray) -> None:
@@ -150,13 +157,15 @@ def save_tiff(path: str | Path, amap: np.ndarray) -> None:
     a = np.ascontiguousarray(amap, dtype=np.float32)
     if a.ndim != 2:
         raise ValueError(f"a TIFF map must be H×W, got shape {a.shape}")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
         import tifffile
     except ImportError:
-        Image.fromarray(a).save(path, format="TIFF")
+        save_image(path, Image.fromarray(a), "TIFF")
         return
-    tifffile.imwrite(path, a)
+    buf = io.BytesIO()  # tifffile wants a named or in-memory file
+    tifffile.imwrite(buf, a)
+    data = buf.getvalue()
+    atomic_write_bytes(path, lambda f: f.write(data), durable=False)
 
 
 def read_tiff(path: str | Path) -> np.ndarray:
@@ -171,5 +180,4 @@ def read_tiff(path: str | Path) -> np.ndarray:
 
 def save_mask(path: str | Path, mask: np.ndarray) -> None:
     """A boolean H×W mask as an 8-bit PNG, 255 = anomalous (the MVTec ground-truth convention)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(path)
+    save_image(path, np.where(mask, 255, 0).astype(np.uint8), "PNG")
