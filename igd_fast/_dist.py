@@ -98,6 +98,8 @@ def resolve_device(spec: str | torch.device | None, local_rank: int = 0) -> torc
         raise DeviceError(f"invalid device {str(spec)!r}: use cpu, cuda or cuda:N") from e
     if dev.type not in ("cpu", "cuda"):
         raise DeviceError(f"device {str(spec)!r} is not supported: use cpu, cuda or cuda:N")
+    if dev.type == "cpu" and dev.index not in (None, 0):
+        raise DeviceError(f"device {str(spec)!r}: the CPU is one device (all its cores), it has no index; use cpu")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"

@@ -15,16 +15,18 @@ reads them), so neither imports the other.
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .data.files import NotARegularFile, regular_file
+from .limits import LimitError, check_pixels
 from .models import IGD, ModelConfig
+from .models.weights import load_weights
+from .outputs import atomic_write_bytes  # noqa: F401 - re-exported: the one atomic writer
 
 FORMAT = "igd_fast.checkpoint/1"
 RUN_JSON = "run.json"
@@ -65,24 +67,6 @@ def set_rng_state(st: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def atomic_write_bytes(path: str | Path, write) -> None:
-    """Call ``write(file_object)`` on a temp file next to ``path``, fsync, then rename
-    over ``path``: readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(
     path: str | Path,
     model: IGD,
@@ -116,37 +100,85 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device | None = 
     """The checkpoint dict, loaded with ``weights_only=True`` (no pickled code runs).
 
     Raises FileNotFoundError for a missing file and :class:`CheckpointError` naming the
-    file for anything unreadable: truncated, random bytes, another format, pickled code.
+    file for anything unusable: truncated, random bytes, another format, pickled code,
+    not a regular file, weights or descriptor that are not finite numbers.
     """
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise FileNotFoundError(f"checkpoint {p} does not exist")
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    # random bytes can make the unpickler raise almost anything (IndexError, KeyError,
-    # struct.error, ...): every failure of the load is a file we cannot read
-    except Exception as e:  # noqa: BLE001
-        msg = str(e)
-        why = next((ln.strip() for ln in msg.splitlines() if "Unsupported global" in ln), None)
-        if why is not None:
-            raise CheckpointError(
-                f"refusing checkpoint {p}: it holds pickled Python objects, which a weights_only load never runs "
-                f"({why})"
-            ) from e
-        lines = [ln.strip() for ln in msg.splitlines() if ln.strip() and "Weights only load failed" not in ln]
-        first = lines[-1][:200] if lines else type(e).__name__
-        raise CheckpointError(f"cannot read checkpoint {p}: corrupt, truncated or not a checkpoint ({first})") from e
+        regular_file(p, "checkpoint")
+    except (NotARegularFile, FileNotFoundError) as e:
+        raise CheckpointError(str(e)) from None
+    ckpt = torch_load(p, "checkpoint", map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not an igd_fast checkpoint (format {FORMAT})")
     for key in ("config", "model"):
         if key not in ckpt:
             raise CheckpointError(f"{p} is an incomplete igd_fast checkpoint: no {key!r} entry")
+    check_weights(ckpt, p)
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> IGD:
+def torch_load(p: Path, what: str, map_location: str | torch.device | None = "cpu"):
+    """``torch.load(weights_only=True)`` of ``p``, every failure a CheckpointError naming
+    the file (``what``: how to call it), a pickled payload said to be one."""
+    return load_weights(p, what, CheckpointError, map_location)
+
+
+def check_weights(ckpt: dict, path: str | Path) -> None:
+    """CheckpointError unless the stored weights are a dict of tensors and every
+    floating-point one (descriptor included) is finite: NaN weights score every image NaN."""
+    sd = ckpt.get("model")
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise CheckpointError(f"{path} does not hold a usable model: its 'model' entry is not a state_dict")
+    named = [*sd.items(), *((k, ckpt[k]) for k in ("mu", "sigma2") if isinstance(ckpt.get(k), torch.Tensor))]
+    bad = [k for k, v in named if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CheckpointError(f"{path} holds non-finite (NaN or inf) weights in {', '.join(bad[:3])}{more}: "
+                              "the model is broken (e.g. training diverged); retrain it")  # fmt: skip
+
+
+def _config(ckpt: dict, path: str | Path) -> ModelConfig:
     try:
-        model = IGD(ModelConfig.from_dict(ckpt["config"]))
+        cfg = ModelConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{path} does not hold a usable model config: {e}") from e
+    try:
+        check_pixels(cfg.image_size, cfg.image_size, f"the model input size in {path}")
+    except LimitError as e:
+        raise CheckpointError(str(e)) from None
+    return cfg
+
+
+def _shape_mismatches(cfg: ModelConfig, sd: dict) -> list[str]:
+    """Where the weights do not fit ``cfg``'s network, found on the meta device (no
+    memory is allocated for the network, whatever sizes the config claims)."""
+    with torch.device("meta"):
+        want = IGD(cfg).state_dict()
+    bad = [f"missing {k}" for k in want if k not in sd]
+    bad += [f"unexpected {k}" for k in sd if k not in want]
+    bad += [f"{k}: {tuple(sd[k].shape)} stored, {tuple(v.shape)} for the config" for k, v in want.items()
+            if k in sd and tuple(sd[k].shape) != tuple(v.shape)]  # fmt: skip
+    return bad
+
+
+def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> IGD:
+    """The model of a loaded checkpoint; its config is checked against the weights'
+    shapes before the network is built (a config claiming a huge network is refused
+    without allocating it)."""
+    cfg = _config(ckpt, path)
+    try:
+        bad = _shape_mismatches(cfg, ckpt["model"])
+    except (TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise CheckpointError(f"{path} does not hold a usable model: {e}") from e
+    if bad:
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise CheckpointError(f"{path} does not hold a usable model: its weights do not fit its config: "
+                              + "; ".join(bad[:3]) + more)  # fmt: skip
+    try:
+        model = IGD(cfg)
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError, KeyError) as e:
         raise CheckpointError(f"{path} does not hold a usable model: {e}") from e
@@ -155,7 +187,7 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> IGD:
 
 def load_model(path: str | Path, map_location: str | torch.device | None = "cpu") -> IGD:
     """The IGD model stored in a checkpoint, in eval mode, on ``map_location``."""
-    ckpt = load_checkpoint(path, map_location)
+    ckpt = load_checkpoint(path, "cpu")
     model = model_from_checkpoint(ckpt, path)
     if map_location is not None:
         model = model.to(map_location)
@@ -166,6 +198,10 @@ def model_files(model_dir: str | Path) -> dict[str, Path]:
     """``{"global": .../global.pt, "local": .../local.pt}`` for the files present; a clear
     error when the directory holds neither."""
     d = Path(model_dir)
+    if d.is_file() and d.name in MODEL_FILES:
+        raise FileNotFoundError(f"{d} is a model file, not a model directory: pass its folder, --model {d.parent}")
+    if d.exists() and not d.is_dir():
+        raise FileNotFoundError(f"{d} is not a model directory (a folder holding global.pt and/or local.pt)")
     if not d.is_dir():
         raise FileNotFoundError(f"model directory {d} does not exist")
     found = {name.removesuffix(".pt"): d / name for name in MODEL_FILES if (d / name).is_file()}
@@ -181,14 +217,20 @@ def read_run(model_dir: str | Path) -> dict:
     """The ``run.json`` of a model directory (data root, category, seed, the
     validation files carved from train/good, per-model configs)."""
     p = Path(model_dir) / RUN_JSON
-    if not p.is_file():
+    if not p.exists():
         raise FileNotFoundError(f"{p} does not exist: not a trained model directory")
+    return _run_record(p)
+
+
+def _run_record(p: Path) -> dict:
     try:
+        regular_file(p, "run record")
         run = json.loads(p.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise CheckpointError(f"cannot read {p}: {e}") from e
     if not isinstance(run, dict):
-        raise CheckpointError(f"{p} is not a run record (a JSON object was expected)")
+        raise CheckpointError(f"{p} is not a run record (a JSON object was expected, it holds a "
+                              f"{type(run).__name__})")  # fmt: skip
     return run
 
 
@@ -197,17 +239,22 @@ def validation_files(model_dir: str | Path) -> list[Path]:
     run = read_run(model_dir)
     try:
         base = Path(run["data_root"]) / run["category"]
-        return [base / f for f in run["val_files"]]
+        files = run["val_files"]
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            raise TypeError("val_files is not a list of file names")
+        return [base / f for f in files]
     except (KeyError, TypeError) as e:
         raise CheckpointError(f"{Path(model_dir) / RUN_JSON} lacks the validation split ({e})") from e
 
 
-def write_run(model_dir: str | Path, run: dict) -> None:
-    """Write ``run.json`` atomically, merging the ``models`` entries of an existing one."""
+def write_run(model_dir: str | Path, run: dict, merge: bool = True) -> None:
+    """Write ``run.json`` atomically, merging the ``models`` entries of an existing one
+    (``merge`` False: replace it). An existing file that is not a run record is a
+    CheckpointError naming it (never silently replaced)."""
     p = Path(model_dir) / RUN_JSON
-    if p.is_file():
-        old = json.loads(p.read_text())
-        models = {**old.get("models", {}), **run.get("models", {})}
-        run = {**old, **run, "models": models}
+    if merge and p.exists():
+        old = _run_record(p)
+        models = old.get("models", {}) if isinstance(old.get("models"), dict) else {}
+        run = {**old, **run, "models": {**models, **run.get("models", {})}}
     data = json.dumps(run, indent=2, sort_keys=True).encode()
     atomic_write_bytes(p, lambda f: f.write(data))

@@ -20,14 +20,15 @@ from torch import Tensor, nn
 from .config import ModelConfig
 from .nets import Encoder, ResNetTrunk, trunk_state_dict
 from .ssl import SSL_FORMAT, arch_mismatches, encoder_arch
+from .weights import load_weights
 
 
 def read_resnet18_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The trunk entries of a torchvision ResNet-18 state_dict file (``torch.save``)."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise FileNotFoundError(f"ResNet-18 weights file {p} does not exist")
-    sd = torch.load(p, map_location="cpu", weights_only=True)
+    sd = load_weights(p, "ResNet-18 weights file")
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
@@ -56,13 +57,9 @@ def load_trunk(module: ResNetTrunk, path: str | Path) -> None:
 
 def _read(path: str | Path):
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise FileNotFoundError(f"--init-encoder file {p} does not exist")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # any unreadable file is the same user error
-        why = type(e).__name__
-        raise ValueError(f"cannot read --init-encoder file {p}: corrupt or not a weights file ({why})") from e
+    return load_weights(p, "--init-encoder file")
 
 
 def _ssl_entry(obj: dict, path: str | Path, cfg: ModelConfig) -> dict:
