@@ -153,7 +153,8 @@ def _model(a: argparse.Namespace) -> list[str]:
 
 
 def train_args(a: argparse.Namespace, variant: str, out: Path, init: str | None = None) -> list[str]:
-    args = ["train", "--data", a.data, "--category", a.category, "--out", str(out), *_model(a),
+    # --overwrite: a fresh (not --reuse) run retrains a tag's folder from the start
+    args = ["train", "--data", a.data, "--category", a.category, "--out", str(out), "--overwrite", *_model(a),
             "--variant", variant, *_preset(a), "--latent", str(a.latent), "--seed", str(a.seed), "--no-progress",
             "--device", a.device, *_flags(a, ("image_size", "width", "blocks", "epochs", "patches_per_image",
                                               "global_weights"))]  # fmt: skip

@@ -91,6 +91,7 @@ def train_small(
             # the local model sees 49 patches per image: a random 16 keep epochs short
             patches_per_image=16 if cfg.kind == "local" else None,
             progress=progress,
+            overwrite=True,  # the demo's own folder: a rerun replaces its model
         )
     return Path(model_dir)
 

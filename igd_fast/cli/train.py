@@ -6,6 +6,7 @@ Runs unchanged under ``torchrun --nproc_per_node N`` (gloo on CPU, nccl on GPU).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import sys
 
@@ -44,8 +45,13 @@ memory: each batch runs through the networks --micro-batch inputs at a time with
 gradient accumulation (one optimiser step per batch); the default keeps one step's
 activations near 3 GB (11 images of 256² or 715 patches of 32² at width 64).
 
+an OUT that already holds a trained model of a kind to train is refused (exit 2)
+unless --resume (continue it) or --overwrite (replace it) is given; one run at a time
+per OUT (a second is refused while the first holds OUT/.igd-fast.lock).
+
 exit codes: 0 trained (or nothing left to train); 2 bad arguments or data, a
-non-finite loss, or interrupted (Ctrl-C / SIGTERM: the last checkpoint stays intact
+non-finite loss or diverged model, a full disk (the last checkpoint stays intact), or
+interrupted (Ctrl-C / SIGTERM: the last checkpoint stays intact
 and the message gives the --resume command).
 
 presets: --preset cpu sets the small 2-CPU-core recipe for objects (the global model alone;
@@ -123,6 +129,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: from a ~3 GB activation budget)")
     t.add_argument("--seed", type=int, default=0, help="seed of the split, the initial weights and every draw")
     t.add_argument("--resume", action="store_true", help="continue from OUT/<kind>.pt if present")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the model(s) already in OUT (without it, or --resume, a trained model there is "
+                        "refused: nothing is replaced by accident)")  # fmt: skip
     t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on for CUDA)")
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -137,29 +146,60 @@ def _resume_command(argv: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from ..outputs import FolderInUse, OutputError, output_lock
+
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    try:
+        check_out_dir(args.out)
+        # one run per model folder (rank 0 holds it for the torchrun group)
+        with output_lock(Path(args.out)) if rank0 else contextlib.nullcontext():
+            return _run(args)
+    except (UsageError, FolderInUse) as e:
+        print(f"igd-fast train: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OutputError as e:
+        print(f"igd-fast train: error: {e}; the last checkpoint written is intact (every write is atomic): free "
+              f"space and continue with: {_resume_command(args._argv)}", file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from ..checkpoint import CheckpointError
     from ..data import CorruptImageError, DataLayoutError
     from ..models import ModelConfig
     from ..train import NonFiniteLossError, TrainingInterrupted, TrainOptions, sigterm_as_interrupt, train
+    from ..train.setup import existing_model
 
     applied = apply_preset(args, "train")
     try:
         check_device_backend(args)
-        check_out_dir(args.out)
         opts = TrainOptions(
             epochs=args.epochs, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
             val_fraction=args.val_fraction, device=args.device, amp=args.amp, compile=args.compile,
             channels_last=args.channels_last, backend=args.backend, skip_corrupt=args.skip_corrupt,
             init_encoder=args.init_encoder, distill_teacher=args.distill_teacher, distill_steps=args.distill_steps,
             patches_per_image=args.patches_per_image, micro_batch=args.micro_batch, resume=args.resume,
-            progress=not args.no_progress, preset=args.preset, preset_applied=applied or None,
+            overwrite=args.overwrite, progress=not args.no_progress, preset=args.preset,
+            preset_applied=applied or None,
         )  # fmt: skip
+        opts.check()
         data = training_layout(args)
         kinds = ("global", "local") if args.model == "both" else (args.model,)
+        for kind in kinds:  # before the first model trains for hours
+            why = existing_model(Path(args.out), kind, opts)
+            if why is not None:
+                raise UsageError(why)
         # every config is checked before the first model trains for hours
         cfgs = [_config(args, kind, ModelConfig) for kind in kinds]
         if args.init_encoder and not args.resume:
             _check_init_encoder(args.init_encoder, cfgs)
+        if args.distill_teacher and not args.resume:
+            _check_teacher(args.distill_teacher)
     except (UsageError, ValueError, FileNotFoundError) as e:
         print(f"igd-fast train: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -194,6 +234,16 @@ def _check_init_encoder(path: str, cfgs: list) -> None:
 
     for cfg in cfgs:
         init_encoder(Encoder(cfg.latent, cfg.width, cfg.blocks, bias_free=cfg.method.bias_free), path, cfg)
+
+
+def _check_teacher(path: str) -> None:
+    """Read the --distill-teacher file once before anything trains."""
+    from ..models.pretrain import teacher_from_file
+
+    try:
+        teacher_from_file(path)
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(f"--distill-teacher: {e}") from None
 
 
 def _config(args: argparse.Namespace, kind: str, model_config):

@@ -255,6 +255,7 @@ class Protocol:
             val_fraction=0.0,  # the training set is exactly the split's
             device=self.device,
             progress=self.progress,
+            overwrite=True,  # an unfinished class trains again from the start (finished ones are skipped)
         )
         train(model_config(s), data_root, category, cdir / "model", opts)
         t2 = time.perf_counter()

@@ -12,6 +12,7 @@ rank) alone. Ctrl-C or SIGTERM (see :func:`sigterm_as_interrupt`) stops with
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import signal
@@ -25,6 +26,7 @@ import torch
 from .. import _dist
 from ..checkpoint import rng_state, save_checkpoint, write_run
 from ..models import IGD, ModelConfig
+from ..outputs import write_text
 from .estep import calibrate_batchnorm, estimate_descriptor, model_inputs, validation_loss
 from .mstep import LOSS_TERMS, MStep, ReconFn, default_recon_fn, set_lr
 from .setup import Loaders, Run, TrainOptions, loaders, setup, wrappers
@@ -50,7 +52,7 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.checkpoint, self.epoch = checkpoint, epoch
 
 
-_stop = {"requested": False, "defer": 0}
+_stop = {"requested": False, "defer": 0, "unwinding": False}
 
 
 def stop_requested() -> bool:
@@ -80,11 +82,15 @@ def sigterm_as_interrupt():
     the next step boundary (:func:`stop_requested`)."""
 
     def handler(signum, frame):
+        if _stop["unwinding"]:  # a second Ctrl-C while the first one stops the workers: let it finish
+            return
         _stop["requested"] = True
         if not _stop["defer"] and not _in_fork_hook(frame):
+            _stop["unwinding"] = True
             raise KeyboardInterrupt
 
     _stop["requested"] = False
+    _stop["unwinding"] = False
     try:
         old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread: leave signals alone
@@ -100,14 +106,15 @@ def sigterm_as_interrupt():
 def _write_logs(out_dir: Path, kind: str, history: list[dict]) -> None:
     if not history:
         return
-    (out_dir / f"{kind}_log.json").write_text(json.dumps(history, indent=1))
+    write_text(out_dir / f"{kind}_log.json", json.dumps(history, indent=1))
     keys = list(history[0].keys())
     for row in history:
         keys += [k for k in row if k not in keys]
-    with open(out_dir / f"{kind}_log.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(history)
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, fieldnames=keys)
+    w.writeheader()
+    w.writerows(history)
+    write_text(out_dir / f"{kind}_log.csv", f.getvalue())
 
 
 def _epoch_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
@@ -189,7 +196,24 @@ def _epoch(run: Run, step: MStep, ld: Loaders, epoch: int, last_saved: int | Non
     row |= {k: float(v) / max(n_steps, 1) for k, v in zip(LOSS_TERMS, sums)}
     row |= validation_loss(run.model, ld.val, run.device, opts.backend, run.micro_batch)
     row |= {"mu_norm": float(run.model.descriptor.mu.norm()), "sigma2": float(run.model.descriptor.sigma2)}
+    _check_finite_epoch(run, row, epoch, last_saved)
     return row
+
+
+def _check_finite_epoch(run: Run, row: dict, epoch: int, last_saved: int | None) -> None:
+    """NonFiniteLossError (before the epoch is saved) when the validation loss, the
+    descriptor or any weight is no longer a finite number: the training losses can stay
+    finite while the model has diverged (e.g. a learning rate far too high)."""
+    bad = [k for k in ("val_loss", "mu_norm", "sigma2") if k in row and not math.isfinite(row[k])]
+    bad += [n for n, p in run.model.named_parameters() if not bool(torch.isfinite(p.detach()).all())][:3]
+    if not bad:
+        return
+    last = "none written yet" if last_saved is None else f"{run.ckpt_path} (epoch {last_saved})"
+    vals = ", ".join(f"{k}={row[k]:.6g}" for k in ("loss", "val_loss") if k in row)
+    raise NonFiniteLossError(
+        f"non-finite {', '.join(bad)} after epoch {epoch + 1} ({vals}): the model diverged (is --lr {run.cfg.lr:g} "
+        f"too high?); training stopped, last good checkpoint: {last}"
+    )
 
 
 def _estep_due(cfg: ModelConfig, epoch: int) -> bool:
@@ -254,6 +278,7 @@ def train(
                 raise KeyboardInterrupt
             _dist.barrier()
     except KeyboardInterrupt:
+        _stop["unwinding"] = True  # a second Ctrl-C must not break the workers' shutdown below
         raise TrainingInterrupted(run.ckpt_path, last_saved) from None
     finally:
         ld.close()  # DataLoader workers end here, also when interrupted

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from .. import _dist
-from ..checkpoint import load_checkpoint, set_rng_state
+from ..checkpoint import MODEL_FILES, RUN_JSON, CheckpointError, load_checkpoint, read_run, set_rng_state
 from ..data import Layout, MVTecDataset, resolve_layout, split_train_val
 from ..models import IGD, ModelConfig, distill_encoder, init_encoder
 from .estep import model_inputs
@@ -59,6 +59,7 @@ class TrainOptions:
     patches_per_image: int | None = None  # local model: random subset per image (None: all)
     micro_batch: int | None = None  # inputs per forward/backward; None: auto_micro_batch
     resume: bool = False
+    overwrite: bool = False  # replace a model already in out_dir (else refused: resume, or another folder)
     progress: bool = True
     max_steps_per_epoch: int | None = None
     preset: str | None = None  # the CLI's --preset, recorded with the values it set (others explicit)
@@ -76,6 +77,8 @@ class TrainOptions:
                 raise ValueError(f"{name} must be an integer >= 1 (or unset), got {v!r}")
         if not (isinstance(self.val_fraction, float | int) and 0.0 <= self.val_fraction < 1.0):
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the model in --out, --overwrite replaces it: give one of them")
 
 
 # options whose change would alter the data a resumed run sees or its split
@@ -170,6 +173,61 @@ def _check_resume(ck: dict, path: Path, cfg: ModelConfig, opts: TrainOptions, re
         )
 
 
+# what run.json must agree on for two models of one directory to share its validation split
+SPLIT_KEYS = ("data_root", "category", "layout", "seed", "val_fraction", "val_files")
+
+
+def existing_model(out: Path, kind: str, opts: TrainOptions) -> str | None:
+    """Why training ``kind`` into ``out`` would silently replace a trained model, or None:
+    a checkpoint of that kind exists and neither ``resume`` nor ``overwrite`` is set."""
+    ckpt = out / f"{kind}.pt"
+    if opts.resume or opts.overwrite or not ckpt.exists():
+        return None
+    return (f"{ckpt} already holds a trained {kind} model; continue it with --resume, train into a new --out, or "
+            "pass --overwrite to replace it")  # fmt: skip
+
+
+def _check_out_models(out: Path, cfg: ModelConfig, opts: TrainOptions, record: dict) -> list[Path]:
+    """Refuse (ValueError naming the file and the way out) to mix this run into a model
+    directory it does not belong to; with ``overwrite`` the files to delete first."""
+    why = existing_model(out, cfg.kind, opts)
+    if why is not None:
+        raise ValueError(why)
+    run_json = out / RUN_JSON
+    if not run_json.exists():
+        return []
+    try:
+        old = read_run(out)
+    except CheckpointError as e:
+        if opts.overwrite:
+            return [run_json]
+        raise ValueError(f"{e}; move it away, train into a new --out, or pass --overwrite to replace it") from None
+    others = [out / f for f in MODEL_FILES if f != f"{cfg.kind}.pt" and (out / f).exists()]
+    differs = [k for k in SPLIT_KEYS if k in old and old[k] != record.get(k)]
+    if not others or not differs:
+        return []
+    if not opts.overwrite:
+        keys = ", ".join(k for k in differs if k != "val_files") or "the validation files"
+        raise ValueError(
+            f"{', '.join(str(o) for o in others)} in --out was trained on another split ({keys} differ from this run, "
+            f"{run_json}); its run.json cannot describe both models: train with the same data and --seed / "
+            "--val-fraction, into a new --out, or pass --overwrite to replace the folder's models"
+        )
+    return [*others, run_json]
+
+
+def _remove_for_overwrite(out: Path, kind: str, stale: list[Path]) -> None:
+    """--overwrite: this kind's checkpoint and logs, the cached threshold and whatever
+    ``stale`` names (models of another split, their logs, run.json) go before training."""
+    files = [out / f"{kind}.pt", out / f"{kind}_log.json", out / f"{kind}_log.csv", out / "threshold.json", *stale]
+    for p in stale:
+        if p.suffix == ".pt":
+            files += [out / f"{p.stem}_log.json", out / f"{p.stem}_log.csv"]
+    for p in files:
+        if p.is_file():
+            p.unlink()
+
+
 def _model(run_cfg: ModelConfig, opts: TrainOptions, ckpt_path: Path, record: dict, device, train_ds):
     model = IGD(run_cfg)
     opt_ae, opt_critic = make_optimizers(model)
@@ -177,6 +235,16 @@ def _model(run_cfg: ModelConfig, opts: TrainOptions, ckpt_path: Path, record: di
     if opts.resume and ckpt_path.is_file():
         ck = load_checkpoint(ckpt_path, "cpu")
         _check_resume(ck, ckpt_path, run_cfg, opts, record)
+        missing = [k for k in ("opt_ae", "rng", "epoch", "global_step")
+                   if not isinstance(ck.get(k), dict if k in ("opt_ae", "rng") else int)]  # fmt: skip
+        if opt_critic is not None and not isinstance(ck.get("opt_critic"), dict):
+            missing.append("opt_critic")
+        if missing:
+            raise ValueError(
+                f"--resume: {ckpt_path} holds no training state to continue from ({', '.join(missing)} missing: it "
+                "was saved without its optimisers, e.g. by save_checkpoint(path, model)); training could not "
+                "continue exactly: train into a new --out (or pass --overwrite to start this one afresh)"
+            )
         model.load_state_dict(ck["model"])
         model.to(device)
         opt_ae.load_state_dict(ck["opt_ae"])
@@ -215,6 +283,9 @@ def setup(cfg: ModelConfig, data_root, category: str, out_dir, opts: TrainOption
     np.random.seed(opts.seed)
     torch.manual_seed(opts.seed)
     train_ds, val_ds, record = datasets(cfg, data_root, category, opts)
+    stale = _check_out_models(out, cfg, opts, record)
+    if opts.overwrite and proc.is_main:
+        _remove_for_overwrite(out, cfg.kind, stale)
     ckpt_path = out / f"{cfg.kind}.pt"
     model, opt_ae, opt_critic, state = _model(cfg, opts, ckpt_path, record, device, train_ds)
     if cl:
