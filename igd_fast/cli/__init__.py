@@ -4,7 +4,9 @@ subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
 
 from .._malloc import tune_malloc
@@ -38,12 +40,53 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def interrupts():
+    """Within the block SIGTERM stops the run as Ctrl-C does (KeyboardInterrupt), and a
+    second Ctrl-C / SIGTERM while the first one unwinds (workers stopping, files being
+    closed) is ignored instead of breaking the clean-up with a traceback. Outside the
+    main thread signals are left alone."""
+    state = {"stopping": False}
+
+    def handler(signum, frame):
+        if state["stopping"]:
+            return
+        state["stopping"] = True
+        raise KeyboardInterrupt
+
+    try:
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield state
+        return
+    try:
+        yield state
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from ..outputs import FolderInUse, OutputError, OutputPathError
+    from ._args import EXIT_USAGE
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args._argv = argv  # for messages that repeat the command (e.g. the --resume line)
     tune_malloc()
-    return int(args._run(args) or 0)
+    with interrupts() as state:
+        try:
+            return int(args._run(args) or 0)
+        # the verbs handle these where they know more (which file, what to rerun); this is
+        # the net under all of them: a message and exit 2, never a traceback
+        except KeyboardInterrupt:
+            state["stopping"] = True
+            print(f"igd-fast {args.command}: interrupted (Ctrl-C / SIGTERM); every file already written is "
+                  "complete (written atomically), this run's results were not written", file=sys.stderr)  # fmt: skip
+            return EXIT_USAGE
+        except (OutputError, OutputPathError, FolderInUse) as e:
+            print(f"igd-fast {args.command}: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
 
 
 if __name__ == "__main__":

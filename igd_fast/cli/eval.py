@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ..outputs import FolderInUse, atomic_write_bytes, inside, output_lock, plain_name, write_json
 from ._args import (
     EXIT_OK,
     EXIT_SKIPPED,
@@ -212,8 +214,10 @@ def write_figure(
             if col == 0:
                 a.text(-0.05, 0.5, name, transform=a.transAxes, rotation=90, ha="right", va="center", fontsize=9)
     fig.suptitle(title)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    try:
+        atomic_write_bytes(path, lambda f: fig.savefig(f, dpi=90, format="png"), durable=False)
+    finally:
+        plt.close(fig)
 
 
 def _prepare(args: argparse.Namespace):
@@ -224,6 +228,11 @@ def _prepare(args: argparse.Namespace):
 
     check_device_backend(args)
     check_precision(args)
+    if args.category is not None:  # a folder name in the outputs' paths: never a path out of --out
+        try:
+            args.category = plain_name(args.category, "--category")
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     try:
         layout = resolve_layout(args.data, args.category, args.normal_dir, args.abnormal_dir, args.mask_dir,
                                 args.normal_test_dir)  # fmt: skip
@@ -266,6 +275,10 @@ def _score_test(scorer, samples, args, out: Path, calib: dict):
         if isinstance(r, Failure):
             skipped.append({"path": r.path, "error": r.error})
             continue
+        if not math.isfinite(r.score) or (r.map is not None and not np.isfinite(r.map).all()):
+            # NaN is never "normal": an error for this image, never label 0
+            skipped.append({"path": r.path, "error": "the model's score or map for this image is not finite (NaN/inf)"})
+            continue
         try:
             mask = load_mask(s.mask, r.map.shape if r.map is not None else image_size_of(r.path))[0].numpy() > 0.5
         except ValueError as e:  # a corrupt mask: skip the image, like a corrupt image
@@ -277,11 +290,11 @@ def _score_test(scorer, samples, args, out: Path, calib: dict):
         if r.map is not None:
             name = f"{s.defect}/{sample_id(s)}"
             if args.save_tiff:
-                f = out / args.category / "test" / f"{name}.tiff"
+                f = inside(out, args.category, "test", f"{name}.tiff")
                 save_tiff(f, r.map)
                 row["anomaly_map"] = str(f)
             if args.save_masks:
-                f = out / "masks" / f"{name}.png"
+                f = inside(out, "masks", f"{name}.png")
                 save_mask(f, r.map > pix_t)
                 row["pred_mask"] = str(f)
         results.append(row)
@@ -294,9 +307,15 @@ def _score_test(scorer, samples, args, out: Path, calib: dict):
 def run(args: argparse.Namespace) -> int:
     try:
         samples, out, scorer = _prepare(args)
-    except UsageError as e:
+        # one run per report folder: a second one would interleave its files with ours
+        with output_lock(out):
+            return _run(args, samples, out, scorer)
+    except (UsageError, FolderInUse) as e:
         print(f"igd-fast eval: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace, samples, out: Path, scorer) -> int:
     t_cal = time.perf_counter()
     try:
         calib = scorer.calibration(args.workers)
@@ -342,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
         "backend": args.backend,
         "images": results,
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "report.json", report)
     if results and all(m is not None for m in maps):
         title = (
             f"{args.category}: image AUROC {_fmt(rep['image_AUROC'])}, pixel AUROC {_fmt(rep['pixel_AUROC'])}, "

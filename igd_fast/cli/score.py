@@ -26,8 +26,11 @@ enough: only small Python objects are exchanged) and rank 0 merges one scores.cs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
 import json
+import math
 import os
 import sys
 import time
@@ -36,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _dist
+from ..outputs import FolderInUse, OutputError, OutputPathError, inside, output_lock, save_npy, write_json, write_text
 from ..score.threshold import NORMALISATION, normalise_scores, score_scale
 from ._args import (
     EXIT_OK,
@@ -103,10 +107,9 @@ def output_name(path: Path, base: Path) -> str:
     return rel.as_posix()
 
 
-def _out_file(folder: Path, name: str, suffix: str) -> Path:
-    f = folder / f"{name}{suffix}"
-    f.parent.mkdir(parents=True, exist_ok=True)
-    return f
+def _out_file(out: Path, sub: str, name: str, suffix: str) -> Path:
+    """``out/sub/<name><suffix>``, checked to stay inside ``out`` (written atomically by the caller)."""
+    return inside(out, sub, f"{name}{suffix}")
 
 
 def _calibrate(scorer, args, proc: _dist.ProcessInfo) -> tuple[float | None, dict, str | None]:
@@ -152,7 +155,6 @@ def _open(args: argparse.Namespace, proc: _dist.ProcessInfo):
 
     check_device_backend(args)
     check_precision(args)
-    check_out_dir(args.out)
     if args.runtime != "torch":
         return _open_exported(args)
     scoring = scoring_options(args)
@@ -214,6 +216,11 @@ def _score_mine(scorer, args, paths: list[Path], proc: _dist.ProcessInfo, out: P
         if isinstance(r, Failure):
             failed.append({"index": r.index, "path": r.path, "error": r.error})
             continue
+        why = _not_finite(r)
+        if why is not None:  # NaN is never "normal": an error for this image, never label 0
+            failed.append({"index": r.index, "path": r.path, "error": why})
+            continue
+        args._n_done = getattr(args, "_n_done", 0) + 1
         name = output_name(Path(r.path), base)
         row = {"index": r.index, "path": r.path, "score": r.score,
                "pred_score": float(normalise_scores([r.score], t, scale)[0]), "pred_label": int(r.score > t),
@@ -225,36 +232,47 @@ def _score_mine(scorer, args, paths: list[Path], proc: _dist.ProcessInfo, out: P
         lo, hi = (float(r.map.min()), float(r.map.max())) if vrange is None else vrange
         try:
             if not args.no_overlays:
-                save_overlay(_out_file(out / "overlays", name, ".png"), r.path, r.map, lo, hi)
+                save_overlay(_out_file(out, "overlays", name, ".png"), r.path, r.map, lo, hi)
             if args.save_maps:
-                row["anomaly_map"] = str(_out_file(out / "maps", name, ".npy"))
-                np.save(row["anomaly_map"], r.map.astype(np.float32))
+                row["anomaly_map"] = str(_out_file(out, "maps", name, ".npy"))
+                save_npy(row["anomaly_map"], r.map.astype(np.float32))
             if args.save_masks:
-                row["pred_mask"] = str(_out_file(out / "masks", name, ".png"))
+                row["pred_mask"] = str(_out_file(out, "masks", name, ".png"))
                 save_mask(row["pred_mask"], r.map > float(args._calib["pixel_threshold"]))
             if args.save_tiff:
-                row["anomaly_map_tiff"] = str(out / tiff_name(Path(r.path)))
+                row["anomaly_map_tiff"] = str(inside(out, tiff_name(Path(r.path))))
                 save_tiff(row["anomaly_map_tiff"], r.map)
-        except OSError as e:
+        except (OSError, OutputPathError) as e:
+            if isinstance(e, OutputError) and e.fatal:  # a full disk: every later write fails too
+                raise
             failed.append({"index": r.index, "path": r.path, "error": f"writing outputs: {e}"})
     bar.close()
     return rows, failed
 
 
+def _not_finite(r) -> str | None:
+    """Why a scored image's result cannot be reported (a NaN/inf score or map), or None."""
+    if not math.isfinite(r.score):
+        return f"the score is {r.score} (not a number): the model's output for this image is not finite"
+    if r.map is not None and not np.isfinite(r.map).all():
+        return "the anomaly map holds NaN/inf values: the model's output for this image is not finite"
+    return None
+
+
 def _write(out: Path, args, scorer, parts: list[dict], n_inputs: int, threshold: float, calib: dict, world: int):
     rows = sorted((row for p in parts for row in p["rows"]), key=lambda row: row["index"])
     failed = sorted((f for p in parts for f in p["failed"]), key=lambda f: f["index"])
-    with open(out / "scores.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(CSV_COLUMNS)
-        for r in rows:
-            # pred_score with 9 digits: values near 1 stay distinct
-            w.writerow([r["path"], f"{r['score']:.6f}", f"{r['pred_score']:.9f}", r["pred_label"],
-                        f"{r['s_global']:.6f}", f"{r['s_local']:.6f}"])  # fmt: skip
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(CSV_COLUMNS)
+    for r in rows:
+        # pred_score with 9 digits: values near 1 stay distinct
+        w.writerow([r["path"], f"{r['score']:.6f}", f"{r['pred_score']:.9f}", r["pred_label"],
+                    f"{r['s_global']:.6f}", f"{r['s_local']:.6f}"])  # fmt: skip
+    write_text(out / "scores.csv", f.getvalue())
     if args.jsonl:
-        with open(out / "scores.jsonl", "w") as f:
-            for r in rows:
-                f.write(json.dumps({k: v for k, v in r.items() if k != "index"}) + "\n")
+        write_text(out / "scores.jsonl", "".join(json.dumps({k: v for k, v in r.items() if k != "index"}) + "\n"
+                                                 for r in rows))  # fmt: skip
     wall_max = max(p["wall"] for p in parts)
     summary = {
         "model": str(Path(args.model).resolve()),
@@ -285,7 +303,7 @@ def _write(out: Path, args, scorer, parts: list[dict], n_inputs: int, threshold:
         "images_per_second_scoring_per_rank": [p["ips"] for p in parts],
         "exit_code": EXIT_SKIPPED if failed else EXIT_OK,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     print(
         f"scored {len(rows)}/{n_inputs} images ({summary['images_per_second']:.1f} img/s), "
         f"{summary['n_anomalous']} above threshold {threshold:.6g}; "
@@ -300,7 +318,11 @@ def _write(out: Path, args, scorer, parts: list[dict], n_inputs: int, threshold:
 def run(args: argparse.Namespace) -> int:
     from ..score import list_images
 
-    paths = list_images(args.input)
+    if not args.input.strip():
+        print("igd-fast score: error: --input is empty (an unset shell variable?): name a folder or a glob pattern",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    paths = list_images(args.input, exclude=[args.out])  # never our own outputs
     if not paths:
         print(f"igd-fast score: error: no image files match {args.input}", file=sys.stderr)
         return EXIT_USAGE
@@ -319,31 +341,51 @@ def run(args: argparse.Namespace) -> int:
                       f"{tiff_name(p)}", file=sys.stderr)  # fmt: skip
                 return EXIT_USAGE
     proc = _dist.init()
+    out = Path(args.out)
     try:
-        try:
-            scorer = _open(args, proc)
-        except UsageError as e:
-            if proc.is_main:
-                print(f"igd-fast score: error: {e}", file=sys.stderr)
-            return EXIT_USAGE
-        threshold, calib, err = _calibrate(scorer, args, proc)
-        if err is not None:
-            if proc.is_main:
-                print(f"igd-fast score: error: {err}", file=sys.stderr)
-            return EXIT_USAGE
-        if args.save_masks and "pixel_threshold" not in calib:
-            if proc.is_main:
-                print("igd-fast score: error: --save-masks needs the calibrated pixel threshold, and the "
-                      "calibration failed (run.json lists no readable validation images)", file=sys.stderr)  # fmt: skip
-            return EXIT_USAGE
-        args._threshold, args._calib = threshold, calib
-        vrange = scorer.map_range() if "map_low" in calib else None
-        out = Path(args.out)
-        t0 = time.perf_counter()
-        rows, failed = _score_mine(scorer, args, paths, proc, out, vrange)
-        part = {"rows": rows, "failed": failed, "wall": time.perf_counter() - t0, "ips": scorer.images_per_second}
-        parts = _dist.gather_objects(part)
-        code = _write(out, args, scorer, parts, len(paths), threshold, calib, proc.world) if proc.is_main else EXIT_OK
-        return int(_dist.broadcast_object(code))
+        check_out_dir(out)
+        # one run per output folder: a second one would interleave its files with ours
+        with output_lock(out) if proc.is_main else contextlib.nullcontext():
+            return _run_locked(args, paths, proc, out)
+    except (UsageError, FolderInUse) as e:
+        if proc.is_main:
+            print(f"igd-fast score: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OutputError as e:
+        print(f"igd-fast score: error: {e}; stopped after {getattr(args, '_n_done', 0)} of {len(paths)} images "
+              f"(every file written to {out} is complete; free space and rerun)", file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"igd-fast score: interrupted after {getattr(args, '_n_done', 0)} of {len(paths)} images; every file "
+              f"written to {out} is complete, scores.csv and summary.json were not written by this run; rerun to "
+              "score all", file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
     finally:
         _dist.close()
+
+
+def _run_locked(args: argparse.Namespace, paths: list[Path], proc: _dist.ProcessInfo, out: Path) -> int:
+    try:
+        scorer = _open(args, proc)
+    except UsageError as e:
+        if proc.is_main:
+            print(f"igd-fast score: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    threshold, calib, err = _calibrate(scorer, args, proc)
+    if err is not None:
+        if proc.is_main:
+            print(f"igd-fast score: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.save_masks and "pixel_threshold" not in calib:
+        if proc.is_main:
+            print("igd-fast score: error: --save-masks needs the calibrated pixel threshold, and the "
+                  "calibration failed (run.json lists no readable validation images)", file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    args._threshold, args._calib = threshold, calib
+    vrange = scorer.map_range() if "map_low" in calib else None
+    t0 = time.perf_counter()
+    rows, failed = _score_mine(scorer, args, paths, proc, out, vrange)
+    part = {"rows": rows, "failed": failed, "wall": time.perf_counter() - t0, "ips": scorer.images_per_second}
+    parts = _dist.gather_objects(part)
+    code = _write(out, args, scorer, parts, len(paths), threshold, calib, proc.world) if proc.is_main else EXIT_OK
+    return int(_dist.broadcast_object(code))

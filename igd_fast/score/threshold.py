@@ -82,6 +82,10 @@ def conformal_threshold(scores: list[float], alpha: float = DEFAULT_ALPHA) -> fl
     """The k-th smallest score, k = ceil((n + 1)(1 - alpha)), capped at n (see module doc)."""
     if not scores:
         raise ValueError("no validation scores to calibrate a threshold on")
+    bad = sum(1 for v in scores if not math.isfinite(float(v)))
+    if bad:  # a NaN threshold labels every image normal
+        raise ValueError(f"{bad} of {len(scores)} validation scores are not finite (NaN/inf): the model's output is "
+                         "not a number on those images; retrain it (a NaN threshold would call every image normal)")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     s = sorted(float(v) for v in scores)
@@ -135,6 +139,8 @@ def _problem(d: object) -> str | None:
             return f"field {k!r} is {v!r}, not a number"
         if not math.isfinite(v):
             return f"field {k!r} is {v}, not finite"
+        if k == "score_scale" and v <= 0:  # pred_score would fall as the score rises
+            return f"field 'score_scale' is {v}, not > 0"
     for kind, st in [*(d.get("term_stats") or {}).items(), *(d.get("map_stats") or {}).items()]:
         ok = isinstance(st, dict) and all(
             isinstance(st.get(k), (int, float)) and not isinstance(st.get(k), bool) and math.isfinite(st[k])
