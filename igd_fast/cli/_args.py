@@ -56,6 +56,17 @@ def non_negative_float(text: str) -> float:
     return v
 
 
+def smoothing_sigma(text: str) -> float:
+    """A Gaussian sigma in pixels: >= 0 and within the memory limit of :mod:`igd_fast.limits`."""
+    from ..limits import LimitError, check_sigma
+
+    v = non_negative_float(text)
+    try:
+        return check_sigma(v, "sigma")
+    except LimitError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("sigma ")) from None
+
+
 def fraction(text: str) -> float:
     v = finite_float(text)
     if not 0.0 <= v < 1.0:
@@ -127,11 +138,11 @@ def add_scoring(p: argparse.ArgumentParser) -> None:
                         "at sqrt(ridge) = 0.1, so maha weighs it like the grey residual; auto: damped when every "
                         "validation normal is grey (R = G = B: the AE of grey data never learns colour); rgb: the "
                         f"reconstruction as is (default {d['recon_colour']})")
-    g.add_argument("--residual-sigma", type=non_negative_float, default=d["residual_sigma"],
+    g.add_argument("--residual-sigma", type=smoothing_sigma, default=d["residual_sigma"],
                    help="with --map-term maha: Gaussian smoothing of the residual before its distance, sigma in "
                         "pixels of the model's input, 0 = none; the AE's pixel noise averages out, a defect's "
                         f"colour does not (default {d['residual_sigma']:g})")
-    g.add_argument("--map-sigma", type=non_negative_float, default=d["map_sigma"],
+    g.add_argument("--map-sigma", type=smoothing_sigma, default=d["map_sigma"],
                    help="Gaussian smoothing of each map, sigma in pixels of the original image, 0 = none "
                         f"(default {d['map_sigma']:g})")  # fmt: skip
     g.add_argument("--map-position", action=argparse.BooleanOptionalAction, default=d["map_position"],

@@ -7,7 +7,6 @@ the one-command check a user runs on their own machine or GPU.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 
@@ -15,6 +14,8 @@ import torch
 
 import igd_fast
 from igd_fast import GLOBAL, LOCAL
+
+from ._args import EXIT_USAGE, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,15 +26,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--config", choices=["global", "local"], default="global",
                    help="MS-SSIM configuration (global: 11×11, 5 scales; local: 3×3, 4 scales)")
-    p.add_argument("--shape", type=int, nargs=4, metavar=("N", "C", "H", "W"), default=None,
+    p.add_argument("--shape", type=positive_int, nargs=4, metavar=("N", "C", "H", "W"), default=None,
                    help="input shape (default 16 3 256 256 for global, 3600 3 32 32 for local)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    p.add_argument("--backends", nargs="+", default=None,
+    p.add_argument("--backends", nargs="+", default=None, choices=("cpu", "cuda", "triton", "torch"),
                    help="backends to time (default: every available one, the torch reference included)")
     p.add_argument("--no-peer", action="store_true", help="skip pytorch_msssim even if installed")
-    p.add_argument("--repeats", type=int, default=5, help="timed calls per entry; the median is reported")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed calls per entry; the median is reported")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
 
@@ -53,11 +54,39 @@ def _median_time(fn: Callable[[], object], repeats: int, device: torch.device) -
     return sorted(times)[len(times) // 2]
 
 
+def _check(args: argparse.Namespace, config, shape) -> str | None:
+    """Why these flags cannot be benchmarked (named), or None: checked before any allocation."""
+    from .._dist import DeviceError, resolve_device
+    from ..limits import max_pixels
+
+    try:
+        resolve_device(args.device)
+    except DeviceError as e:
+        return f"--device: {e}"
+    n, c, h, w = shape
+    if min(h, w) < config.min_size:
+        return (f"--shape {n} {c} {h} {w}: H and W must be at least {config.min_size} for the {args.config} config "
+                f"({config.scales} scales, {config.win_size}×{config.win_size} window)")
+    if n * c * h * w > max_pixels() * 3:
+        return (f"--shape {n} {c} {h} {w}: {n * c * h * w:,} values per input, over the limit of {max_pixels() * 3:,} "
+                "(3 × IGD_FAST_MAX_PIXELS; raise that to time larger inputs)")
+    unavailable = [b for b in args.backends or () if not igd_fast.backends()[b]]
+    if unavailable:
+        return f"--backends {' '.join(unavailable)}: not available in this install"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    import sys
+
     config = GLOBAL if args.config == "global" else LOCAL
     shape = args.shape or ((16, 3, 256, 256) if args.config == "global" else (3600, 3, 32, 32))
+    why = _check(args, config, shape)
+    if why is not None:
+        print(f"igd-fast bench: error: {why}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     g = torch.Generator().manual_seed(0)
@@ -118,8 +147,9 @@ def run(args: argparse.Namespace) -> int:
         ratio = f"{r['median_s'] / best:.1f}×" if best else "-"
         print(f"{r['entry']:<16}{r['op']:<18}{r['median_s'] * 1e3:>10.2f}ms{ratio:>28}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"config": args.config, "shape": list(shape), "device": str(device),
-                       "dtype": args.dtype, "threads": torch.get_num_threads(), "results": results}, f, indent=2)
+        from ..outputs import write_json
+
+        write_json(args.json, {"config": args.config, "shape": list(shape), "device": str(device),
+                               "dtype": args.dtype, "threads": torch.get_num_threads(), "results": results})
         print(f"wrote {args.json}")
     return 0

@@ -32,9 +32,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="onnx", choices=("onnx", "openvino"), help="export format (default onnx)")
     p.add_argument("--out", "--output", dest="out", required=True, metavar="PATH",
                    help="file to write (a folder: PATH/model.onnx or .xml); its .json beside it")  # fmt: skip
-    p.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default 18)")
+    p.add_argument("--opset", type=_opset, default=None,
+                   help="ONNX opset, 18 or newer (default 18; the file's JSON records the opset written)")
     p.add_argument("--no-check", action="store_true", help="skip the parity check against the Scorer")
-    p.add_argument("--check-batch", type=positive_int, default=2, help="images in the parity check (default 2)")
+    p.add_argument("--check-batch", type=_check_batch, default=2,
+                   help="images in the parity check (default 2; at most 64, raise with IGD_FAST_MAX_CHECK_BATCH)")
+
+
+def _opset(text: str) -> int:
+    from ..export.onnx import MIN_OPSET
+
+    v = positive_int(text)
+    try:
+        import onnx
+
+        newest = int(onnx.defs.onnx_opset_version())
+    except ImportError:  # reported with the other missing packages
+        newest = None
+    if v < MIN_OPSET or (newest is not None and v > newest):
+        span = f"{MIN_OPSET}..{newest}" if newest is not None else f"{MIN_OPSET} or newer"
+        raise argparse.ArgumentTypeError(f"opset {v} cannot be written: the exporter writes opsets {span} "
+                                         "(this onnx package's newest is the upper end)")  # fmt: skip
+    return v
+
+
+def _check_batch(text: str) -> int:
+    from ..limits import LimitError, check_batch
+
+    v = positive_int(text)
+    try:
+        return check_batch(v, "--check-batch")
+    except LimitError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--check-batch ")) from None
 
 
 def _target(out: str, fmt: str) -> Path:

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..data import IMAGENET_MEAN, IMAGENET_STD
+from ..outputs import atomic_path, write_json
 from .pipeline import ScoringPipeline
 
 DEFAULT_OPSET = 18
+MIN_OPSET = 18  # torch.onnx's dynamo exporter writes 18 and newer; older ones only by a converter that may fail
 MAX_BATCH = 4096  # the exported graph's upper bound on the dynamic batch axis
 
 
@@ -39,13 +40,21 @@ def export_onnx(
     with the Scorer (``max_abs_diff`` in the record; ExportError above 1e-4)."""
     scorer, pipe = open_pipeline(model_dir)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_graph(pipe, out, opset)
-    record = describe(scorer, pipe, model_dir, "onnx", out, opset)
-    if check:
-        record["max_abs_diff"] = check_parity(out, scorer, check_batch)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    with atomic_path(out) as tmp:  # a failed or interrupted export leaves no half file
+        write_graph(pipe, tmp, opset)
+        record = describe(scorer, pipe, model_dir, "onnx", out, opset)
+        if check:
+            record["max_abs_diff"] = check_parity(tmp, scorer, check_batch)
+    write_json(out.with_suffix(".json"), record)
     return record
+
+
+def written_opset(path: str | Path) -> int | None:
+    """The default-domain opset an ONNX file declares (None when it declares none)."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return next((int(o.version) for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def open_pipeline(model_dir: str | Path):
@@ -63,7 +72,8 @@ def write_graph(pipe: ScoringPipeline, out: Path, opset: int = DEFAULT_OPSET) ->
     example = torch.zeros(2, 3, s, s)
     log = io.StringIO()
     try:
-        with contextlib.redirect_stdout(log), torch.no_grad():  # the exporter prints its progress
+        # the exporter prints its progress (and a failed opset conversion its traceback)
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), torch.no_grad():
             torch.onnx.export(
                 pipe, (example,), str(out), input_names=["input"], output_names=pipe.output_names,
                 dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}},
@@ -71,6 +81,10 @@ def write_graph(pipe: ScoringPipeline, out: Path, opset: int = DEFAULT_OPSET) ->
             )  # fmt: skip
     except Exception as e:  # the exporter raises many types; name the step and keep its log
         raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {e}\n{log.getvalue()[-2000:]}") from e
+    got = written_opset(out)
+    if got != opset:  # the exporter fell back to another opset (it converts older ones, and may fail)
+        raise ExportError(f"--opset {opset}: the exporter wrote opset {got} instead (it writes opset {MIN_OPSET} "
+                          f"and newer; older opsets need a conversion that failed): use --opset {MIN_OPSET} or newer")
 
 
 def describe(scorer, pipe: ScoringPipeline, model_dir: str | Path, fmt: str, out: Path, opset: int) -> dict:

@@ -4,10 +4,11 @@ them to float16 and move the maps by ~1e-2)."""
 
 from __future__ import annotations
 
-import json
+import os
 import tempfile
 from pathlib import Path
 
+from ..outputs import OutputError, write_json
 from .onnx import DEFAULT_OPSET, check_parity, describe, open_pipeline, write_graph
 
 
@@ -48,9 +49,15 @@ def export_openvino(
         for k, v in info.items():
             # floats as their repr: OpenVINO would keep only 6 digits
             ov_model.set_rt_info(repr(v) if isinstance(v, float) else v, ["model_info", k])
-        ov.save_model(ov_model, str(out), compress_to_fp16=False)
-    record["runtime_config"] = {"INFERENCE_PRECISION_HINT": "f32"}
-    if check:
-        record["max_abs_diff"] = check_parity(out, scorer, check_batch, runner=openvino_runner(out))
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2))
+        staged = Path(tmp) / out.name  # written whole here, then renamed into place: never half an IR
+        ov.save_model(ov_model, str(staged), compress_to_fp16=False)
+        record["runtime_config"] = {"INFERENCE_PRECISION_HINT": "f32"}
+        if check:
+            record["max_abs_diff"] = check_parity(staged, scorer, check_batch, runner=openvino_runner(staged))
+        try:
+            os.replace(staged.with_suffix(".bin"), out.with_suffix(".bin"))
+            os.replace(staged, out)
+        except OSError as e:
+            raise OutputError(e.errno, e.strerror, str(out)) from e
+    write_json(out.with_suffix(".json"), record)
     return record

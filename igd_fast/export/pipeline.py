@@ -4,7 +4,7 @@
 Input ``input``: N×3×S×S images resized to the model size and ImageNet-normalised
 (as :class:`igd_fast.score.Scorer` feeds its models). Outputs: ``pred_score`` (N, 0.5 =
 the calibrated threshold, see :mod:`igd_fast.score.threshold`), ``pred_label`` (N,
-int64: score > threshold), ``score`` (N, raw), and ``anomaly_map`` (N×1×S×S, at the
+int64: score > threshold, and 1 for a NaN score), ``score`` (N, raw), and ``anomaly_map`` (N×1×S×S, at the
 model size; the Scorer resizes it to each image's size, bilinear) when the variant has
 one. The same composition as :meth:`Scorer.score_batch`, kept equal by the parity test.
 """
@@ -78,7 +78,7 @@ class ScoringPipeline(nn.Module):
         score = s_g + s_l
         # the logistic of igd_fast.score.threshold.normalise_scores, 0.5 exactly at the threshold
         p = 0.5 * (1.0 + torch.tanh((score - self.threshold) / (2.0 * self.scale)))
-        label = score > self.threshold
+        label = ~(score <= self.threshold)  # NaN is never "normal": a NaN score is labelled anomalous
         p = torch.where(label & (p <= 0.5), torch.full_like(p, 0.5 + 2.0**-24), p)
         out = (p, label.to(torch.int64), score)
         if self.has_map:

@@ -19,10 +19,27 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.files import regular_file
 from ..score.scorer import BatchScores, Scorer
 from ..score.threshold import DEFAULT_SCORING
 
 RUNTIMES = ("onnxruntime", "openvino")
+
+
+def record_problem(rec: object) -> str | None:
+    """Why an export's ``.json`` record cannot drive scoring, or None."""
+    if not isinstance(rec, dict):
+        return f"it holds a JSON {type(rec).__name__}, not an object"
+    shape = rec.get("input", {}).get("shape") if isinstance(rec.get("input"), dict) else None
+    if not (isinstance(shape, list) and shape and isinstance(shape[-1], int) and shape[-1] >= 1):
+        return "no 'input' record with the model's input shape"
+    for k in ("threshold", "score_scale", "pixel_threshold", "map_low", "map_high"):
+        v = rec.get(k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return f"field {k!r} is {v!r}, not a finite number"
+    if rec["score_scale"] <= 0:
+        return f"field 'score_scale' is {rec['score_scale']}, not > 0"
+    return None
 
 
 class ExportedScorer(Scorer):
@@ -33,24 +50,34 @@ class ExportedScorer(Scorer):
         self.path = Path(path)
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-        if not self.path.is_file():
+        if not self.path.exists():
             raise FileNotFoundError(f"exported model {self.path} does not exist (write one with igd-fast export)")
+        regular_file(self.path, "exported model")
         meta = self.path.with_suffix(".json")
         try:
+            regular_file(meta, "export record")
             self.record = json.loads(meta.read_text())
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot read the export record {meta} (written beside the model by igd-fast export): {e}"
                              ) from None  # fmt: skip
+        why = record_problem(self.record)
+        if why is not None:
+            raise ValueError(f"the export record {meta} is damaged: {why}; export the model again")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if runtime == "openvino":
-            from .openvino import openvino_runner
+        try:
+            if runtime == "openvino":
+                from .openvino import openvino_runner
 
-            self._run = openvino_runner(self.path)
-        else:
-            from .onnx import onnxruntime_runner
+                self._run = openvino_runner(self.path)
+            else:
+                from .onnx import onnxruntime_runner
 
-            self._run = onnxruntime_runner(self.path)
+                self._run = onnxruntime_runner(self.path)
+        except Exception as e:  # noqa: BLE001 - each runtime has its own error types (protobuf, ...)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:300]
+            raise ValueError(f"{runtime} cannot load {self.path}: truncated, corrupt or not an exported model "
+                             f"({first}); export it again") from None  # fmt: skip
         self.model_dir = self.path.parent
         self.runtime = runtime
         self.device = torch.device("cpu")

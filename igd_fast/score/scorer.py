@@ -71,6 +71,7 @@ from torch.utils.data import DataLoader
 from .._dist import resolve_device
 from ..checkpoint import load_model, model_files, validation_files
 from ..data import IMAGENET_MEAN, IMAGENET_STD
+from ..limits import check_sigma
 from ..models.fold import fold_batchnorm
 from ..models.polyphase import fuse_upsampling
 from ..models.terms import latent_term, sample_scores
@@ -216,6 +217,7 @@ class Scorer:
             raise ValueError(f"map_sigma must be a finite number >= 0, got {map_sigma}")
         if not (np.isfinite(residual_sigma) and residual_sigma >= 0):
             raise ValueError(f"residual_sigma must be a finite number >= 0, got {residual_sigma}")
+        check_sigma(map_sigma, "map_sigma"), check_sigma(residual_sigma, "residual_sigma")  # memory: igd_fast.limits
         if residual_sigma > 0 and map_term != "maha":
             raise ValueError(f"residual_sigma smooths the residual of map_term='maha', not of {map_term!r}")
         if not (np.isfinite(excess_quantile) and 0 < excess_quantile < 1):
