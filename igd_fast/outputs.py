@@ -163,6 +163,24 @@ def _name_unnamed(f, path: Path) -> Path:
     return tmp
 
 
+class _Guarded:
+    """A file object that remembers the OSError of a failed write: some writers (torch's
+    zip writer) replace it with an error of their own while unwinding."""
+
+    def __init__(self, f) -> None:
+        self._f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+
 def atomic_write_bytes(path: str | Path, write: Callable, durable: bool = True) -> None:
     """Call ``write(file_object)`` on a new file and give it the name ``path`` only when
     complete (see the module doc). ``durable``: fsync before the rename, so the new file
@@ -179,7 +197,13 @@ def atomic_write_bytes(path: str | Path, write: Callable, durable: bool = True) 
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         unnamed = tmp is None
         with os.fdopen(fd, "w+b" if unnamed else "wb") as f:
-            write(f)
+            guarded = _Guarded(f)
+            try:
+                write(guarded)
+            except Exception as e:
+                if guarded.error is not None and not isinstance(e, OSError):  # the real cause: a full disk, ...
+                    raise guarded.error from e
+                raise
             f.flush()
             if durable:
                 os.fsync(f.fileno())

@@ -41,7 +41,14 @@ class TrainResult:
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN/inf; the message names the step and the terms."""
+    """A loss term became NaN/inf or exploded past DIVERGED_LOSS (or the validation loss or
+    a weight did); the message names the step and the terms."""
+
+
+# A loss beyond this is a diverged model, not a hard batch: every term of a sane model is
+# O(1) (MS-SSIM terms <= 2, l_h <= 1, errors of ImageNet-normalised pixels O(10)); a far
+# too high --lr took them to 1e12-1e17 while staying finite.
+DIVERGED_LOSS = 1e6
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -178,11 +185,12 @@ def _epoch(run: Run, step: MStep, ld: Loaders, epoch: int, last_saved: int | Non
             raise KeyboardInterrupt
         vals = terms.tolist()
         run.global_step += 1
-        if not all(math.isfinite(v) for v in vals):
+        if not all(math.isfinite(v) and abs(v) <= DIVERGED_LOSS for v in vals):
             last = "none written yet" if last_saved is None else f"{run.ckpt_path} (epoch {last_saved})"
+            what = "non-finite" if not all(math.isfinite(v) for v in vals) else f"diverged (> {DIVERGED_LOSS:g})"
             raise NonFiniteLossError(
-                f"non-finite loss at epoch {epoch + 1}, step {i + 1} (global step {run.global_step}): "
-                f"{_fmt_terms(vals)}; training stopped, last good checkpoint: {last}"
+                f"{what} loss at epoch {epoch + 1}, step {i + 1} (global step {run.global_step}): "
+                f"{_fmt_terms(vals)}; training stopped, last good checkpoint: {last} (is --lr {cfg.lr:g} too high?)"
             )
         sums += terms.double()
         n_steps += 1
@@ -205,14 +213,15 @@ def _check_finite_epoch(run: Run, row: dict, epoch: int, last_saved: int | None)
     descriptor or any weight is no longer a finite number: the training losses can stay
     finite while the model has diverged (e.g. a learning rate far too high)."""
     bad = [k for k in ("val_loss", "mu_norm", "sigma2") if k in row and not math.isfinite(row[k])]
+    bad += [k for k in ("val_loss",) if k in row and math.isfinite(row[k]) and abs(row[k]) > DIVERGED_LOSS]
     bad += [n for n, p in run.model.named_parameters() if not bool(torch.isfinite(p.detach()).all())][:3]
     if not bad:
         return
     last = "none written yet" if last_saved is None else f"{run.ckpt_path} (epoch {last_saved})"
     vals = ", ".join(f"{k}={row[k]:.6g}" for k in ("loss", "val_loss") if k in row)
     raise NonFiniteLossError(
-        f"non-finite {', '.join(bad)} after epoch {epoch + 1} ({vals}): the model diverged (is --lr {run.cfg.lr:g} "
-        f"too high?); training stopped, last good checkpoint: {last}"
+        f"non-finite or exploded {', '.join(bad)} after epoch {epoch + 1} ({vals}): the model diverged "
+        f"(is --lr {run.cfg.lr:g} too high?); training stopped, last good checkpoint: {last}"
     )
 
 
