@@ -242,17 +242,19 @@ def ms_ssim_with_map(
     config: MSSSIMConfig = GLOBAL,
     want_map: bool = True,
     backend: str | None = None,
+    check_finite: bool | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """N×C MS-SSIM values and (if ``want_map``) the N×1×H×W per-pixel map, from one pass."""
-    check_image_pair(x, y, config)
+    """N×C MS-SSIM values and (if ``want_map``) the N×1×H×W per-pixel map, from one pass.
+    ``check_finite``: see :func:`ms_ssim`."""
+    check_image_pair(x, y, config, check_finite=check_finite)
     return _values_and_map(x, y, config, want_map, _backends.resolve(x.device, backend))
 
 
 def ms_ssim_per_channel(
-    x: Tensor, y: Tensor, config: MSSSIMConfig = GLOBAL, backend: str | None = None
+    x: Tensor, y: Tensor, config: MSSSIMConfig = GLOBAL, backend: str | None = None, check_finite: bool | None = None
 ) -> Tensor:
     """N×C MS-SSIM values."""
-    return ms_ssim_with_map(x, y, config, False, backend)[0]
+    return ms_ssim_with_map(x, y, config, False, backend, check_finite)[0]
 
 
 def ms_ssim(
@@ -261,25 +263,35 @@ def ms_ssim(
     config: MSSSIMConfig = GLOBAL,
     reduction: str = "mean",
     backend: str | None = None,
+    check_finite: bool | None = None,
 ) -> Tensor:
     """MS-SSIM of two N×C×H×W batches, averaged over channels.
 
     ``reduction``: ``"mean"`` (scalar), ``"sum"`` or ``"none"`` (one value per image).
+
+    NaN / inf pixels: the result is undefined, and may well be a finite number (every
+    backend, the reference included, clamps negative SSIM terms with a ReLU, which turns
+    NaN into 0). Inputs are not scanned by default (a full pass over both images); pass
+    ``check_finite=True``, or set ``IGD_FAST_CHECK_FINITE=1`` for every call, to get a
+    ValueError instead. The package's own pipelines never hand it non-finite pixels:
+    decoded images are finite, non-finite weights are refused on load and a non-finite
+    score is an error for its image.
 
     >>> import torch, igd_fast
     >>> x = torch.randn(2, 3, 256, 256)
     >>> float(igd_fast.ms_ssim(x, x))
     1.0
     """
-    return ref.reduce(ms_ssim_per_channel(x, y, config, backend).mean(1), reduction)
+    return ref.reduce(ms_ssim_per_channel(x, y, config, backend, check_finite).mean(1), reduction)
 
 
 def ms_ssim_map(
-    x: Tensor, y: Tensor, config: MSSSIMConfig = GLOBAL, backend: str | None = None
+    x: Tensor, y: Tensor, config: MSSSIMConfig = GLOBAL, backend: str | None = None, check_finite: bool | None = None
 ) -> Tensor:
     """N×1×H×W per-pixel MS-SSIM: per-scale maps brought back to H×W and combined
-    as prod_j relu(map_j) ** w_j (see :func:`igd_fast.reference.ssim.combine_maps`)."""
-    return ms_ssim_with_map(x, y, config, True, backend)[1]
+    as prod_j relu(map_j) ** w_j (see :func:`igd_fast.reference.ssim.combine_maps`);
+    NaN / inf pixels and ``check_finite`` as in :func:`ms_ssim`."""
+    return ms_ssim_with_map(x, y, config, True, backend, check_finite)[1]
 
 
 def recon_terms(
