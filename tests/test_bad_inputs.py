@@ -231,6 +231,8 @@ def test_score_never_lists_its_own_outputs(env, tmp_path, capsys):
         assert main(_score(env["both"], inp, inp / "res")) == 0
         rows = list(csv.DictReader((inp / "res" / "scores.csv").open()))
         assert len(rows) == n and not any("/res/" in r["path"] for r in rows)
+    assert main(_score(env["both"], inp, inp)) == 2  # --out the input folder itself
+    assert "is the --input folder" in _err(capsys)
     # nor another igd-fast output folder below the input (it holds the lock file)
     assert main(_score(env["both"], inp, tmp_path / "o2")) == 0
     assert len(list(csv.DictReader((tmp_path / "o2" / "scores.csv").open()))) == n

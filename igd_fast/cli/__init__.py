@@ -79,14 +79,34 @@ def main(argv: list[str] | None = None) -> int:
             return int(args._run(args) or 0)
         # the verbs handle these where they know more (which file, what to rerun); this is
         # the net under all of them: a message and exit 2, never a traceback
-        except KeyboardInterrupt:
-            state["stopping"] = True
-            print(f"igd-fast {args.command}: interrupted (Ctrl-C / SIGTERM); every file already written is "
-                  "complete (written atomically), this run's results were not written", file=sys.stderr)  # fmt: skip
-            return EXIT_USAGE
         except (OutputError, OutputPathError, FolderInUse) as e:
-            print(f"igd-fast {args.command}: error: {e}", file=sys.stderr)
-            return EXIT_USAGE
+            if not _stopping(state):
+                print(f"igd-fast {args.command}: error: {e}", file=sys.stderr)
+                return EXIT_USAGE
+            return _interrupted(args.command, state)
+        except KeyboardInterrupt:
+            return _interrupted(args.command, state)
+        except Exception:
+            # code that caught the KeyboardInterrupt and raised something else (an extension
+            # module being imported says "initialization failed"): still the user's Ctrl-C
+            if _stopping(state):
+                return _interrupted(args.command, state)
+            raise
+
+
+def _stopping(state: dict) -> bool:
+    """True once Ctrl-C / SIGTERM arrived (here, or in training's own handler)."""
+    loop = sys.modules.get("igd_fast.train.loop")
+    return bool(state["stopping"] or (loop is not None and loop.stop_requested()))
+
+
+def _interrupted(command: str, state: dict) -> int:
+    from ._args import EXIT_USAGE
+
+    state["stopping"] = True
+    print(f"igd-fast {command}: interrupted (Ctrl-C / SIGTERM); every file already written is complete (written "
+          "atomically), this run's results were not written", file=sys.stderr)  # fmt: skip
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

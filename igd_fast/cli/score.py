@@ -322,6 +322,10 @@ def run(args: argparse.Namespace) -> int:
         print("igd-fast score: error: --input is empty (an unset shell variable?): name a folder or a glob pattern",
               file=sys.stderr)  # fmt: skip
         return EXIT_USAGE
+    if os.path.isdir(args.input) and os.path.realpath(args.input) == os.path.realpath(args.out):
+        print(f"igd-fast score: error: --out {args.out} is the --input folder: its overlays would be scored as inputs "
+              "by the next run; write to another folder (a sub-folder of the input is fine)", file=sys.stderr)
+        return EXIT_USAGE
     paths = list_images(args.input, exclude=[args.out])  # never our own outputs
     if not paths:
         print(f"igd-fast score: error: no image files match {args.input}", file=sys.stderr)

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from ..data import Sample
+from ..outputs import write_text
 from .splits import OneClassSplit
 
 MNIST_ANOMALY = "anomaly"
@@ -47,7 +48,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=1))
+    write_text(path, json.dumps(obj, indent=1))
 
 
 def materialise_mnist(

@@ -21,6 +21,7 @@ The mean covers the classes of the current command (``settings.classes``).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import multiprocessing
@@ -38,6 +39,7 @@ from ..data.mnist import load_mnist
 from ..metrics import auroc
 from ..models import ModelConfig
 from ..models.variants import VARIANTS as _MODEL_VARIANTS
+from ..outputs import write_text
 from ..train import TrainOptions, train
 from .materialise import materialise_mnist, materialise_mvtec
 from .scoring import score_test_split
@@ -163,17 +165,16 @@ def validate(s: ProtocolSettings) -> None:
 
 
 def _write_scores(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "defect", "label", "score"])
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, "score": repr(r["score"])})
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, fieldnames=["path", "defect", "label", "score"])
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, "score": repr(r["score"])})
+    write_text(path, f.getvalue())
 
 
 def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2), durable=True)
 
 
 def _markdown(res: dict) -> str:
@@ -341,7 +342,7 @@ class Protocol:
         res["total_seconds"] = float(sum(r["seconds"] for r in done))
         res["complete"] = complete
         _atomic_json(path, res)
-        (self.out / "results.md").write_text(_markdown(res))
+        write_text(self.out / "results.md", _markdown(res))
 
 
 def _run_class_in_worker(settings: ProtocolSettings, out: str, device: str, workers: int, threads: int,
