@@ -67,13 +67,47 @@ def interrupts():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..outputs import FolderInUse, OutputError, OutputPathError
     from ._args import EXIT_USAGE
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    program = argv is None  # the igd-fast program itself (not a call from Python)
+    argv = list(sys.argv[1:] if program else argv)
     args = build_parser().parse_args(argv)
     args._argv = argv  # for messages that repeat the command (e.g. the --resume line)
     tune_malloc()
+    code = EXIT_USAGE
+    try:
+        code = _main(args)
+        return code
+    finally:
+        if program:
+            _late_signals_exit(code)
+
+
+def _late_signals_exit(code: int) -> None:
+    """The command is over and the interpreter shuts down (atexit hooks, workers): a late
+    Ctrl-C / SIGTERM (an impatient second press) ends the process with the command's exit
+    code instead of a KeyboardInterrupt traceback from the shutdown."""
+    import os
+
+    def handler(signum, frame):
+        for f in (sys.stdout, sys.stderr):
+            try:
+                f.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        os._exit(code)
+
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, handler)
+    except ValueError:  # not the main thread
+        pass
+
+
+def _main(args: argparse.Namespace) -> int:
+    from ..outputs import FolderInUse, OutputError, OutputPathError
+    from ._args import EXIT_USAGE
+
     with interrupts() as state:
         try:
             return int(args._run(args) or 0)
