@@ -154,27 +154,54 @@ def _to_uint8(im: Image.Image) -> Image.Image:
     min/max (a darker copy must stay darker): I;16* and I (16-bit PNG/TIFF) divide by
     65535 (values above it, possible only in 32-bit files, saturate); F (float TIFF)
     is taken as [0, 1]."""
-    a = np.asarray(im, dtype=np.float64)
     scale = 255.0 if im.mode == "F" else 255.0 / 65535.0
-    return Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8))
+    return Image.fromarray(_scaled_uint8(np.asarray(im, dtype=np.float64), scale))
+
+
+def _scaled_uint8(a: np.ndarray, scale: float) -> np.ndarray:
+    return np.clip(np.rint(a.astype(np.float64, copy=False) * scale), 0, 255).astype(np.uint8)
+
+
+def rgb_image(im: Image.Image) -> Image.Image:
+    """An opened image as 8-bit RGB (RGBA / LA / P / L / 16-bit all end up as 3 channels)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return _to_uint8(im).convert("RGB")
+    return im.convert("RGB")
 
 
 def open_rgb(path: str | Path) -> Image.Image:
-    """The image as 8-bit RGB (RGBA / LA / P / L / 16-bit all end up as 3 channels);
-    CorruptImageError naming the file when it cannot be decoded."""
+    """The image as 8-bit RGB (:func:`rgb_image`); CorruptImageError naming the file when
+    it cannot be decoded."""
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                return _to_uint8(im).convert("RGB")
-            return im.convert("RGB")
+            return rgb_image(im)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise CorruptImageError(f"cannot read image file {path}: {e}") from e
 
 
-def load_image(path: str | Path, size: int | tuple[int, int] | None = 256) -> torch.Tensor:
-    """3×H×W float32 ImageNet-normalised image; resized (bilinear) to ``size`` unless None."""
-    im = open_rgb(path)
+def array_image(a: np.ndarray) -> Image.Image:
+    """An H×W or H×W×C (C = 1, 2, 3, 4) array as 8-bit RGB by the files' bit-depth rule:
+    uint8 as it is, uint16 divided by 65535, float taken as [0, 1] (as a float TIFF);
+    the channels as the file of that mode (L, LA, RGB, RGBA) would convert."""
+    a = np.asarray(a)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (2, 3, 4)):
+        raise ValueError(f"an image array must be H×W or H×W×C with C in 1-4, got shape {a.shape}")
+    if a.dtype == np.uint16:
+        a = _scaled_uint8(a, 255.0 / 65535.0)
+    elif np.issubdtype(a.dtype, np.floating):
+        if a.size and not (np.isfinite(a).all() and a.min() >= 0.0 and a.max() <= 1.0):
+            raise ValueError("a float image array must hold values in [0, 1]")
+        a = _scaled_uint8(a, 255.0)
+    elif a.dtype != np.uint8:
+        raise ValueError(f"an image array must be uint8, uint16 or float in [0, 1], got {a.dtype}")
+    return rgb_image(Image.fromarray(np.ascontiguousarray(a)))
+
+
+def image_tensor(im: Image.Image, size: int | tuple[int, int] | None = 256) -> torch.Tensor:
+    """3×H×W float32 ImageNet-normalised tensor of an RGB image; resized (bilinear) to ``size`` unless None."""
     if size is not None:
         hw = (size, size) if isinstance(size, int) else tuple(size)
         if im.size != (hw[1], hw[0]):
@@ -183,6 +210,11 @@ def load_image(path: str | Path, size: int | tuple[int, int] | None = 256) -> to
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return ((x - mean) / std).contiguous()
+
+
+def load_image(path: str | Path, size: int | tuple[int, int] | None = 256) -> torch.Tensor:
+    """3×H×W float32 ImageNet-normalised image; resized (bilinear) to ``size`` unless None."""
+    return image_tensor(open_rgb(path), size)
 
 
 def load_mask(path: str | Path | None, size: int | tuple[int, int]) -> torch.Tensor:
