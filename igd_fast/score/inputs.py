@@ -27,8 +27,8 @@ def is_path_input(x: Any) -> bool:
 def to_items(x: Any, size: int) -> tuple[list[Item], bool]:
     """(items at ``size``, whether ``x`` was one image). ``x``: a PIL image; a numpy array
     H×W, H×W×C or a batch N×H×W×C (N×C×H×W also read); a tensor C×H×W or N×C×H×W (H×W×C
-    and N×H×W×C also read); or a list of any of those single images. Arrays and tensors are
-    uint8, uint16 or float in [0, 1]."""
+    and N×H×W×C also read where the channels can only be last); or a list of single
+    images. Arrays and tensors are uint8, uint16 or float in [0, 1]."""
     images, single = _split(x)
     items = []
     for i, a in enumerate(images):
@@ -52,13 +52,12 @@ def _split(x: Any) -> tuple[list, bool]:
 
 
 def _one(x: Any) -> np.ndarray:
-    """One image as an H×W(×C) array (a tensor's channels first, as torchvision's)."""
+    """One image as an H×W(×C) array: a numpy array as it is, a tensor's channels first
+    (torchvision's C×H×W) unless only its last axis can be channels."""
     if not isinstance(x, (np.ndarray, torch.Tensor)):
         raise TypeError(f"cannot score a {type(x).__name__}: give a path, a PIL image, a numpy array or a tensor")
     a = _numpy(x)
-    if a.ndim == 3 and isinstance(x, torch.Tensor) and a.shape[0] in CHANNELS:
-        return a.transpose(1, 2, 0)
-    if a.ndim == 3 and a.shape[-1] not in CHANNELS and a.shape[0] in CHANNELS:
+    if a.ndim == 3 and isinstance(x, torch.Tensor) and (a.shape[0] in CHANNELS or a.shape[-1] not in CHANNELS):
         return a.transpose(1, 2, 0)
     return a
 
