@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import load_model
+from ..checkpoint import load_model, model_files
 from ..data import IMAGENET_MEAN, IMAGENET_STD
 from ..models.fold import fold_batchnorm
 from ..models.polyphase import fuse_upsampling
@@ -241,9 +241,17 @@ class PatchModel(ImageModel):
 COMPONENTS: dict[str, type[Component]] = {c.kind: c for c in (ImageModel, PatchModel)}
 
 
+def component_files(model_dir: str | Path) -> dict[str, Path]:
+    """The file of every component ``model_dir`` holds, in :data:`COMPONENTS` order; the
+    package's one message (FileNotFoundError) for a directory that holds none."""
+    d = Path(model_dir)
+    found = {kind: d / cls.file for kind, cls in COMPONENTS.items() if (d / cls.file).is_file()}
+    if not found:
+        model_files(d)  # raises: no such directory, or no model in it
+    return found
+
+
 def load_components(model_dir: str | Path, device: torch.device, terms: TermOptions,
                     how: LoadOptions) -> dict[str, Component]:  # fmt: skip
     """Every component whose file ``model_dir`` holds, in :data:`COMPONENTS` order."""
-    d = Path(model_dir)
-    return {kind: cls.load(d / cls.file, device, terms, how) for kind, cls in COMPONENTS.items()
-            if (d / cls.file).is_file()}  # fmt: skip
+    return {kind: COMPONENTS[kind].load(f, device, terms, how) for kind, f in component_files(model_dir).items()}

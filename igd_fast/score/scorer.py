@@ -29,9 +29,9 @@ import torch
 from torch import Tensor, nn
 
 from .._dist import resolve_device
-from ..checkpoint import model_files, validation_files
+from ..checkpoint import validation_files
 from .calibrate import Calibrator
-from .components import DEFAULT_PATCH_CHUNK, LoadOptions, TermOptions, load_components
+from .components import DEFAULT_PATCH_CHUNK, LoadOptions, TermOptions, component_files, load_components
 from .inputs import is_path_input, to_items
 from .io import all_grey
 from .module import BatchScores, ScoringModule
@@ -166,7 +166,7 @@ class Scorer(BaseScorer):
         if int(patch_chunk) < 1:
             raise ValueError(f"batch_size and patch_chunk must be >= 1, got {batch_size} and {patch_chunk}")
         self.patch_chunk = int(patch_chunk)
-        model_files(self.model_dir)  # a clear error for a directory without a model
+        component_files(self.model_dir)  # a clear error for a directory without a model
         base = recipe if recipe is not None else Recipe.resolve(model=read_model_recipe(self.model_dir))
         self.recipe = base.override(options) if options else base
         self.fuse_upsample = self.device.type == "cpu" if fuse_upsample is None else bool(fuse_upsample)

@@ -47,7 +47,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checkpoint import MODEL_FILES, atomic_write_bytes
+from ..checkpoint import atomic_write_bytes
+from .components import COMPONENTS
 from .recipe import legacy_scoring
 from .residual import valid_stats
 
@@ -104,10 +105,10 @@ def normalise_scores(scores, threshold: float, scale: float) -> np.ndarray:
 
 
 def model_signature(model_dir: str | Path) -> dict[str, str]:
-    """SHA-256 of the model files present: a cached threshold is stale when they change.
+    """SHA-256 of the component files present: a cached threshold is stale when they change.
     Content, not mtime, so the cache survives copying the model directory elsewhere."""
     out = {}
-    for name in MODEL_FILES:
+    for name in (c.file for c in COMPONENTS.values()):
         p = Path(model_dir) / name
         if not p.is_file():
             continue
