@@ -12,7 +12,7 @@ fresh process (under ``flock LOCK`` when given: one lock per measurement) that b
 ``Scorer`` (batch 16, maps on, the default fp32 path), warms it up on one batch read in
 the main process, then times ``--passes`` passes of ``Scorer.score_paths`` over the first
 ``--n`` images: wall time per pass (worker start-up included), the compute part
-(``Scorer.seconds``: networks + kernels + map resizing) and, with 0 workers, the time the
+(``Scorer.runner.seconds``: networks + kernels + map resizing) and, with 0 workers, the time the
 same process spends reading alone (the dataset + collate over all images, decode + resize
 + normalise): the share of the wall time a worker could hide.
 """
@@ -33,7 +33,7 @@ CHILD = r"""
 import functools, json, statistics, sys, time
 import igd_fast  # before torch: sets OMP_WAIT_POLICY=PASSIVE as every verb runs
 import torch
-import igd_fast.score.scorer as scorer_mod
+import igd_fast.score.runner as scorer_mod
 from igd_fast.score import Scorer
 from igd_fast.score.io import ScoreDataset, collate
 model, threads, workers, passes, ctx = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
@@ -46,7 +46,7 @@ if ctx != "default" and workers > 0:  # the workers' start method (fork is Linux
     scorer_mod.DataLoader = functools.partial(scorer_mod.DataLoader, multiprocessing_context=ctx)
 walls, computes, first = [], [], []
 for _ in range(passes):
-    sc.seconds = 0.0
+    sc.reset_throughput()
     t0 = time.perf_counter()
     n = 0
     for r in sc.score_paths(paths, workers):
@@ -54,7 +54,7 @@ for _ in range(passes):
             first.append(time.perf_counter() - t0)
         n += 1
     walls.append(time.perf_counter() - t0)
-    computes.append(sc.seconds)
+    computes.append(sc.runner.seconds)
 read = None
 if workers == 0:
     ds = ScoreDataset(paths, sc.image_size)

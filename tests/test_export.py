@@ -26,18 +26,37 @@ def model(tmp_path_factory):
     return root / "model"
 
 
-def test_pipeline_module_equals_scorer(model):
+# every stage of the scoring module, each with its fitted statistics
+EVERY_STAGE = dict(map_term="maha", residual_sigma=1.0, map_sigma=2.0, map_position=True, image_score="map-excess",
+                   score_norm="standard", map_norm="standard", local_topk=2, latent_weight=0.5)  # fmt: skip
+
+
+def _test_images(model, n=3):
+    from igd_fast.data import load_image
+
+    return torch.stack([load_image(p, 64) for p in sorted((model.parent / "data" / CAT / "test").rglob("*.png"))[:n]])
+
+
+@pytest.mark.parametrize("options", [{}, EVERY_STAGE], ids=["paper", "every-stage"])
+def test_pipeline_module_equals_scorer(model, options):
     from igd_fast.export import ScoringPipeline
 
-    scorer = Scorer(model, device="cpu", backend="torch", channels_last=False)
-    x = torch.randn(3, 3, 64, 64)
+    scorer = Scorer(model, device="cpu", backend="torch", channels_last=False, **options)
+    pipe = ScoringPipeline(scorer)
+    # the graph is the scorer's own module: its networks and statistics, on the reference ops
+    assert all(pipe.module.components[k].model is scorer.component(k).model for k in scorer.kinds)
+    assert pipe.module.stats is scorer.module.stats and pipe.post is scorer.post_processor
+    x = _test_images(model)
     with torch.no_grad():
-        p, label, score, amap = ScoringPipeline(scorer)(x)
+        p, label, score, amap = pipe(x)
     ref = scorer.score_batch(x)
     torch.testing.assert_close(score, ref.score, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(amap, ref.maps, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(p.numpy(), scorer.pred_scores(ref.score.double().numpy()), atol=1e-6)
     assert label.tolist() == (ref.score > scorer.threshold).long().tolist()
+    if options:  # a batch at the model size scores as the same files do
+        files = sorted((model.parent / "data" / CAT / "test").rglob("*.png"))[:3]
+        np.testing.assert_allclose([r.score for r in scorer.score_paths(files)], ref.score.numpy(), rtol=1e-5)
 
 
 @pytest.mark.parametrize("keep", ["global.pt", "local.pt"])
@@ -168,3 +187,30 @@ def test_score_cli_exported_model_errors(model, tmp_path, capsys):
     (tmp_path / "bare.onnx").write_bytes(b"x")
     assert main([*base, "--runtime", "onnxruntime", "--model", str(tmp_path / "bare.onnx")]) == 2
     assert "export record" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_export_computes_the_model_recipe_and_records_it(model, tmp_path):
+    """Exported with no scoring flags, the graph computes the model directory's recipe, and
+    ``score --runtime onnxruntime`` gives what the model directory gives (images of the model size)."""
+    import shutil
+
+    from igd_fast.score.recipe import Recipe, write_model_recipe
+
+    d = tmp_path / "model"
+    shutil.copytree(model, d)
+    write_model_recipe(d, Recipe.resolve(preset={k: v for k, v in EVERY_STAGE.items() if k != "map_position"}))
+    target = tmp_path / "m.onnx"
+    assert main(["export", "--model", str(d), "--out", str(target)]) == 0
+    rec = json.loads(target.with_suffix(".json").read_text())
+    assert rec["recipe"]["values"]["image_score"] == "map-excess" and rec["recipe"]["sources"]["map_term"] == "model"
+    assert rec["scoring"]["residual_sigma"] == 1.0 and max(rec["max_abs_diff"].values()) < 1e-4
+    common = ["--input", str(model.parent / "data" / CAT / "test"), "--workers", "0", "--no-progress", "--no-overlays"]
+    assert main(["score", "--model", str(d), "--out", str(tmp_path / "t"), *common]) == 0
+    assert main(["score", "--runtime", "onnxruntime", "--model", str(target), "--out", str(tmp_path / "x"),
+                 *common]) == 0  # fmt: skip
+    a, b = _csv(tmp_path / "t" / "scores.csv"), _csv(tmp_path / "x" / "scores.csv")
+    for ra, rb in zip(a, b, strict=True):
+        assert float(rb["score"]) == pytest.approx(float(ra["score"]), rel=1e-4, abs=1e-4)
+        assert rb["pred_label"] == ra["pred_label"]
+    assert json.loads((tmp_path / "x" / "summary.json").read_text())["scoring"] == rec["scoring"]

@@ -62,7 +62,7 @@ def test_guard_values_are_the_bf16_vs_fp32_differences(trained):
     x = torch.cat([b.images for b in fp.loader(files)])
     with torch.inference_mode():
         for kind in ("global", "local"):
-            (t32, m32), (t16, m16) = (sc._model_terms(kind, sc._model(kind), x, True) for sc in (fp, bf))
+            (t32, m32), (t16, m16) = (sc.component(kind)(x, True) for sc in (fp, bf))
             v = rec["guard_values"][kind]
             assert v["n_images"] == len(files)
             assert v["spearman"] == pytest.approx(spearman(t32.numpy(), t16.numpy()))
@@ -169,3 +169,24 @@ def test_compiled_and_eager_scoring_agree(trained):
     assert [r.path for r in got] == [r.path for r in eager]
     np.testing.assert_allclose([r.score for r in got], [r.score for r in eager], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got[0].map, eager[0].map, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("map_term", ["lr", "abs", "maha"])
+def test_auto_works_with_every_map_term(trained, tmp_path, monkeypatch, map_term):
+    # the guard runs here whether or not this CPU has bf16 (autocast emulates it): the decision
+    # path is what is tested, on a copy (a bf16 decision recalibrates the model's threshold)
+    import shutil
+
+    monkeypatch.setattr(precision, "bf16_support", lambda device: None)
+    model = tmp_path / "model"
+    shutil.copytree(trained["model"], model)
+    out = tmp_path / "s"
+    code = main(["score", "--model", str(model), "--input", str(trained["test"][0]), "--out", str(out),
+                 "--precision", "auto", "--map-term", map_term, "--no-overlays", "--no-progress",
+                 "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rec = summary["precision"]
+    assert rec["requested"] == "auto" and set(rec["guard_values"]) == {"global", "local"}
+    assert rec["models"] == {k: "bf16" if v["passed"] else "fp32" for k, v in rec["guard_values"].items()}
+    assert summary["scoring"]["map_term"] == map_term and summary["n_scored"] == 1

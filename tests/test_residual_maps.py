@@ -155,7 +155,8 @@ def _model_res_maps(scorer, paths, kind):
     out = []
     with torch.inference_mode():
         for batch in scorer.loader(paths):
-            out.append(scorer._model_terms(kind, scorer._model(kind), batch.images.float(), True)[1])
+            x = batch.images.float()
+            out.append(scorer.module.component_maps(scorer.module.terms(x), x.shape[-2:])[kind])
     return torch.cat(out)
 
 
@@ -177,7 +178,7 @@ def test_maha_map_is_the_residual_distance(trained, residual_sigma):
     with torch.inference_mode():
         g, loc = s.global_model, s.local_model
         r_g = x_val - g(x_val)[1]  # the global residual, by hand
-        p, grid = s._patches(x_val, loc)
+        p, grid = s.component("local").patches(x_val)
         r_l = fold_patch_maps(p - loc(p)[1], grid, "mean")  # the local residual, folded
     r_g, r_l = _smoothed(r_g, residual_sigma), _smoothed(r_l, residual_sigma)
     for kind, r in (("global", r_g), ("local", r_l)):

@@ -14,7 +14,7 @@ from igd_fast.cli import main
 from igd_fast.models.terms import latent_term, recon_term, sample_scores
 from igd_fast.ops.patches import extract_patches
 from igd_fast.score import Scorer, conformal_threshold
-from igd_fast.score.scorer import gaussian_smooth
+from igd_fast.score.maps import gaussian_smooth
 from igd_fast.score.threshold import THRESHOLD_JSON
 
 CAT = "synth"
@@ -146,8 +146,9 @@ def _kind_maps(scorer, paths):
     with torch.inference_mode():
         for batch in scorer.loader(paths):
             x = batch.images.float()
-            out["global"].append(scorer._global_terms(x, True)[1].double())
-            out["local"].append(scorer._local_terms(x, True)[1].double())
+            maps = scorer.module.component_maps(scorer.module.terms(x), x.shape[-2:])
+            out["global"].append(maps["global"].double())
+            out["local"].append(maps["local"].double())
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -183,7 +184,7 @@ def test_map_term_abs_is_the_absolute_error(trained):
     with torch.inference_mode():
         g = s.global_model
         want_g = (x - g(x)[1]).abs().mean(1, keepdim=True) / g.config.data_range
-        got_g = s._global_terms(x, True)[1]
+        got_g = s.module.terms(x)["global"].map
     torch.testing.assert_close(got_g, want_g, rtol=1e-5, atol=1e-6)
     # scores are unchanged: only the map is another
     plain = Scorer(trained["model"], device="cpu", fold_bn=False, channels_last=False)

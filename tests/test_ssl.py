@@ -254,6 +254,10 @@ def test_preset_cpu_values_and_an_explicit_override(data, tmp_path):
     assert m["config"]["weights"] == PRESETS["train"]["cpu"]["global_weights"] and m["config"]["rho"] == 1.0
     assert m["options"]["preset"] == "cpu" and m["options"]["patches_per_image"] == 32
     assert "width" not in m["options"]["preset_applied"] and m["options"]["preset_applied"]["image_size"] == 128
+    # the scoring recipe the preset names, for score / eval / export to use by default
+    rec = json.loads((out / "recipe.json").read_text())
+    assert rec["preset"] == "cpu" and (rec["values"]["map_term"], rec["values"]["map_sigma"]) == ("maha", 4.0)
+    assert rec["sources"]["map_sigma"] == "preset" and rec["sources"]["score_norm"] == "default"
 
 
 def test_preset_cpu_texture_trains_the_local_model_alone(data, tmp_path):

@@ -23,7 +23,7 @@ from igd_fast.metrics import auroc, pixel_auroc
 from igd_fast.models.terms import latent_term, recon_term
 from igd_fast.ops.patches import extract_patches
 from igd_fast.score import Scorer
-from igd_fast.score.scorer import gaussian_smooth
+from igd_fast.score.maps import gaussian_smooth
 
 
 @torch.inference_mode()
@@ -52,8 +52,8 @@ def parts(scorer: Scorer, paths: list) -> dict[str, list]:
             out["l_lr_at"] += lr.gather(1, at)[:, 0].tolist()
             out["l_lh_at"] += lh.gather(1, at)[:, 0].tolist()
         # maps through the Scorer's own path (global and local separately)
-        gm = scorer._global_terms(x, True)[1] if scorer.global_model is not None else None
-        lm = scorer._local_terms(x, True)[1] if scorer.local_model is not None else None
+        kinds = scorer.module.component_maps(scorer.module.terms(x), x.shape[-2:])
+        gm, lm = kinds.get("global"), kinds.get("local")
         for j, it in enumerate(batch.items):
             pair = []
             for mm in (gm, lm):

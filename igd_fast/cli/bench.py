@@ -54,6 +54,51 @@ def _median_time(fn: Callable[[], object], repeats: int, device: torch.device) -
     return sorted(times)[len(times) // 2]
 
 
+def _entries(args, x, y, config) -> dict[str, dict[str, Callable[[], object]]]:
+    """The timed calls: each backend's forward, forward+backward and map, and pytorch_msssim's."""
+    avail = igd_fast.backends()
+    names = args.backends or [b for b in ("cpu", "cuda", "triton", "torch") if avail[b]]
+    if x.device.type == "cpu" and args.backends is None:
+        names = [b for b in names if b != "cuda" and not (b == "triton" and not torch.cuda.is_available())]
+    entries: dict[str, dict[str, Callable[[], object]]] = {}
+    for b in names:
+        def fwd(b=b):
+            with torch.no_grad():
+                return igd_fast.ms_ssim(x, y, config=config, backend=b)
+
+        def fwd_bwd(b=b):
+            yr = y.detach().requires_grad_(True)
+            igd_fast.ms_ssim(x, yr, config=config, backend=b).backward()
+
+        def pixel_map(b=b):
+            with torch.no_grad():
+                return igd_fast.ms_ssim_map(x, y, config=config, backend=b)
+
+        entries[b] = {"forward": fwd, "forward+backward": fwd_bwd, "map": pixel_map}
+    if not args.no_peer and config is GLOBAL:
+        entries.update(_peer(x, y, config))
+    return entries
+
+
+def _peer(x, y, config) -> dict[str, dict[str, Callable[[], object]]]:
+    try:
+        import pytorch_msssim
+    except ImportError:
+        return {}
+    kw = dict(data_range=config.data_range, win_size=config.win_size, win_sigma=config.sigma,
+              weights=list(config.weights), K=(config.k1, config.k2))
+
+    def pm_fwd():
+        with torch.no_grad():
+            return pytorch_msssim.ms_ssim(x, y, **kw)
+
+    def pm_fwd_bwd():
+        yr = y.detach().requires_grad_(True)
+        pytorch_msssim.ms_ssim(x, yr, **kw).backward()
+
+    return {"pytorch_msssim": {"forward": pm_fwd, "forward+backward": pm_fwd_bwd}}
+
+
 def _check(args: argparse.Namespace, config, shape) -> str | None:
     """Why these flags cannot be benchmarked (named), or None: checked before any allocation."""
     from .._dist import DeviceError, resolve_device
@@ -92,51 +137,24 @@ def run(args: argparse.Namespace) -> int:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=g).to(device, dtype)
     y = (x.float() + 0.3 * torch.randn(*shape, generator=g).to(device)).to(dtype)
-    avail = igd_fast.backends()
-    names = args.backends or [b for b in ("cpu", "cuda", "triton", "torch") if avail[b]]
-    if device.type == "cpu" and args.backends is None:
-        names = [b for b in names if b != "cuda" and not (b == "triton" and not torch.cuda.is_available())]
-
-    entries: dict[str, dict[str, Callable[[], object]]] = {}
-    for b in names:
-        def fwd(b=b):
-            with torch.no_grad():
-                return igd_fast.ms_ssim(x, y, config=config, backend=b)
-
-        def fwd_bwd(b=b):
-            yr = y.detach().requires_grad_(True)
-            igd_fast.ms_ssim(x, yr, config=config, backend=b).backward()
-
-        def pixel_map(b=b):
-            with torch.no_grad():
-                return igd_fast.ms_ssim_map(x, y, config=config, backend=b)
-
-        entries[b] = {"forward": fwd, "forward+backward": fwd_bwd, "map": pixel_map}
-    if not args.no_peer and config is GLOBAL:
-        try:
-            import pytorch_msssim
-        except ImportError:
-            pytorch_msssim = None
-        if pytorch_msssim is not None:
-            kw = dict(data_range=config.data_range, win_size=config.win_size, win_sigma=config.sigma,
-                      weights=list(config.weights), K=(config.k1, config.k2))
-
-            def pm_fwd():
-                with torch.no_grad():
-                    return pytorch_msssim.ms_ssim(x, y, **kw)
-
-            def pm_fwd_bwd():
-                yr = y.detach().requires_grad_(True)
-                pytorch_msssim.ms_ssim(x, yr, **kw).backward()
-
-            entries["pytorch_msssim"] = {"forward": pm_fwd, "forward+backward": pm_fwd_bwd}
-
+    entries = _entries(args, x, y, config)
     results = []
     print(f"MS-SSIM {args.config} config, {tuple(shape)} {args.dtype} on {device}, "
           f"{torch.get_num_threads()} threads, median of {args.repeats}")
     for name, ops in entries.items():
         for what, fn in ops.items():
             results.append({"entry": name, "op": what, "median_s": _median_time(fn, args.repeats, device)})
+    _print_table(results)
+    if args.json:
+        from ..outputs import write_json
+
+        write_json(args.json, {"config": args.config, "shape": list(shape), "device": str(device),
+                               "dtype": args.dtype, "threads": torch.get_num_threads(), "results": results})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _print_table(results: list[dict]) -> None:
     fastest = {}
     for r in results:
         if r["entry"] != "pytorch_msssim" and r["entry"] != "torch":
@@ -146,10 +164,3 @@ def run(args: argparse.Namespace) -> int:
         best = fastest.get(r["op"])
         ratio = f"{r['median_s'] / best:.1f}×" if best else "-"
         print(f"{r['entry']:<16}{r['op']:<18}{r['median_s'] * 1e3:>10.2f}ms{ratio:>28}")
-    if args.json:
-        from ..outputs import write_json
-
-        write_json(args.json, {"config": args.config, "shape": list(shape), "device": str(device),
-                               "dtype": args.dtype, "threads": torch.get_num_threads(), "results": results})
-        print(f"wrote {args.json}")
-    return 0

@@ -7,7 +7,8 @@ Writes ``report.json`` — metrics under anomalib's names: ``image_AUROC``,
 IGD paper's mean per-anomalous-image pixel AUROC as
 ``pixel_AUROC_per_anomalous_image_mean`` (not anomalib's pixel_AUROC); ``accuracy``
 at the threshold; counts, thresholds, images/s, and per image ``score`` (raw),
-``pred_score`` (0.5 = threshold), ``pred_label`` — and ``report.png`` (image ROC curve and
+``pred_score`` (0.5 = threshold), ``pred_label``; the scoring recipe with each value's
+source (model, preset, flag or default) — and ``report.png`` (image ROC curve and
 the best / worst examples with their heat-maps) to ``--output``
 (default ``<model>/eval_<category>``). Pixel metrics use each image's map at its
 original resolution against its mask; a mask of another size than its image is an
@@ -35,15 +36,13 @@ from ._args import (
     UsageError,
     add_out,
     add_runtime,
-    add_scoring,
     check_device_backend,
     check_out_dir,
     check_precision,
     examples,
-    network_options,
     positive_int,
-    scoring_options,
 )
+from .recipe_flags import add_recipe_flags, resolve_recipe
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-masks", action="store_true",
                    help="write each pred_mask (map > calibrated pixel threshold) as a 0/255 PNG to "
                         "OUT/masks/<defect>/<id>.png")
-    add_scoring(p)
+    add_recipe_flags(p)
     add_runtime(p, scoring=True)
 
 
@@ -108,13 +107,32 @@ def compute_report(
     are the best over all thresholds, their thresholds reported under ``f1max_thresholds``.
     ``has_masks`` False (a Folder layout without --mask-dir): no pixel metrics.
     """
-    from ..metrics import accuracy, aupro, auroc, f1_max, f1_score, per_image_pixel_auroc, pixel_auroc, pixel_f1_max
-
     scores = [r["score"] for r in results]
     labels = [r["label"] for r in results]
     no_map = any(m is None for m in maps)
     rep: dict = {"n_test": len(results), "n_normal": labels.count(0), "n_anomalous": labels.count(1)}
     notes, best_at = {}, {}
+    for key, fn, args in _metrics(scores, labels, maps, masks, threshold, pixel_threshold, best_at):
+        if no_map and key.startswith("pixel"):
+            rep[key], why = None, "this model has no per-pixel map (Deep SVDD variant)"
+        elif not has_masks and key.startswith("pixel"):
+            rep[key], why = None, "no ground-truth masks (Folder layout without --mask-dir)"
+        else:
+            rep[key], why = _safe(fn, *args) if results else (None, "no images")
+        if why:
+            notes[key] = why
+    rep["f1max_thresholds"] = best_at
+    rep["n_true_positive"] = sum(1 for s, y in zip(scores, labels, strict=True) if y == 1 and s > threshold)
+    rep["n_false_positive"] = sum(1 for s, y in zip(scores, labels, strict=True) if y == 0 and s > threshold)
+    rep["per_defect"] = _per_defect(results)
+    if notes:
+        rep["undefined"] = notes
+    return rep
+
+
+def _metrics(scores, labels, maps, masks, threshold: float, pixel_threshold: float | None, best_at: dict) -> list:
+    """(report key, metric function, its arguments) in report order; F1Max thresholds go to ``best_at``."""
+    from ..metrics import accuracy, aupro, auroc, f1_max, f1_score, per_image_pixel_auroc, pixel_auroc, pixel_f1_max
 
     def pooled_f1(m, k):
         pairs = [(a.reshape(-1), b.reshape(-1)) for a, b in zip(m, k, strict=True)]
@@ -140,29 +158,20 @@ def compute_report(
     ]
     if pixel_threshold is not None:
         metrics.insert(7, ("pixel_F1Score", pooled_f1, (maps, masks)))
-    for key, fn, args in metrics:
-        if no_map and key.startswith("pixel"):
-            rep[key], why = None, "this model has no per-pixel map (Deep SVDD variant)"
-        elif not has_masks and key.startswith("pixel"):
-            rep[key], why = None, "no ground-truth masks (Folder layout without --mask-dir)"
-        else:
-            rep[key], why = _safe(fn, *args) if results else (None, "no images")
-        if why:
-            notes[key] = why
-    rep["f1max_thresholds"] = best_at
-    rep["n_true_positive"] = sum(1 for s, y in zip(scores, labels, strict=True) if y == 1 and s > threshold)
-    rep["n_false_positive"] = sum(1 for s, y in zip(scores, labels, strict=True) if y == 0 and s > threshold)
-    per_defect = {}
-    normals = [s for s, y in zip(scores, labels, strict=True) if y == 0]
+    return metrics
+
+
+def _per_defect(results: list[dict]) -> dict:
+    from ..metrics import auroc
+
+    out = {}
+    normals = [r["score"] for r in results if r["label"] == 0]
     for d in sorted({r["defect"] for r in results if r["label"] == 1}):
         ds = [r["score"] for r in results if r["defect"] == d]
-        per_defect[d] = {"n": len(ds)}
+        out[d] = {"n": len(ds)}
         if normals:
-            per_defect[d]["image_AUROC_vs_good"] = auroc(normals + ds, [0] * len(normals) + [1] * len(ds))
-    rep["per_defect"] = per_defect
-    if notes:
-        rep["undefined"] = notes
-    return rep
+            out[d]["image_AUROC_vs_good"] = auroc(normals + ds, [0] * len(normals) + [1] * len(ds))
+    return out
 
 
 def write_figure(
@@ -221,37 +230,36 @@ def write_figure(
 
 
 def _prepare(args: argparse.Namespace):
-    """(samples, out folder, scorer) after every check that can fail before scoring."""
+    """(samples, layout, out folder, scorer) after every check that can fail before scoring."""
     from ..checkpoint import CheckpointError
     from ..data import DataLayoutError, mask_size_mismatches, resolve_layout
     from ..score import Scorer
 
     check_device_backend(args)
-    check_precision(args)
     if args.category is not None:  # a folder name in the outputs' paths: never a path out of --out
         try:
             args.category = plain_name(args.category, "--category")
         except ValueError as e:
             raise UsageError(str(e)) from None
+    recipe = resolve_recipe(args)
+    check_precision(recipe["precision"], args.device)
     try:
         layout = resolve_layout(args.data, args.category, args.normal_dir, args.abnormal_dir, args.mask_dir,
                                 args.normal_test_dir)  # fmt: skip
         samples = layout.test_samples()
     except DataLayoutError as e:
         raise UsageError(str(e)) from None
-    args.category, args._layout = layout.name, layout
     bad = mask_size_mismatches(samples)
     if bad:
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
         raise UsageError("masks must have their image's size: " + "; ".join(bad[:5]) + more)
-    out = check_out_dir(args.out or Path(args.model) / f"eval_{args.category}")
-    scoring = scoring_options(args)
+    out = check_out_dir(args.out or Path(args.model) / f"eval_{layout.name}")
     try:
-        scorer = Scorer(args.model, device=args.device, batch_size=args.batch_size, backend=args.backend,
-                        **scoring, **network_options(args))
+        scorer = Scorer(args.model, device=args.device, recipe=recipe, batch_size=args.batch_size,
+                        backend=args.backend, compile=args.compile)  # fmt: skip
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         raise UsageError(f"--model {args.model}: {e}") from None
-    return samples, out, scorer
+    return samples, layout, out, scorer
 
 
 def sample_id(sample) -> str:
@@ -260,16 +268,15 @@ def sample_id(sample) -> str:
     return str(Path(sample.rel or sample.path.name).with_suffix("").as_posix())
 
 
-def _score_test(scorer, samples, args, out: Path, calib: dict):
+def _score_test(scorer, samples, args, out: Path, category: str):
     from tqdm import tqdm
 
     from ..data import image_size_of, load_mask
     from ..score import Failure
-    from ..score.io import save_mask, save_tiff
 
-    threshold, pix_t = float(calib["threshold"]), float(calib["pixel_threshold"])
+    post = scorer.post_processor
     results, maps, masks, skipped = [], [], [], []
-    bar = tqdm(total=len(samples), desc=f"eval {args.category}", unit="img", disable=args.no_progress)
+    bar = tqdm(total=len(samples), desc=f"eval {category}", unit="img", disable=args.no_progress)
     for r in scorer.score_paths([s.path for s in samples], args.workers, want_maps=True, progress=bar):
         s = samples[r.index]
         if isinstance(r, Failure):
@@ -284,19 +291,11 @@ def _score_test(scorer, samples, args, out: Path, calib: dict):
         except ValueError as e:  # a corrupt mask: skip the image, like a corrupt image
             skipped.append({"path": str(s.mask), "error": str(e)})
             continue
-        pred = float(scorer.pred_scores([r.score])[0])
-        row = {"path": r.path, "defect": s.defect, "label": s.label, "score": r.score, "pred_score": pred,
-               "pred_label": int(r.score > threshold), "s_global": r.s_global, "s_local": r.s_local}  # fmt: skip
+        p = post.predict(r)
+        row = {"path": r.path, "defect": s.defect, "label": s.label, "score": r.score, "pred_score": p.pred_score,
+               "pred_label": p.pred_label, "s_global": r.s_global, "s_local": r.s_local}  # fmt: skip
         if r.map is not None:
-            name = f"{s.defect}/{sample_id(s)}"
-            if args.save_tiff:
-                f = inside(out, args.category, "test", f"{name}.tiff")
-                save_tiff(f, r.map)
-                row["anomaly_map"] = str(f)
-            if args.save_masks:
-                f = inside(out, "masks", f"{name}.png")
-                save_mask(f, r.map > pix_t)
-                row["pred_mask"] = str(f)
+            _write_map_files(args, out, f"{s.defect}/{sample_id(s)}", category, row, p)
         results.append(row)
         maps.append(r.map)
         masks.append(mask)
@@ -304,69 +303,70 @@ def _score_test(scorer, samples, args, out: Path, calib: dict):
     return results, maps, masks, skipped
 
 
+def _write_map_files(args, out: Path, name: str, category: str, row: dict, p) -> None:
+    from ..score.io import save_mask, save_tiff
+
+    if args.save_tiff:
+        f = inside(out, category, "test", f"{name}.tiff")
+        save_tiff(f, p.anomaly_map)
+        row["anomaly_map"] = str(f)
+    if args.save_masks:
+        f = inside(out, "masks", f"{name}.png")
+        save_mask(f, p.pred_mask)
+        row["pred_mask"] = str(f)
+
+
+def _report(args, scorer, layout, rep: dict, calib: dict, results: list, skipped: list, seconds: dict) -> dict:
+    post = scorer.post_processor
+    wall = seconds["test_scoring"]
+    return {
+        "category": layout.name, "layout": layout.kind, "data_root": str(layout.root.resolve()),
+        "model": str(Path(args.model).resolve()), "models": list(scorer.kinds), **rep,
+        "threshold": post.threshold, "threshold_rule": calib.get("rule"), "alpha": calib.get("alpha"),
+        "n_validation": calib.get("n_validation"), "score_scale": calib.get("score_scale"),
+        "normalisation": calib.get("normalisation"),
+        "pixel_threshold": post.pixel_threshold if calib.get("has_maps", True) else None,
+        "pixel_rule": calib.get("pixel_rule"), "scoring": scorer.scoring, "recipe": scorer.recipe.record(),
+        "precision": scorer.precision_record, "compiled": scorer.compiled, "n_skipped": len(skipped),
+        "skipped": skipped, "images_per_second": len(results) / wall if wall > 0 else 0.0,
+        "images_per_second_scoring": scorer.images_per_second, "seconds": seconds, "device": str(scorer.device),
+        "backend": args.backend, "images": results,
+    }  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        samples, out, scorer = _prepare(args)
+        samples, layout, out, scorer = _prepare(args)
         # one run per report folder: a second one would interleave its files with ours
         with output_lock(out):
-            return _run(args, samples, out, scorer)
+            return _run(args, samples, layout, out, scorer)
     except (UsageError, FolderInUse) as e:
         print(f"igd-fast eval: error: {e}", file=sys.stderr)
         return EXIT_USAGE
 
 
-def _run(args: argparse.Namespace, samples, out: Path, scorer) -> int:
+def _run(args: argparse.Namespace, samples, layout, out: Path, scorer) -> int:
     t_cal = time.perf_counter()
     try:
         calib = scorer.calibration(args.workers)
     except (OSError, ValueError, KeyError) as e:
         print(f"igd-fast eval: error: cannot calibrate the threshold: {e}", file=sys.stderr)
         return EXIT_USAGE
-    t_cal = time.perf_counter() - t_cal
-    threshold = float(calib["threshold"])
-    scorer.images_seen, scorer.seconds = 0, 0.0  # throughput of the test pass only
-
+    seconds = {"calibration": time.perf_counter() - t_cal}
+    scorer.reset_throughput()  # throughput of the test pass only
     t0 = time.perf_counter()
-    results, maps, masks, skipped = _score_test(scorer, samples, args, out, calib)
-    wall = time.perf_counter() - t0
-
+    results, maps, masks, skipped = _score_test(scorer, samples, args, out, layout.name)
+    seconds["test_scoring"] = time.perf_counter() - t0
     t_m = time.perf_counter()
-    pix_t = float(calib["pixel_threshold"]) if calib.get("has_maps", True) else None
-    rep = compute_report(results, maps, masks, threshold, pix_t, args._layout.has_masks)
-    t_m = time.perf_counter() - t_m
-    report = {
-        "category": args.category,
-        "layout": args._layout.kind,
-        "data_root": str(args._layout.root.resolve()),
-        "model": str(Path(args.model).resolve()),
-        "models": list(scorer.kinds),
-        **rep,
-        "threshold": threshold,
-        "threshold_rule": calib.get("rule"),
-        "alpha": calib.get("alpha"),
-        "n_validation": calib.get("n_validation"),
-        "score_scale": calib.get("score_scale"),
-        "normalisation": calib.get("normalisation"),
-        "pixel_threshold": pix_t,
-        "pixel_rule": calib.get("pixel_rule"),
-        "scoring": scorer.scoring,
-        "precision": scorer.precision_record,
-        "compiled": scorer.compiled,
-        "n_skipped": len(skipped),
-        "skipped": skipped,
-        "images_per_second": len(results) / wall if wall > 0 else 0.0,
-        "images_per_second_scoring": scorer.images_per_second,
-        "seconds": {"calibration": t_cal, "test_scoring": wall, "metrics": t_m},
-        "device": str(scorer.device),
-        "backend": args.backend,
-        "images": results,
-    }
+    threshold = scorer.post_processor.threshold
+    pix_t = scorer.post_processor.pixel_threshold if calib.get("has_maps", True) else None
+    rep = compute_report(results, maps, masks, threshold, pix_t, layout.has_masks)
+    seconds["metrics"] = time.perf_counter() - t_m
+    report = _report(args, scorer, layout, rep, calib, results, skipped, seconds)
     write_json(out / "report.json", report)
     if results and all(m is not None for m in maps):
-        title = (
-            f"{args.category}: image AUROC {_fmt(rep['image_AUROC'])}, pixel AUROC {_fmt(rep['pixel_AUROC'])}, "
-            f"AUPRO@0.3 {_fmt(rep['pixel_AUPRO'])}"
-        )
+        title = (f"{layout.name}: image AUROC {_fmt(rep['image_AUROC'])}, pixel AUROC {_fmt(rep['pixel_AUROC'])}, "
+                 f"AUPRO@0.3 {_fmt(rep['pixel_AUPRO'])}")  # fmt: skip
         write_figure(out / "report.png", results, maps, masks, threshold, scorer.map_range(), args.examples, title)
     print(json.dumps({k: report[k] for k in SUMMARY_KEYS}, indent=2))
     print(f"report: {out / 'report.json'}  figure: {out / 'report.png'}", file=sys.stderr)

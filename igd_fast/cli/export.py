@@ -4,7 +4,9 @@
 The graph uses the pure-PyTorch reference ops (backend "torch"), so any ONNX runtime
 runs it: input ``input`` (N×3×S×S, ImageNet-normalised, N dynamic), outputs
 ``pred_score``, ``pred_label``, ``score`` and ``anomaly_map`` (at the model size).
-Beside it, ``<out>.json`` records the preprocessing and the thresholds. Unless
+The graph computes the model directory's scoring recipe (``recipe.json``; scoring flags
+override it, as in ``score`` and ``eval``). Beside it, ``<out>.json`` records the
+preprocessing, the thresholds and the recipe with each value's source. Unless
 ``--no-check``, onnxruntime runs the file on random images and it must agree with the
 Scorer within 1e-4 (onnxruntime for ONNX; OpenVINO's CPU plugin in float32 for IR).
 """
@@ -17,6 +19,7 @@ import sys
 from pathlib import Path
 
 from ._args import EXIT_OK, EXIT_USAGE, UsageError, check_out_dir, examples, positive_int
+from .recipe_flags import add_recipe_flags, resolve_recipe
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-check", action="store_true", help="skip the parity check against the Scorer")
     p.add_argument("--check-batch", type=_check_batch, default=2,
                    help="images in the parity check (default 2; at most 64, raise with IGD_FAST_MAX_CHECK_BATCH)")
+    add_recipe_flags(p, network=False)
 
 
 def _opset(text: str) -> int:
@@ -80,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from ..export import DEFAULT_OPSET, ExportError, export_onnx, export_openvino, missing_packages
 
     try:
+        recipe = resolve_recipe(args)
         out = _target(args.out, args.format)
         missing = missing_packages(not args.no_check, args.format)
         if missing:
@@ -87,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--format {args.format} needs {', '.join(missing)}: pip install 'igd_fast[{extra}]'")
         export = export_openvino if args.format == "openvino" else export_onnx
         try:
-            rec = export(args.model, out, args.opset or DEFAULT_OPSET, not args.no_check, args.check_batch)
+            rec = export(args.model, out, args.opset or DEFAULT_OPSET, not args.no_check, args.check_batch, recipe)
         except (CheckpointError, FileNotFoundError) as e:
             raise UsageError(f"--model {args.model}: {e}") from None
         except (OSError, ValueError, KeyError) as e:  # e.g. no validation images to calibrate on

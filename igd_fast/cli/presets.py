@@ -80,6 +80,23 @@ PRESETS: dict[str, dict[str, dict]] = {
     "pretrain": {"cpu": CPU_PRETRAIN},
 }
 
+# The scoring recipe each train preset names (igd_fast.score.recipe): `train --preset NAME`
+# writes it into the model directory's recipe.json, and score / eval / export use it unless
+# a flag overrides it; `score|eval|export --preset NAME` names it for a model trained without.
+# cpu: the residual-Mahalanobis map smoothed at 4 px. On juice_bottle's global models (section 15,
+# seeds 0 / 1 / 2) it raised pixel AUROC from 0.871 / 0.875 / 0.872 to 0.877 / 0.884 / 0.880 and
+# AUPRO from 0.604 / 0.612 / 0.602 to 0.624 / 0.654 / 0.630; the image score (terms) is the
+# same under both, image AUROC 0.875 / 0.898 / 0.890 (with both models, section 14: pixel
+# 0.868-0.872 -> 0.871-0.882 at ρ = 1, where the paper's map fell to 0.794 at seed 2).
+CPU_RECIPE = {"map_term": "maha", "map_sigma": 4.0}
+# cpu-texture: the residual-Mahalanobis map of the residual smoothed at 2 px, and the image
+# scored by its excess over the normals' 0.95 quantile (sections 10 and 13; recon_colour auto
+# damps the reconstruction's colour on grey photos): image / pixel AUROC grass 0.977 / 0.958 /
+# 0.997, moon 0.988 / 0.923 / 0.995, pixel 0.976-0.998 at seeds 0 / 1 / 2, where the paper's
+# scoring of the same models gave image 0.55-0.66.
+CPU_TEXTURE_RECIPE = {"map_term": "maha", "residual_sigma": 2.0, "image_score": "map-excess"}
+RECIPES: dict[str, dict] = {"cpu": CPU_RECIPE, "cpu-texture": CPU_TEXTURE_RECIPE}
+
 
 class Default:
     """An argparse default that a preset may replace; ``value`` is the flag's own default."""
@@ -94,9 +111,15 @@ class Default:
 def add_preset(p: argparse._ActionsContainer, verb: str) -> None:
     names = sorted(PRESETS[verb])
     shown = "; ".join(f"{n}: " + " ".join(_flag_text(k, v) for k, v in PRESETS[verb][n].items()) for n in names)
+    scored = " and writes the scoring recipe it names into OUT/recipe.json" if verb == "train" else ""
     p.add_argument("--preset", choices=names, default=None,
                    help=f"named flag values, explicit flags override them ({shown}); recorded in the "
-                        "output")  # fmt: skip
+                        f"output{scored}")  # fmt: skip
+
+
+def recipe_text(name: str) -> str:
+    """The scoring flags a preset's recipe stands for."""
+    return " ".join(_flag_text(k, v) for k, v in RECIPES[name].items())
 
 
 def _flag_text(key: str, value) -> str:

@@ -101,41 +101,32 @@ def _classes(args: argparse.Namespace) -> list[str]:
     return cats
 
 
+def _settings(args: argparse.Namespace):
+    from ..protocol import ProtocolSettings
+
+    return ProtocolSettings.for_dataset(
+        args.dataset, args.data, _classes(args), variant=args.variant, train_fraction=args.train_fraction,
+        contamination=args.contamination, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
+        image_size=args.image_size, width=args.width, blocks=None if args.blocks is None else tuple(args.blocks),
+        latent=args.latent, win_size=args.win_size, weights=None if args.weights is None else tuple(args.weights),
+        lr=args.lr, lr_schedule=args.lr_schedule, estep_every=args.estep_every, sigma2_floor=args.sigma2_floor,
+        latent_weight=args.latent_weight, dev=args.dev or None,
+    )  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     from concurrent.futures.process import BrokenProcessPool
 
     from ..checkpoint import CheckpointError
     from ..data import CorruptImageError, DataLayoutError
-    from ..protocol import Protocol, ProtocolSettings
+    from ..protocol import Protocol
     from ..train import NonFiniteLossError, sigterm_as_interrupt
 
     workers = WORKERS[args.dataset] if args.workers is None else args.workers
     try:
         if workers < 0:
             raise ValueError(f"--workers must be >= 0, got {workers}")
-        settings = ProtocolSettings.for_dataset(
-            args.dataset,
-            args.data,
-            _classes(args),
-            variant=args.variant,
-            train_fraction=args.train_fraction,
-            contamination=args.contamination,
-            seed=args.seed,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            image_size=args.image_size,
-            width=args.width,
-            blocks=None if args.blocks is None else tuple(args.blocks),
-            latent=args.latent,
-            win_size=args.win_size,
-            weights=None if args.weights is None else tuple(args.weights),
-            lr=args.lr,
-            lr_schedule=args.lr_schedule,
-            estep_every=args.estep_every,
-            sigma2_floor=args.sigma2_floor,
-            latent_weight=args.latent_weight,
-            dev=args.dev or None,
-        )
+        settings = _settings(args)
         import torch
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

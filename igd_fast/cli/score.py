@@ -14,7 +14,8 @@ Writes to ``--out``:
   (REL: the input's path below the input folder, sub-folders kept and the extension
   kept in the name, e.g. sub/a.jpg -> overlays/sub/a.jpg.png: two inputs never share
   an output file)
-  summary.json    counts, threshold and its rule, throughput, skipped files and why
+  summary.json    counts, threshold and its rule, the scoring recipe (each value and its
+                  source: model, preset, flag or default), throughput, skipped files and why
 
 Exit codes: 0 all scored; 2 bad arguments / nothing to score / no threshold;
 3 some files could not be read (they are listed in summary.json, the rest are scored).
@@ -34,13 +35,15 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .. import _dist
 from ..outputs import FolderInUse, OutputError, OutputPathError, inside, output_lock, save_npy, write_json, write_text
-from ..score.threshold import NORMALISATION, normalise_scores, score_scale
+from ..score.postprocess import PostProcessor
+from ..score.threshold import NORMALISATION
 from ._args import (
     EXIT_OK,
     EXIT_SKIPPED,
@@ -48,16 +51,16 @@ from ._args import (
     UsageError,
     add_out,
     add_runtime,
-    add_scoring,
     check_device_backend,
     check_out_dir,
     check_precision,
     examples,
     finite_float,
-    network_options,
     open_fraction,
-    scoring_options,
 )
+from .recipe_flags import add_recipe_flags, given_options, resolve_recipe
+
+GIVEN_RULE = "given on the command line (--threshold)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,7 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         )
     )
     p.add_argument("--model", required=True, metavar="DIR",
-                   help="trained model directory (global.pt and/or local.pt, run.json)")
+                   help="trained model directory (global.pt and/or local.pt, run.json, recipe.json)")
     p.add_argument("--input", required=True, help="folder (searched recursively) or glob pattern of images")
     add_out(p, True, "output folder (created; checked writable before scoring)")
     p.add_argument("--save-maps", action="store_true", help="also write raw per-pixel maps as .npy")
@@ -90,11 +93,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default="torch",
                    help="torch (default): --model is a model directory; onnxruntime / openvino: --model is a file "
                         "written by igd-fast export (.onnx / .xml, with its .json beside it)")
-    add_scoring(p)
+    add_recipe_flags(p)
     add_runtime(p, scoring=True)
 
 
 CSV_COLUMNS = ["path", "score", "pred_score", "pred_label", "s_global", "s_local"]
+
+
+@dataclass
+class Progress:
+    """Images scored so far by this rank (named in the message of a run stopped early)."""
+
+    done: int = 0
+
+
+@dataclass
+class Decision:
+    """What the rows are decided with: the post-processor and the calibration record it came
+    from ({} when there is none: a --threshold without a calibration)."""
+
+    post: PostProcessor
+    calib: dict
 
 
 def output_name(path: Path, base: Path) -> str:
@@ -112,28 +131,26 @@ def _out_file(out: Path, sub: str, name: str, suffix: str) -> Path:
     return inside(out, sub, f"{name}{suffix}")
 
 
-def _calibrate(scorer, args, proc: _dist.ProcessInfo) -> tuple[float | None, dict, str | None]:
-    """(threshold, calibration record, error). Rank 0 calibrates and caches; the others
-    receive its result (no second pass over the validation images). With --threshold
-    the calibration is still used, when it can be had, for pred_score's scale and the
-    pixel threshold; without it the scale falls back to |threshold| (or 1)."""
-    result = None
+def _calibrate(scorer, args, proc: _dist.ProcessInfo) -> tuple[Decision | None, str | None]:
+    """(the decision, or None and why not). Rank 0 calibrates and caches; the others receive
+    its record (no second pass over the validation images). With --threshold the calibration
+    is still used, when it can be had, for pred_score's scale and the pixel threshold."""
+    result: tuple[dict, str | None] | None = None
     if proc.is_main:
         try:
-            rec = scorer.calibration(args.workers)
-            result = (float(rec["threshold"]), rec, None)
+            result = (scorer.calibration(args.workers), None)
         except (OSError, ValueError, KeyError) as e:
-            result = (None, {}, f"cannot calibrate a threshold: {e}; pass --threshold")
-    result = _dist.broadcast_object(result)
-    if result[0] is not None:
-        scorer._calibration = result[1]
+            result = ({}, f"cannot calibrate a threshold: {e}; pass --threshold")
+    calib, err = _dist.broadcast_object(result)
+    if calib:
+        scorer.use_calibration(calib)
     if args.threshold is None:
-        return result
-    rec = dict(result[1])
-    if not rec:
-        rec["score_scale"] = score_scale([], args.threshold)
-    rec.update(rule="given on the command line (--threshold)", threshold=args.threshold)
-    return args.threshold, rec, None
+        return (None, err) if err else (Decision(scorer.post_processor, calib), None)
+    if not calib and scorer.needs_calibration:
+        return None, f"{err}; the recipe's {', '.join(scorer.module.missing_statistics())} need it even then"
+    post = scorer.post_processor.with_threshold(args.threshold, GIVEN_RULE) if calib else PostProcessor.given(
+        args.threshold, GIVEN_RULE)  # fmt: skip
+    return Decision(post, calib), None
 
 
 def tiff_name(path: Path) -> str | None:
@@ -154,14 +171,14 @@ def _open(args: argparse.Namespace, proc: _dist.ProcessInfo):
     from ..score.threshold import DEFAULT_ALPHA
 
     check_device_backend(args)
-    check_precision(args)
     if args.runtime != "torch":
         return _open_exported(args)
-    scoring = scoring_options(args)
+    recipe = resolve_recipe(args)
+    check_precision(recipe["precision"], args.device)
     try:
-        return Scorer(args.model, device=resolve_device(args.device, proc.local_rank), batch_size=args.batch_size,
-                      backend=args.backend, alpha=DEFAULT_ALPHA if args.alpha is None else args.alpha,
-                      **scoring, **network_options(args))  # fmt: skip
+        return Scorer(args.model, device=resolve_device(args.device, proc.local_rank), recipe=recipe,
+                      batch_size=args.batch_size, backend=args.backend,
+                      alpha=DEFAULT_ALPHA if args.alpha is None else args.alpha, compile=args.compile)  # fmt: skip
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         raise UsageError(f"--model {args.model}: {e}") from None
 
@@ -174,15 +191,12 @@ def _open_exported(args: argparse.Namespace):
     if args.alpha is not None:
         raise UsageError("--alpha recalibrates on the model directory's validation images; an exported model "
                          "carries its calibration (re-export, or pass --threshold)")  # fmt: skip
-    from ..score.threshold import DEFAULT_SCORING
-
-    changed = [k for k, v in scoring_options(args).items() if v != DEFAULT_SCORING[k]]
-    if changed:
-        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-        raise UsageError(f"{flags}: an exported model computes the default score and map; use a model directory")
-    if args.precision != "fp32" or args.compile:
-        raise UsageError(f"--precision {args.precision} / --compile: an exported model runs in its runtime's "
-                         "own precision and graph; use a model directory")  # fmt: skip
+    given = [f"--{k.replace('_', '-')}" for k in given_options(args)] + (["--preset"] if args.preset else [])
+    if given:
+        raise UsageError(f"{', '.join(given)}: an exported model computes the recipe it was exported with (in its "
+                         "side-car .json); re-export with these flags, or use a model directory")  # fmt: skip
+    if args.compile:
+        raise UsageError("--compile: an exported model runs in its runtime's own graph; use a model directory")
     if importlib.util.find_spec(args.runtime) is None:
         extra = "openvino" if args.runtime == "openvino" else "export"
         raise UsageError(f"--runtime {args.runtime} needs the {args.runtime} package: pip install 'igd_fast[{extra}]'")
@@ -198,19 +212,19 @@ def _base(spec: str, paths: list[Path]) -> Path:
     return base.resolve()
 
 
-def _score_mine(scorer, args, paths: list[Path], proc: _dist.ProcessInfo, out: Path, vrange) -> tuple[list, list]:
+def _score_mine(scorer, args, paths: list[Path], proc: _dist.ProcessInfo, out: Path,
+                decision: Decision, progress: Progress) -> tuple[list, list]:  # fmt: skip
     """Score this rank's share of ``paths``, writing overlays / maps / masks / TIFFs as they come."""
     from tqdm import tqdm
 
-    from ..score import Failure, save_overlay
-    from ..score.io import save_mask, save_tiff
+    from ..score import Failure
 
     base = _base(args.input, paths)
     mine = list(range(proc.rank, len(paths), proc.world))
     rows, failed = [], []
     desc = "scoring" if proc.world == 1 else f"scoring (rank 0's shard of {proc.world})"
     bar = tqdm(total=len(mine), desc=desc, unit="img", disable=not proc.is_main or args.no_progress, file=sys.stderr)
-    t, scale = args._threshold, float(args._calib["score_scale"])
+    post = decision.post
     for r in scorer.score_paths([paths[i] for i in mine], args.workers, want_maps=True, indices=mine):
         bar.update(1)
         if isinstance(r, Failure):
@@ -220,28 +234,15 @@ def _score_mine(scorer, args, paths: list[Path], proc: _dist.ProcessInfo, out: P
         if why is not None:  # NaN is never "normal": an error for this image, never label 0
             failed.append({"index": r.index, "path": r.path, "error": why})
             continue
-        args._n_done = getattr(args, "_n_done", 0) + 1
-        name = output_name(Path(r.path), base)
-        row = {"index": r.index, "path": r.path, "score": r.score,
-               "pred_score": float(normalise_scores([r.score], t, scale)[0]), "pred_label": int(r.score > t),
-               "s_global": r.s_global, "s_local": r.s_local}  # fmt: skip
+        progress.done += 1
+        p = post.predict(r)
+        row = {"index": r.index, "path": r.path, "score": r.score, "pred_score": p.pred_score,
+               "pred_label": p.pred_label, "s_global": r.s_global, "s_local": r.s_local}  # fmt: skip
         rows.append(row)
         if r.map is None:  # a variant without a per-pixel map (Deep SVDD): the score only
             continue
-        # a threshold given by hand and no calibration: per-image colour scale
-        lo, hi = (float(r.map.min()), float(r.map.max())) if vrange is None else vrange
         try:
-            if not args.no_overlays:
-                save_overlay(_out_file(out, "overlays", name, ".png"), r.path, r.map, lo, hi)
-            if args.save_maps:
-                row["anomaly_map"] = str(_out_file(out, "maps", name, ".npy"))
-                save_npy(row["anomaly_map"], r.map.astype(np.float32))
-            if args.save_masks:
-                row["pred_mask"] = str(_out_file(out, "masks", name, ".png"))
-                save_mask(row["pred_mask"], r.map > float(args._calib["pixel_threshold"]))
-            if args.save_tiff:
-                row["anomaly_map_tiff"] = str(inside(out, tiff_name(Path(r.path))))
-                save_tiff(row["anomaly_map_tiff"], r.map)
+            _write_image_outputs(args, out, output_name(Path(r.path), base), row, p, post.map_range)
         except (OSError, OutputPathError) as e:
             if isinstance(e, OutputError) and e.fatal:  # a full disk: every later write fails too
                 raise
@@ -259,9 +260,29 @@ def _not_finite(r) -> str | None:
     return None
 
 
-def _write(out: Path, args, scorer, parts: list[dict], n_inputs: int, threshold: float, calib: dict, world: int):
-    rows = sorted((row for p in parts for row in p["rows"]), key=lambda row: row["index"])
-    failed = sorted((f for p in parts for f in p["failed"]), key=lambda f: f["index"])
+def _write_image_outputs(args, out: Path, name: str, row: dict, p, vrange) -> None:
+    """One image's overlay, map, mask and TIFF, as asked for (each written atomically, each
+    path checked to stay inside ``out``); their files go into ``row``."""
+    from ..score import save_overlay
+    from ..score.io import save_mask, save_tiff
+
+    amap = p.anomaly_map
+    if not args.no_overlays:
+        # a threshold given by hand and no calibration: a per-image colour scale
+        lo, hi = (float(amap.min()), float(amap.max())) if vrange is None else vrange
+        save_overlay(_out_file(out, "overlays", name, ".png"), p.path, amap, lo, hi)
+    if args.save_maps:
+        row["anomaly_map"] = str(_out_file(out, "maps", name, ".npy"))
+        save_npy(row["anomaly_map"], amap.astype(np.float32))
+    if args.save_masks:
+        row["pred_mask"] = str(_out_file(out, "masks", name, ".png"))
+        save_mask(row["pred_mask"], p.pred_mask)
+    if args.save_tiff:
+        row["anomaly_map_tiff"] = str(inside(out, tiff_name(Path(p.path))))
+        save_tiff(row["anomaly_map_tiff"], amap)
+
+
+def _write_rows(out: Path, rows: list[dict], jsonl: bool) -> None:
     f = io.StringIO(newline="")
     w = csv.writer(f)
     w.writerow(CSV_COLUMNS)
@@ -270,49 +291,80 @@ def _write(out: Path, args, scorer, parts: list[dict], n_inputs: int, threshold:
         w.writerow([r["path"], f"{r['score']:.6f}", f"{r['pred_score']:.9f}", r["pred_label"],
                     f"{r['s_global']:.6f}", f"{r['s_local']:.6f}"])  # fmt: skip
     write_text(out / "scores.csv", f.getvalue())
-    if args.jsonl:
+    if jsonl:
         write_text(out / "scores.jsonl", "".join(json.dumps({k: v for k, v in r.items() if k != "index"}) + "\n"
                                                  for r in rows))  # fmt: skip
+
+
+def _summary(args, scorer, rows: list, failed: list, n_inputs: int, decision: Decision, parts: list) -> dict:
+    calib, post = decision.calib, decision.post
     wall_max = max(p["wall"] for p in parts)
-    summary = {
-        "model": str(Path(args.model).resolve()),
-        "models": list(scorer.kinds),
-        "input": str(args.input),
-        "n_inputs": n_inputs,
-        "n_scored": len(rows),
-        "n_skipped": len({f["path"] for f in failed}),
+    return {
+        "model": str(Path(args.model).resolve()), "models": list(scorer.kinds), "input": str(args.input),
+        "n_inputs": n_inputs, "n_scored": len(rows), "n_skipped": len({f["path"] for f in failed}),
         "n_anomalous": sum(r["pred_label"] for r in rows),
         "skipped": [{"path": f["path"], "error": f["error"]} for f in failed],
-        "threshold": threshold,
-        "threshold_rule": calib.get("rule"),
-        "alpha": calib.get("alpha"),
-        "n_validation": calib.get("n_validation"),
-        "score_scale": calib.get("score_scale"),
-        "normalisation": calib.get("normalisation", NORMALISATION),
-        "pixel_threshold": calib.get("pixel_threshold"),
-        "pixel_rule": calib.get("pixel_rule"),
-        "scoring": scorer.scoring,
-        "precision": getattr(scorer, "precision_record", {"requested": "fp32", "runtime": args.runtime}),
-        "compiled": getattr(scorer, "compiled", False),
-        "world_size": world,
-        "device": str(scorer.device),
-        "backend": args.backend,
-        "workers": args.workers,
-        "wall_seconds": wall_max,
+        "threshold": post.threshold, "threshold_rule": post.rule, "alpha": calib.get("alpha"),
+        "n_validation": calib.get("n_validation"), "score_scale": post.scale,
+        "normalisation": calib.get("normalisation", NORMALISATION), "pixel_threshold": post.pixel_threshold,
+        "pixel_rule": calib.get("pixel_rule"), "scoring": scorer.scoring, "recipe": scorer.recipe.record(),
+        "precision": scorer.precision_record, "compiled": scorer.compiled, "world_size": len(parts),
+        "device": str(scorer.device), "backend": args.backend, "workers": args.workers, "wall_seconds": wall_max,
         "images_per_second": len(rows) / wall_max if wall_max > 0 else 0.0,
         "images_per_second_scoring_per_rank": [p["ips"] for p in parts],
         "exit_code": EXIT_SKIPPED if failed else EXIT_OK,
-    }
+    }  # fmt: skip
+
+
+def _write(out: Path, args, scorer, parts: list[dict], n_inputs: int, decision: Decision) -> int:
+    rows = sorted((row for p in parts for row in p["rows"]), key=lambda row: row["index"])
+    failed = sorted((f for p in parts for f in p["failed"]), key=lambda f: f["index"])
+    _write_rows(out, rows, args.jsonl)
+    summary = _summary(args, scorer, rows, failed, n_inputs, decision, parts)
     write_json(out / "summary.json", summary)
     print(
         f"scored {len(rows)}/{n_inputs} images ({summary['images_per_second']:.1f} img/s), "
-        f"{summary['n_anomalous']} above threshold {threshold:.6g}; "
+        f"{summary['n_anomalous']} above threshold {decision.post.threshold:.6g}; "
         f"{summary['n_skipped']} skipped -> {out / 'scores.csv'}",
         file=sys.stderr,
     )
     for f in failed:
         print(f"  skipped {f['path']}: {f['error']}", file=sys.stderr)
     return summary["exit_code"]
+
+
+def _check_inputs(args, paths: list[Path]) -> str | None:
+    """Why the inputs cannot be scored as asked, or None."""
+    if not paths:
+        return f"no image files match {args.input}"
+    if not args.save_tiff:
+        return None
+    outside = [p for p in paths if tiff_name(p) is None]
+    if outside:
+        more = f" (and {len(outside) - 1} more)" if len(outside) > 1 else ""
+        return (f"--save-tiff needs inputs in the MVTec layout .../<category>/test/<defect>/<id>.png; "
+                f"{outside[0]} is not{more}")  # fmt: skip
+    seen: dict[str, Path] = {}
+    for p in paths:
+        other = seen.setdefault(tiff_name(p), p)
+        if other != p:  # the evaluators' layout drops the extension: a.png and a.jpg collide
+            return f"--save-tiff: {other} and {p} would both be written to {tiff_name(p)}"
+    return None
+
+
+def _prepare(args, proc: _dist.ProcessInfo):
+    """(scorer, decision) or an error message."""
+    try:
+        scorer = _open(args, proc)
+    except UsageError as e:
+        return None, None, str(e)
+    decision, err = _calibrate(scorer, args, proc)
+    if err is not None:
+        return None, None, err
+    if args.save_masks and decision.post.pixel_threshold is None:
+        return None, None, ("--save-masks needs the calibrated pixel threshold, and the calibration failed "
+                            "(run.json lists no readable validation images)")  # fmt: skip
+    return scorer, decision, None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -327,40 +379,28 @@ def run(args: argparse.Namespace) -> int:
               "by the next run; write to another folder (a sub-folder of the input is fine)", file=sys.stderr)
         return EXIT_USAGE
     paths = list_images(args.input, exclude=[args.out])  # never our own outputs
-    if not paths:
-        print(f"igd-fast score: error: no image files match {args.input}", file=sys.stderr)
+    why = _check_inputs(args, paths)
+    if why is not None:
+        print(f"igd-fast score: error: {why}", file=sys.stderr)
         return EXIT_USAGE
-    outside = [p for p in paths if tiff_name(p) is None] if args.save_tiff else []
-    if outside:
-        print(f"igd-fast score: error: --save-tiff needs inputs in the MVTec layout "
-              f".../<category>/test/<defect>/<id>.png; {outside[0]} is not"
-              + (f" (and {len(outside) - 1} more)" if len(outside) > 1 else ""), file=sys.stderr)  # fmt: skip
-        return EXIT_USAGE
-    if args.save_tiff:
-        seen: dict[str, Path] = {}
-        for p in paths:
-            other = seen.setdefault(tiff_name(p), p)
-            if other != p:  # the evaluators' layout drops the extension: a.png and a.jpg collide
-                print(f"igd-fast score: error: --save-tiff: {other} and {p} would both be written to "
-                      f"{tiff_name(p)}", file=sys.stderr)  # fmt: skip
-                return EXIT_USAGE
     proc = _dist.init()
     out = Path(args.out)
+    progress = Progress()
     try:
         check_out_dir(out)
         # one run per output folder: a second one would interleave its files with ours
         with output_lock(out) if proc.is_main else contextlib.nullcontext():
-            return _run_locked(args, paths, proc, out)
+            return _run_locked(args, paths, proc, out, progress)
     except (UsageError, FolderInUse) as e:
         if proc.is_main:
             print(f"igd-fast score: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except OutputError as e:
-        print(f"igd-fast score: error: {e}; stopped after {getattr(args, '_n_done', 0)} of {len(paths)} images "
+        print(f"igd-fast score: error: {e}; stopped after {progress.done} of {len(paths)} images "
               f"(every file written to {out} is complete; free space and rerun)", file=sys.stderr)  # fmt: skip
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"igd-fast score: interrupted after {getattr(args, '_n_done', 0)} of {len(paths)} images; every file "
+        print(f"igd-fast score: interrupted after {progress.done} of {len(paths)} images; every file "
               f"written to {out} is complete, scores.csv and summary.json were not written by this run; rerun to "
               "score all", file=sys.stderr)  # fmt: skip
         return EXIT_USAGE
@@ -368,28 +408,16 @@ def run(args: argparse.Namespace) -> int:
         _dist.close()
 
 
-def _run_locked(args: argparse.Namespace, paths: list[Path], proc: _dist.ProcessInfo, out: Path) -> int:
-    try:
-        scorer = _open(args, proc)
-    except UsageError as e:
-        if proc.is_main:
-            print(f"igd-fast score: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    threshold, calib, err = _calibrate(scorer, args, proc)
+def _run_locked(args: argparse.Namespace, paths: list[Path], proc: _dist.ProcessInfo, out: Path,
+                progress: Progress) -> int:  # fmt: skip
+    scorer, decision, err = _prepare(args, proc)
     if err is not None:
         if proc.is_main:
             print(f"igd-fast score: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    if args.save_masks and "pixel_threshold" not in calib:
-        if proc.is_main:
-            print("igd-fast score: error: --save-masks needs the calibrated pixel threshold, and the "
-                  "calibration failed (run.json lists no readable validation images)", file=sys.stderr)  # fmt: skip
-        return EXIT_USAGE
-    args._threshold, args._calib = threshold, calib
-    vrange = scorer.map_range() if "map_low" in calib else None
     t0 = time.perf_counter()
-    rows, failed = _score_mine(scorer, args, paths, proc, out, vrange)
+    rows, failed = _score_mine(scorer, args, paths, proc, out, decision, progress)
     part = {"rows": rows, "failed": failed, "wall": time.perf_counter() - t0, "ips": scorer.images_per_second}
     parts = _dist.gather_objects(part)
-    code = _write(out, args, scorer, parts, len(paths), threshold, calib, proc.world) if proc.is_main else EXIT_OK
+    code = _write(out, args, scorer, parts, len(paths), decision) if proc.is_main else EXIT_OK
     return int(_dist.broadcast_object(code))

@@ -39,7 +39,9 @@ MVTec LOCO (recognised by CATEGORY/validation/good): that folder is the validati
 Folder layout: --normal-dir DIR [--normal-test-dir DIR] instead of --data/--category.
 
 writes OUT/global.pt and/or OUT/local.pt (checkpoint after every epoch, atomically),
-OUT/<kind>_log.csv/.json (per-epoch losses, validation loss, images/s), OUT/run.json.
+OUT/<kind>_log.csv/.json (per-epoch losses, validation loss, images/s), OUT/run.json, and
+OUT/recipe.json: the scoring recipe score / eval / export use by default (the preset's, else
+the paper's scoring).
 
 memory: each batch runs through the networks --micro-batch inputs at a time with
 gradient accumulation (one optimiser step per batch); the default keeps one step's
@@ -200,7 +202,8 @@ def _run(args: argparse.Namespace) -> int:
             _check_init_encoder(args.init_encoder, cfgs)
         if args.distill_teacher and not args.resume:
             _check_teacher(args.distill_teacher)
-    except (UsageError, ValueError, FileNotFoundError) as e:
+        _write_recipe(args.out, args.preset)
+    except (UsageError, ValueError, FileNotFoundError, OSError) as e:
         print(f"igd-fast train: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -225,6 +228,18 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         _dist.close()
     return EXIT_OK
+
+
+def _write_recipe(out: str, preset: str | None) -> None:
+    """The scoring recipe the preset names (the defaults without one) into OUT/recipe.json,
+    before training: an interrupted model directory scores with it too."""
+    import os
+
+    from ..score.recipe import Recipe, write_model_recipe
+    from .presets import RECIPES
+
+    if os.environ.get("RANK", "0") == "0":  # one writer under torchrun (the write is atomic anyway)
+        write_model_recipe(out, Recipe.resolve(preset=RECIPES.get(preset)), preset)
 
 
 def _check_init_encoder(path: str, cfgs: list) -> None:

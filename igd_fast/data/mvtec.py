@@ -150,7 +150,7 @@ def split_train_val(files: Sequence[Path], val_fraction: float = 0.1, seed: int 
     return train, val
 
 
-def _to_uint8(im: Image.Image, path) -> Image.Image:
+def _to_uint8(im: Image.Image, what="image") -> Image.Image:
     """8-bit view of a high-bit-depth image, scaled by its bit depth, never by its own
     min/max (a darker copy must stay darker): I;16* and I (16-bit PNG/TIFF) divide by
     65535 (values above it, possible only in 32-bit files, saturate); F (float TIFF)
@@ -161,10 +161,21 @@ def _to_uint8(im: Image.Image, path) -> Image.Image:
         lo, hi = (float(np.nanmin(a)), float(np.nanmax(a))) if a.size and not np.isnan(a).all() else (0.0, 0.0)
         if not np.isfinite(a).all() or lo < 0.0 or hi > 1.0:
             bad = "NaN or inf values" if not np.isfinite(a).all() else f"values in [{lo:g}, {hi:g}]"
-            raise CorruptImageError(f"image file {path} is a float image with {bad}; float images must hold values "
+            raise CorruptImageError(f"image file {what} is a float image with {bad}; float images must hold values "
                                     "in [0, 1] (save 0-255 data as 8-bit, or divide it by 255)")  # fmt: skip
     scale = 255.0 if im.mode == "F" else 255.0 / 65535.0
-    return Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8))
+    return Image.fromarray(_scaled_uint8(a, scale))
+
+
+def _scaled_uint8(a: np.ndarray, scale: float) -> np.ndarray:
+    return np.clip(np.rint(a.astype(np.float64, copy=False) * scale), 0, 255).astype(np.uint8)
+
+
+def rgb_image(im: Image.Image, what="image") -> Image.Image:
+    """An opened image as 8-bit RGB (RGBA / LA / P / L / 16-bit all end up as 3 channels)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return _to_uint8(im, what).convert("RGB")
+    return im.convert("RGB")
 
 
 # EXIF orientations that swap width and height (transpose, rotate 90/270, transverse)
@@ -198,26 +209,43 @@ def _opened(path, what: str = "image file"):
 
 
 def open_rgb(path: str | Path) -> Image.Image:
-    """The image as 8-bit RGB (RGBA / LA / P / L / 16-bit all end up as 3 channels),
-    turned upright by its EXIF orientation (as viewers show it); CorruptImageError
-    naming the file when it cannot be decoded, is not a regular file or is over the
-    pixel limit (:mod:`igd_fast.limits`)."""
+    """The image as 8-bit RGB (:func:`rgb_image`), turned upright by its EXIF orientation
+    (as viewers show it); CorruptImageError naming the file when it cannot be decoded, is
+    not a regular file or is over the pixel limit (:mod:`igd_fast.limits`)."""
     with _opened(path) as im:
         try:
             im.load()
             upright = ImageOps.exif_transpose(im) if _orientation(im) != 1 else im
-            if upright.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                return _to_uint8(upright, path).convert("RGB")
-            return upright.convert("RGB")
+            return rgb_image(upright, str(path))
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             if isinstance(e, CorruptImageError):
                 raise
             raise CorruptImageError(f"cannot read image file {path}: {e}") from e
 
 
-def load_image(path: str | Path, size: int | tuple[int, int] | None = 256) -> torch.Tensor:
-    """3×H×W float32 ImageNet-normalised image; resized (bilinear) to ``size`` unless None."""
-    im = open_rgb(path)
+def array_image(a: np.ndarray) -> Image.Image:
+    """An H×W or H×W×C (C = 1, 2, 3, 4) array as 8-bit RGB by the files' bit-depth rule:
+    uint8 as it is, uint16 divided by 65535, float taken as [0, 1] (as a float TIFF);
+    the channels as the file of that mode (L, LA, RGB, RGBA) would convert."""
+    a = np.asarray(a)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (2, 3, 4)):
+        raise ValueError(f"an image array must be H×W or H×W×C with C in 1-4, got shape {a.shape}")
+    check_pixels(a.shape[1], a.shape[0], "an image array")
+    if a.dtype == np.uint16:
+        a = _scaled_uint8(a, 255.0 / 65535.0)
+    elif np.issubdtype(a.dtype, np.floating):
+        if a.size and not (np.isfinite(a).all() and a.min() >= 0.0 and a.max() <= 1.0):
+            raise ValueError("a float image array must hold values in [0, 1]")
+        a = _scaled_uint8(a, 255.0)
+    elif a.dtype != np.uint8:
+        raise ValueError(f"an image array must be uint8, uint16 or float in [0, 1], got {a.dtype}")
+    return rgb_image(Image.fromarray(np.ascontiguousarray(a)))
+
+
+def image_tensor(im: Image.Image, size: int | tuple[int, int] | None = 256) -> torch.Tensor:
+    """3×H×W float32 ImageNet-normalised tensor of an RGB image; resized (bilinear) to ``size`` unless None."""
     if size is not None:
         hw = (size, size) if isinstance(size, int) else tuple(size)
         if im.size != (hw[1], hw[0]):
@@ -226,6 +254,11 @@ def load_image(path: str | Path, size: int | tuple[int, int] | None = 256) -> to
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return ((x - mean) / std).contiguous()
+
+
+def load_image(path: str | Path, size: int | tuple[int, int] | None = 256) -> torch.Tensor:
+    """3×H×W float32 ImageNet-normalised image; resized (bilinear) to ``size`` unless None."""
+    return image_tensor(open_rgb(path), size)
 
 
 def _mask_pixels(f, hw) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Export of a trained model directory's scoring pipeline (``igd-fast export``).
 
-:class:`ScoringPipeline` is the Scorer's composition in plain PyTorch ops (the
-reference backend); :func:`export_onnx` writes it as ONNX with a dynamic batch axis,
+:class:`ScoringPipeline` is the Scorer's own scoring module on the reference ops and its
+post-processor; :func:`export_onnx` writes it as ONNX with a dynamic batch axis,
 :func:`export_openvino` as OpenVINO IR (converted from that ONNX graph).
 """
 

@@ -12,6 +12,7 @@ import torch
 
 from ..data import IMAGENET_MEAN, IMAGENET_STD
 from ..outputs import atomic_path, write_json
+from ..score.recipe import Recipe
 from .pipeline import ScoringPipeline
 
 DEFAULT_OPSET = 18
@@ -32,13 +33,15 @@ def missing_packages(check: bool = True, fmt: str = "onnx") -> list[str]:
 
 
 def export_onnx(
-    model_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, check: bool = True, check_batch: int = 2
+    model_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, check: bool = True, check_batch: int = 2,
+    recipe: Recipe | None = None,
 ) -> dict:
     """Write ``out`` (ONNX) and ``out`` with ``.json`` (what a deployment needs: input
-    name and size, normalisation, thresholds); returns that record. With ``check`` the
-    file is run in onnxruntime on random inputs of ``check_batch`` images and compared
-    with the Scorer (``max_abs_diff`` in the record; ExportError above 1e-4)."""
-    scorer, pipe = open_pipeline(model_dir)
+    name and size, normalisation, thresholds, the recipe); returns that record. ``recipe``:
+    the scoring recipe (default: the model directory's). With ``check`` the file is run in
+    onnxruntime on random inputs of ``check_batch`` images and compared with the Scorer
+    (``max_abs_diff`` in the record; ExportError above 1e-4)."""
+    scorer, pipe = open_pipeline(model_dir, recipe)
     out = Path(out)
     with atomic_path(out) as tmp:  # a failed or interrupted export leaves no half file
         write_graph(pipe, tmp, opset)
@@ -57,12 +60,14 @@ def written_opset(path: str | Path) -> int | None:
     return next((int(o.version) for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def open_pipeline(model_dir: str | Path):
+def open_pipeline(model_dir: str | Path, recipe: Recipe | None = None):
     """(Scorer on the reference backend, its ScoringPipeline in eval mode)."""
     from ..score import Scorer
 
-    # plain convolutions in the graph: the polyphase rewrite is a CPU-eager speed-up
-    scorer = Scorer(model_dir, device="cpu", backend="torch", channels_last=False, fuse_upsample=False)
+    # plain convolutions in the graph: the polyphase rewrite is a CPU-eager speed-up; the
+    # networks in fp32: a runtime runs the graph in its own arithmetic
+    scorer = Scorer(model_dir, device="cpu", backend="torch", channels_last=False, fuse_upsample=False, recipe=recipe,
+                    precision="fp32")  # fmt: skip
     return scorer, ScoringPipeline(scorer).eval()
 
 
@@ -91,6 +96,7 @@ def describe(scorer, pipe: ScoringPipeline, model_dir: str | Path, fmt: str, out
     """The sidecar record: input, preprocessing, outputs and thresholds of an export."""
     s = scorer.image_size
     cal = scorer.calibration()
+    post = scorer.post_processor
     return {
         "format": fmt,
         "file": out.name,
@@ -101,16 +107,19 @@ def describe(scorer, pipe: ScoringPipeline, model_dir: str | Path, fmt: str, out
                   "preprocess": f"RGB resized to {s}x{s} (bilinear), /255, minus mean, divided by std",
                   "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},  # fmt: skip
         "outputs": pipe.output_names,
-        "threshold": float(cal["threshold"]),
-        "score_scale": float(cal["score_scale"]),
+        "threshold": post.threshold,
+        "score_scale": post.scale,
         "normalisation": cal.get("normalisation"),
-        "pixel_threshold": float(cal["pixel_threshold"]),
+        "pixel_threshold": post.pixel_threshold,
         "map_low": float(cal["map_low"]),
         "map_high": float(cal["map_high"]),
         "alpha": cal.get("alpha"),
         "rule": cal.get("rule"),
         "n_validation": cal.get("n_validation"),
         "anomaly_map_size": [s, s] if pipe.has_map else None,
+        "scoring": scorer.scoring,
+        "recipe": scorer.recipe.record(),
+        "map_stages_at": "the model size (map_sigma, map_position and the map image scores run on the S×S map)",
     }
 
 
@@ -126,7 +135,9 @@ def onnxruntime_runner(path: str | Path):
 def check_parity(path: str | Path, scorer, batch: int, tol: float = 1e-4, seed: int = 0, runner=None) -> dict:
     """Run the exported file (onnxruntime unless ``runner`` is given) on ``batch``
     random images and compare each output with the Scorer's; ExportError when one
-    differs by more than ``tol``. Returns the largest difference per output."""
+    differs by more than ``tol``. Returns the largest difference per output, relative to
+    the output's largest magnitude where that exceeds 1 (maha maps of random images reach
+    1e3 and more: float32 rounding, not a disagreement)."""
     s = scorer.image_size
     x = torch.from_numpy(np.random.default_rng(seed).standard_normal((batch, 3, s, s)).astype(np.float32))
     got = (runner or onnxruntime_runner(path))(x.numpy())
@@ -134,9 +145,10 @@ def check_parity(path: str | Path, scorer, batch: int, tol: float = 1e-4, seed: 
     want = {"pred_score": scorer.pred_scores(ref.score.double().cpu().numpy()), "score": ref.score.cpu().numpy()}
     if ref.maps is not None:
         want["anomaly_map"] = ref.maps.cpu().numpy()
-    diff = {k: float(np.abs(got[k].astype(np.float64) - v).max()) for k, v in want.items()}
-    raw, thr = ref.score.cpu().numpy(), float(scorer.calibration()["threshold"])
-    clear = np.abs(raw - thr) > tol  # within rounding of the threshold either label is right
+    diff = {k: float(np.abs(got[k].astype(np.float64) - v).max()) / max(1.0, float(np.abs(v).max()))
+            for k, v in want.items()}  # fmt: skip
+    raw, thr = ref.score.cpu().numpy(), scorer.threshold
+    clear = np.abs(raw - thr) > tol * max(1.0, abs(thr))  # within rounding of the threshold either label is right
     if (got["pred_label"][clear] != (raw > thr)[clear]).any() or max(diff.values()) > tol:
         raise ExportError(f"the exported model differs from the Scorer on {batch} random images: {diff} "
                           f"(tolerance {tol})")  # fmt: skip

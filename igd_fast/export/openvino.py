@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from ..outputs import OutputError, write_json
+from ..score.recipe import Recipe
 from .onnx import DEFAULT_OPSET, check_parity, describe, open_pipeline, write_graph
 
 
@@ -28,12 +29,13 @@ def openvino_runner(xml: str | Path):
 
 
 def export_openvino(
-    model_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, check: bool = True, check_batch: int = 2
+    model_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, check: bool = True, check_batch: int = 2,
+    recipe: Recipe | None = None,
 ) -> dict:
     """Write ``out`` (.xml, with its .bin) and the ``.json`` record; see :func:`.onnx.export_onnx`."""
     import openvino as ov
 
-    scorer, pipe = open_pipeline(model_dir)
+    scorer, pipe = open_pipeline(model_dir, recipe)
     out = Path(out).with_suffix(".xml")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".igd_export.") as tmp:

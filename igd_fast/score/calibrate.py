@@ -1,159 +1,158 @@
-"""Calibration of a :class:`~igd_fast.score.scorer.Scorer` on the validation normals of its
-model directory: the statistics the scoring options need (fitted in order, each with the
-ones before it in place), then the threshold, the heat-map scale and the pixel threshold
-(the rules are in :mod:`igd_fast.score.threshold`). The record is what threshold.json caches.
+"""The calibrator: fits a scoring module's statistics and the post-processor's decision state
+on the validation normals of a model directory, in one pass of the networks.
+
+Each statistic is fitted with the ones before it in place (set on the module through
+:meth:`ScoringModule.set_statistics`): the residual's channel Gaussian (maha), each map's
+pixel mean/std (map_norm standard), the finished maps' per-position mean/std
+(map_position), the excess level (map-excess), each term's mean/std; then the threshold,
+the score scale, the heat-map range and the pixel threshold (rules in
+:mod:`igd_fast.score.threshold`). The record is what ``threshold.json`` caches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from ..checkpoint import validation_files
-from .residual import ChannelAccumulator, PositionAccumulator, excess_level, map_excess
-from .threshold import (
-    NORMALISATION,
-    PIXEL_RULE,
-    conformal_threshold,
-    model_signature,
-    score_scale,
-    term_stats,
-)
+from .components import Terms
+from .io import Item
+from .module import ScoringModule
+from .residual import ChannelAccumulator, PositionAccumulator, excess_level
+from .runner import Runner
+from .threshold import NORMALISATION, PIXEL_RULE, conformal_threshold, score_scale, term_stats
 
-if TYPE_CHECKING:
-    from .scorer import Scorer
+RULE = ("split-conformal: k-th smallest validation score, k = min(n, ceil((n+1)(1-alpha))); anomalous when "
+        "score > threshold")  # fmt: skip
 
 
-def calibrate(scorer: Scorer, num_workers: int = 0) -> dict:
-    """The calibration record of ``scorer`` on its validation normals (not cached here)."""
-    from .scorer import Failure
+@dataclass
+class Outputs:
+    """The components' outputs on the validation normals, batch by batch (the networks run once)."""
 
-    files = validation_files(scorer.model_dir)
-    if not files:
-        raise ValueError(f"{scorer.model_dir}/run.json lists no validation images to calibrate on")
-    s_g, s_l, paths, pixels, peaks, failed, own = [], [], [], [], [], [], []
-    scorer._raw = True  # the combined score needs the term stats computed here
-    scorer._fitting = {}
-    try:
-        fitted = fit_map_stats(scorer, files, num_workers)
-        if scorer.image_score == "map-excess":
-            scorer._fitting["excess_level"] = None  # fitted on this pass's maps, below
-        for r in scorer.score_paths(files, num_workers, want_maps=True):
-            if isinstance(r, Failure):
-                failed.append({"path": r.path, "error": r.error})
-                continue
-            s_g.append(r.s_global)
-            s_l.append(r.s_local)
-            own.append(r.score)
-            paths.append(r.path)
-            if r.map is not None:
-                pixels.append(r.map.reshape(-1))
-                peaks.append(float(r.map.max()))
-    finally:
-        scorer._raw, scorer._fitting = False, None
-    if not paths:
-        raise ValueError(f"none of the {len(files)} validation images of {scorer.model_dir} could be read")
-    stats = term_stats({"global": s_g, "local": s_l}, scorer.kinds)
-    # no per-pixel map (Deep SVDD): a zero colour scale, never used for overlays
-    px = np.concatenate(pixels) if pixels else np.zeros(1, np.float32)
-    if scorer.image_score == "map-excess":
-        # float32 maps, as score_paths gives them: a re-scored validation image gets the same score
-        fitted["excess_level"] = excess_level(px, scorer.excess_quantile)
-        scores = [map_excess(p, fitted["excess_level"]) for p in pixels]
-    elif scorer.image_score == "map-max":
-        scores = own
-    else:
-        # float32, as score_batch combines them: a re-scored validation image gets the same score
-        f32 = torch.float32
-        scores = scorer._combine(torch.tensor(s_g, dtype=f32), torch.tensor(s_l, dtype=f32), stats).tolist()
-    threshold = conformal_threshold(scores, scorer.alpha)
-    record = {
-        "threshold": threshold,
-        "rule": "split-conformal: k-th smallest validation score, k = min(n, ceil((n+1)(1-alpha))); "
-        "anomalous when score > threshold",
-        "alpha": scorer.alpha,
-        "n_validation": len(scores),
-        "validation_scores": dict(zip(paths, scores, strict=True)),
-        "validation_failed": failed,
-        "map_low": float(np.median(px)),
-        "map_high": float(px.max()),
-        "has_maps": bool(pixels),
-        "score_scale": score_scale(scores, threshold),
-        "normalisation": NORMALISATION,
-        # no map (Deep SVDD): 0, never used (no pred_mask without a map)
-        "pixel_threshold": conformal_threshold(peaks, scorer.alpha) if peaks else 0.0,
-        "pixel_rule": PIXEL_RULE,
-        "signature": model_signature(scorer.model_dir),
-        "scoring": scorer._cache_key(),
-        "term_stats": stats,
-        # what recon_colour decided for the residual maps ("auto": damped for grey normals)
-        "recon_colour_used": getattr(scorer, "recon_colour_used", "rgb"),
-    }
-    record.update(fitted)
-    return record
+    batches: list[tuple[list[Item], dict[str, Terms], tuple[int, int]]] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+
+    @property
+    def items(self) -> list[Item]:
+        return [it for items, _, _ in self.batches for it in items]
+
+    def scores(self, kind: str) -> Tensor:
+        return torch.cat([t[kind].score for _, t, _ in self.batches])
 
 
-def fit_map_stats(scorer: Scorer, files: Sequence[str | Path], num_workers: int) -> dict:
-    """The map statistics the scoring options need, each fitted on ``files`` with the
-    ones before it in place (into ``scorer._fitting``, which must be a dict)."""
-    from .scorer import Failure
+class Calibrator:
+    """Fits ``module`` (through ``runner``'s reading and batching) on validation normals at
+    false-alarm rate ``alpha``; ``excess_quantile`` sets the excess level of map-excess."""
 
-    f = scorer._fitting
-    if scorer.map_term == "maha":
-        f["channel_stats"] = channel_stats(scorer, files, num_workers)
-    if scorer.map_norm == "standard" and len(scorer.kinds) == 2:
-        # the pixel stats the combined maps of the later passes need
-        f["map_stats"] = pixel_stats(scorer, files, num_workers)
-    if scorer.map_position:
-        f["position_stats"] = None  # maps of this pass are not standardised yet
-        acc = PositionAccumulator()
-        for r in scorer.score_paths(files, num_workers, want_maps=True):
-            if not isinstance(r, Failure) and r.map is not None:
-                acc.add(torch.from_numpy(r.map))
-        f["position_stats"] = acc.finish()
-    return dict(f)
+    def __init__(self, module: ScoringModule, runner: Runner, alpha: float, excess_quantile: float) -> None:
+        self.module, self.runner = module, runner
+        self.alpha, self.excess_quantile = alpha, excess_quantile
+
+    def fit(self, files: Sequence[str | Path], num_workers: int = 0) -> dict:
+        """The calibration record of ``files``; the module is left holding its statistics."""
+        if not files:
+            raise ValueError("no validation images to calibrate on")
+        out = self._outputs(files, num_workers)
+        if not out.batches:
+            raise ValueError(f"none of the {len(files)} validation images could be read")
+        m = self.module
+        m.clear_statistics()
+        fitted: dict = {}
+        if "channel_stats" in m.needed_statistics():
+            self._set(fitted, "channel_stats", self._channel_stats(out))
+        if "map_stats" in m.needed_statistics():
+            self._set(fitted, "map_stats", self._map_stats(out))
+        maps = self._maps(out, fitted)
+        stats = term_stats({k: out.scores(k).tolist() for k in m.kinds}, m.kinds)
+        self._set(fitted, "term_stats", stats)
+        if m.map_scored:
+            scores = [float(m.image_score_of(x)[0]) for x in maps]
+        else:
+            # float32, as the module combines them: a re-scored validation image gets the same score
+            scores = m.combine_terms({k: out.scores(k).float() for k in m.kinds}).tolist()
+        return self._record(out, scores, maps, fitted)
+
+    def _set(self, fitted: dict, name: str, value) -> None:
+        fitted[name] = value
+        self.module.set_statistics({name: value})
+
+    @torch.inference_mode()
+    def _outputs(self, files: Sequence[str | Path], num_workers: int) -> Outputs:
+        out = Outputs()
+        for batch in self.runner.loader(files, num_workers):
+            out.failed += [{"path": it.path, "error": it.error} for it in batch.failed]
+            if batch.images is not None:
+                x = self.runner.to_device(batch.images)
+                out.batches.append((batch.items, self.module.terms(x, True), tuple(x.shape[-2:])))
+        return out
+
+    def _channel_stats(self, out: Outputs) -> dict:
+        """Each decoder component's residual channel Gaussian over the validation pixels (the
+        local model's residuals folded back into images, as they are measured)."""
+        acc: dict[str, ChannelAccumulator] = {}
+        for _, terms, _ in out.batches:
+            for kind, t in terms.items():
+                if t.map is not None:
+                    acc.setdefault(kind, ChannelAccumulator()).add(t.map)
+        return {k: a.finish() for k, a in acc.items()}
+
+    @torch.inference_mode()
+    def _map_stats(self, out: Outputs) -> dict:
+        """Mean and std (ddof 1) of each component's map over all validation pixels (scoring size)."""
+        acc: dict[str, list] = {}
+        for _, terms, size in out.batches:
+            for kind, mm in self.module.component_maps(terms, size).items():
+                mm, a = mm.double(), acc.setdefault(kind, [0.0, 0.0, 0])
+                a[0], a[1], a[2] = a[0] + float(mm.sum()), a[1] + float((mm * mm).sum()), a[2] + mm.numel()
+        stats = {}
+        for kind, (s1, s2, n) in acc.items():
+            mean = s1 / max(n, 1)
+            var = (s2 - n * mean * mean) / (n - 1) if n > 1 else 0.0
+            sd = float(np.sqrt(var)) if var > 0 else 0.0
+            stats[kind] = {"mean": mean, "std": sd if sd > 0 and np.isfinite(sd) else 1.0}
+        return stats
+
+    @torch.inference_mode()
+    def _maps(self, out: Outputs, fitted: dict) -> list[Tensor]:
+        """Each validation image's finished map at its own size; fits the statistics of the
+        finishing stages on the way (position_stats, then excess_level)."""
+        m, maps = self.module, []
+        for items, terms, size in out.batches:
+            combined = m.combine_maps(m.component_maps(terms, size))
+            if combined is None:  # no component has a map (Deep SVDD)
+                return []
+            maps += [m.smooth_map(combined[j : j + 1], it.orig_size) for j, it in enumerate(items)]
+        if "position_stats" in m.needed_statistics():
+            acc = PositionAccumulator()
+            for x in maps:
+                acc.add(x[0, 0])
+            self._set(fitted, "position_stats", acc.finish())
+            maps = [m.position_map(x) for x in maps]
+        if "excess_level" in m.needed_statistics():
+            # float32 pixels, as the maps are scored: a re-scored validation image gets the same score
+            self._set(fitted, "excess_level", excess_level(_pixels(maps), self.excess_quantile))
+        return maps
+
+    def _record(self, out: Outputs, scores: list[float], maps: list[Tensor], fitted: dict) -> dict:
+        threshold = conformal_threshold(scores, self.alpha)
+        px = _pixels(maps) if maps else np.zeros(1, np.float32)  # no map: a colour scale never used
+        peaks = [float(x.max()) for x in maps]
+        record = {"threshold": threshold, "rule": RULE, "alpha": self.alpha, "n_validation": len(scores),
+                  "validation_scores": dict(zip([it.path for it in out.items], scores, strict=True)),
+                  "validation_failed": out.failed, "map_low": float(np.median(px)), "map_high": float(px.max()),
+                  "has_maps": bool(maps), "score_scale": score_scale(scores, threshold),
+                  "normalisation": NORMALISATION,
+                  # no map (Deep SVDD): 0, never used (no pred_mask without a map)
+                  "pixel_threshold": conformal_threshold(peaks, self.alpha) if peaks else 0.0,
+                  "pixel_rule": PIXEL_RULE}  # fmt: skip
+        record.update(fitted)
+        return record
 
 
-@torch.inference_mode()
-def pixel_stats(scorer: Scorer, paths: Sequence[str | Path], num_workers: int) -> dict:
-    """Mean and std of each model's map over all pixels of ``paths`` (model resolution)."""
-    acc = {"global": [0.0, 0.0, 0], "local": [0.0, 0.0, 0]}
-    for batch in scorer.loader(paths, num_workers):
-        if batch.images is None:
-            continue
-        x = batch.images.to(scorer.device, torch.float32)
-        for kind, fn in (("global", scorer._global_terms), ("local", scorer._local_terms)):
-            m = fn(x, True)[1]
-            if m is None:  # no map (Deep SVDD): the other map is used as is
-                continue
-            m, a = m.double(), acc[kind]
-            a[0], a[1], a[2] = a[0] + float(m.sum()), a[1] + float((m * m).sum()), a[2] + m.numel()
-    out = {}
-    for kind, (s1, s2, n) in acc.items():
-        mean = s1 / max(n, 1)
-        var = (s2 - n * mean * mean) / (n - 1) if n > 1 else 0.0
-        sd = float(np.sqrt(var)) if var > 0 else 0.0
-        out[kind] = {"mean": mean, "std": sd if sd > 0 and np.isfinite(sd) else 1.0}
-    return out
-
-
-@torch.inference_mode()
-def channel_stats(scorer: Scorer, paths: Sequence[str | Path], num_workers: int) -> dict:
-    """Each decoder model's residual channel Gaussian over the pixels of ``paths`` (the
-    local model's residuals folded back into images, as they are measured)."""
-    acc = {k: ChannelAccumulator() for k in scorer.kinds if scorer._model(k).config.method.recon}
-    scorer._residual_maps = True
-    try:
-        for batch in scorer.loader(paths, num_workers):
-            if batch.images is None:
-                continue
-            x = batch.images.to(scorer.device, torch.float32)
-            for kind, a in acc.items():
-                a.add(scorer._model_terms(kind, scorer._model(kind), x, True)[1])
-    finally:
-        scorer._residual_maps = False
-    return {k: a.finish() for k, a in acc.items()}
+def _pixels(maps: list[Tensor]) -> np.ndarray:
+    return np.concatenate([x.float().cpu().numpy().reshape(-1) for x in maps])

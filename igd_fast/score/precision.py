@@ -9,7 +9,8 @@ bf16 ran at the same speed (README "Scoring throughput"), so autocast it is: one
 weights, and the same wrapper on a GPU.
 
 The guard (``auto``) scores the validation normals with both precisions and keeps bf16
-for a model only when, for that model's image terms and maps at model resolution,
+for a model only when, for that model's image terms and maps at its own resolution (with
+``map_term="maha"`` the residual it measures: the statistics are not fitted yet),
   Spearman(fp32 terms, bf16 terms) >= min_spearman  and
   max |map_bf16 - map_fp32| / (max map_fp32 - min map_fp32) <= max_map_diff.
 """
@@ -17,6 +18,7 @@ for a model only when, for that model's image terms and maps at model resolution
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-PRECISIONS = ("fp32", "bf16", "auto")
+from .recipe import PRECISIONS
+
 # guard defaults (Scorer(guard=PrecisionGuard(...)) overrides them, e.g. in tests)
 MIN_SPEARMAN = 0.999  # rank agreement of the validation-normal image terms
 MAX_MAP_DIFF = 0.01  # largest map difference as a fraction of the fp32 map's range
@@ -120,3 +123,53 @@ def guard_record(guard: PrecisionGuard) -> dict:
     return {"min_spearman": guard.min_spearman, "max_map_diff": guard.max_map_diff,
             "rule": "per model on the validation normals: Spearman of image terms >= min_spearman and "
                     "max |map difference| / fp32 map range <= max_map_diff"}  # fmt: skip
+
+
+def choose_precision(components: Mapping[str, nn.Module], requested: str, device: torch.device,
+                     guard: PrecisionGuard, images: Iterable[Tensor]) -> tuple[dict, dict]:  # fmt: skip
+    """(the components to score with, the record of the decision). ``components`` are
+    scoring components (``c(x, want_map) -> (term, map)``, ``c.with_networks(wrap)``);
+    ``images``: batches of validation normals, read only for ``auto``."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
+    rec: dict = {"requested": requested, "models": dict.fromkeys(components, "fp32")}
+    if requested == "fp32":
+        return dict(components), rec
+    why = bf16_support(device)
+    if why is not None:
+        if requested == "bf16":
+            raise PrecisionError(f"bf16 scoring needs native bf16: {why}")
+        rec["reason"] = why
+        return dict(components), rec
+    bf16 = {k: c.with_networks(bf16_networks) for k, c in components.items()}
+    if requested == "auto":
+        rec["guard"] = guard_record(guard)
+        rec["guard_values"] = values = guard_components(components, bf16, guard, images)
+        bf16 = {k: c for k, c in bf16.items() if values[k]["passed"]}
+        rec["reason"] = "guard passed" if len(bf16) == len(components) else "guard failed for " + ", ".join(
+            k for k in components if k not in bf16)  # fmt: skip
+    rec["models"].update(dict.fromkeys(bf16, "bf16"))
+    return {**components, **bf16}, rec
+
+
+@torch.inference_mode()
+def guard_components(fp32: Mapping[str, nn.Module], bf16: Mapping[str, nn.Module], guard: PrecisionGuard,
+                     images: Iterable[Tensor]) -> dict:  # fmt: skip
+    """Each component's image terms and maps on ``images`` in fp32 and bf16, compared by
+    :func:`guard_values`."""
+    acc = {k: {"fp32": ([], []), "bf16": ([], [])} for k in bf16}
+    for x in images:
+        for kind in bf16:
+            for name, c in (("fp32", fp32[kind]), ("bf16", bf16[kind])):
+                s, m = c(x, True)
+                acc[kind][name][0].append(s.double().cpu())
+                if m is not None:
+                    acc[kind][name][1].append(m.float().cpu())
+    out = {}
+    for kind, a in acc.items():
+        (t32, m32), (t16, m16) = a["fp32"], a["bf16"]
+        if not t32:
+            raise ValueError("none of the validation images could be read for the precision guard")
+        maps = (torch.cat(m32), torch.cat(m16)) if m32 else (None, None)
+        out[kind] = guard_values(torch.cat(t32).numpy(), torch.cat(t16).numpy(), *maps, guard)
+    return out

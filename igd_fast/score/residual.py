@@ -1,5 +1,5 @@
 """Map statistics fitted on normal images: the residual's channel Gaussian and per-position
-standardisation (the Scorer's ``map_term="maha"`` and ``map_position=True``).
+standardisation (the scoring recipe's ``map_term="maha"`` and ``map_position=True``).
 
 Channel Gaussian: the residual r = x - x_hat at a pixel is a C-vector; over the pixels of
 the calibration normals it has mean m and covariance S. The "maha" map is the squared
@@ -70,8 +70,8 @@ class ChannelAccumulator:
 
 def channel_distance(r: Tensor, stats: dict) -> Tensor:
     """Squared Mahalanobis distance per pixel of N×C×H×W residuals -> N×1×H×W (float32)."""
-    mean = torch.tensor(stats["mean"], dtype=torch.float32, device=r.device)
-    prec = torch.tensor(stats["precision"], dtype=torch.float32, device=r.device)
+    mean = torch.as_tensor(stats["mean"], dtype=torch.float32, device=r.device)
+    prec = torch.as_tensor(stats["precision"], dtype=torch.float32, device=r.device)
     if r.shape[1] != mean.numel():
         raise ValueError(f"channel statistics for {mean.numel()} channels, residual has {r.shape[1]}")
     d = r.float() - mean.view(1, -1, 1, 1)
@@ -113,8 +113,8 @@ class PositionAccumulator:
 
 def standardise_positions(m: Tensor, stats: dict) -> Tensor:
     """(map - mean) / std per position of a 2-D (or N×1×H×W) map, the grid resized bilinearly."""
-    mean = torch.tensor(stats["mean"], dtype=torch.float32, device=m.device)[None, None]
-    sd = torch.tensor(stats["std"], dtype=torch.float32, device=m.device)[None, None]
+    mean = torch.as_tensor(stats["mean"], dtype=torch.float32, device=m.device)[None, None]
+    sd = torch.as_tensor(stats["std"], dtype=torch.float32, device=m.device)[None, None]
     size = m.shape[-2:]
     mean, sd = (F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in (mean, sd))
     return ((m.float() - mean.view(size) if m.dim() == 2 else m.float() - mean) /

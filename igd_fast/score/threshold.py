@@ -44,24 +44,16 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import Tensor
 
-from ..checkpoint import MODEL_FILES, atomic_write_bytes
+from ..checkpoint import atomic_write_bytes
+from .components import COMPONENTS
+from .recipe import legacy_scoring
 from .residual import valid_stats
 
 THRESHOLD_JSON = "threshold.json"
 DEFAULT_ALPHA = 0.05
-SCORE_NORMS = ("sum", "standard")
-# the Scorer's scoring options (see igd_fast.score.scorer); a cache records the ones it
-# was calibrated with, and one without that record was made with LEGACY_SCORING
-LEGACY_SCORING = {"score_norm": "sum", "latent_weight": 1.0, "local_topk": 1, "map_sigma": 0.0, "map_norm": "sum",
-                  "map_term": "lr", "map_position": False, "image_score": "terms", "residual_sigma": 0.0,
-                  "excess_quantile": 0.95, "recon_colour": "rgb"}  # fmt: skip
-MAP_TERMS = ("lr", "abs", "maha")
-RESIDUAL_MAP_TERMS = ("abs", "maha")  # the maps recon_colour applies to
-RECON_COLOURS = ("auto", "rgb", "grey", "damped")
-IMAGE_SCORES = ("terms", "map-max", "map-excess")
-# "auto": the residual maps of grey data damp the reconstruction's colour (igd_fast.score.residual)
-DEFAULT_SCORING = dict(LEGACY_SCORING, recon_colour="auto")
 # fields a usable cached record must hold as finite numbers
 NUMERIC_FIELDS = ("threshold", "map_low", "map_high", "score_scale", "pixel_threshold")
 # added after the first releases: a cache without them is stale, not damaged
@@ -102,20 +94,25 @@ def score_scale(scores: list[float], threshold: float) -> float:
     return abs(float(threshold)) or 1.0
 
 
+def logistic(scores: Tensor, threshold: float, scale: float) -> Tensor:
+    """pred_score of raw scores in their own dtype (see the module doc): the one formula,
+    for the post-processor and the exported graph alike."""
+    p = 0.5 * (1.0 + torch.tanh((scores - threshold) / (2.0 * scale)))  # the logistic without overflow
+    # keep pred_score > 0.5 <=> score > threshold through rounding near 0.5: the next float above 0.5
+    above = torch.full_like(p, 0.5 + torch.finfo(p.dtype).eps / 2)
+    return torch.where((scores > threshold) & (p <= 0.5), above, p)
+
+
 def normalise_scores(scores, threshold: float, scale: float) -> np.ndarray:
     """pred_score of raw scores (any array-like; float64 array out); see the module doc."""
-    s = np.asarray(scores, dtype=np.float64)
-    # 0.5 * (1 + tanh(z / 2)) is the logistic without overflow for large |z|
-    p = 0.5 * (1.0 + np.tanh((s - threshold) / (2.0 * scale)))
-    # keep pred_score > 0.5 <=> score > threshold through rounding near 0.5
-    return np.where((s > threshold) & (p <= 0.5), np.nextafter(0.5, 1.0), p)
+    return logistic(torch.as_tensor(np.asarray(scores, dtype=np.float64)), threshold, scale).numpy()
 
 
 def model_signature(model_dir: str | Path) -> dict[str, str]:
-    """SHA-256 of the model files present: a cached threshold is stale when they change.
+    """SHA-256 of the component files present: a cached threshold is stale when they change.
     Content, not mtime, so the cache survives copying the model directory elsewhere."""
     out = {}
-    for name in MODEL_FILES:
+    for name in (c.file for c in COMPONENTS.values()):
         p = Path(model_dir) / name
         if not p.is_file():
             continue
@@ -190,7 +187,7 @@ def read_threshold(model_dir: str | Path, alpha: float, scoring: dict | None = N
     if d.get("signature") != model_signature(model_dir) or d.get("alpha") != alpha:
         return None
     # a record from before an option existed was made with that option's legacy value
-    if scoring is not None and {**LEGACY_SCORING, **d.get("scoring", {})} != scoring:
+    if scoring is not None and {**legacy_scoring(), **d.get("scoring", {})} != scoring:
         return None
     if scoring is not None and scoring.get("map_term") == "maha" and not isinstance(d.get("channel_stats"), dict):
         return None
