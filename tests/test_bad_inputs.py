@@ -363,15 +363,17 @@ def test_nan_weights_are_refused_on_load(env, tmp_path, capsys):
 
 
 def test_a_nan_score_is_an_error_for_its_image_never_label_0(env, tmp_path, capsys, monkeypatch):
-    real = Scorer.score_batch
+    from igd_fast.score.module import ScoringModule
 
-    def first_nan(self, images, want_maps=True):
-        out = real(self, images, want_maps)
+    real = ScoringModule.raw
+
+    def first_nan(self, x, want_maps=True):
+        out = real(self, x, want_maps)
         out.score = out.score.clone()
         out.score[0] = float("nan")
         return out
 
-    monkeypatch.setattr(Scorer, "score_batch", first_nan)
+    monkeypatch.setattr(ScoringModule, "raw", first_nan)
     assert main(_score(env["both"], env["test"], tmp_path / "o", "--batch-size", "100")) == 3
     err = _err(capsys)
     first = sorted(env["test"].rglob("*.png"))[0]
