@@ -6,7 +6,10 @@ Keys: ``format``, ``config`` (ModelConfig.to_dict), ``model`` (state_dict, inclu
 descriptor's mu/sigma2 buffers), ``mu``, ``sigma2``, ``opt_ae``, ``opt_critic``,
 ``epoch`` (epochs completed), ``global_step``, ``rng`` (torch/numpy/python/cuda states),
 ``history`` (per-epoch log rows), ``run`` (data root, category, seed, options).
-A model directory holds ``global.pt`` and/or ``local.pt`` and ``run.json``.
+A model directory holds ``global.pt``, ``local.pt`` and/or ``defect.pt`` and ``run.json``.
+``defect.pt`` (:mod:`igd_fast.models.defect`) has the same ``format``, ``config``, ``model``,
+``history`` and ``run`` keys, its config's kind "defect", and ``normaliser`` (the statistics
+its scoring part standardises with, fitted on the validation normals after training).
 
 This module sits below both ``train`` (which writes checkpoints) and ``score`` (which
 reads them), so neither imports the other.
@@ -30,7 +33,7 @@ from .outputs import atomic_write_bytes  # noqa: F401 - re-exported: the one ato
 
 FORMAT = "igd_fast.checkpoint/1"
 RUN_JSON = "run.json"
-MODEL_FILES = ("global.pt", "local.pt")
+MODEL_FILES = ("global.pt", "local.pt", "defect.pt")
 
 
 class CheckpointError(ValueError):
@@ -152,11 +155,11 @@ def _config(ckpt: dict, path: str | Path) -> ModelConfig:
     return cfg
 
 
-def _shape_mismatches(cfg: ModelConfig, sd: dict) -> list[str]:
-    """Where the weights do not fit ``cfg``'s network, found on the meta device (no
+def _shape_mismatches(cfg, sd: dict, build=IGD) -> list[str]:
+    """Where the weights do not fit ``build(cfg)``'s network, found on the meta device (no
     memory is allocated for the network, whatever sizes the config claims)."""
     with torch.device("meta"):
-        want = IGD(cfg).state_dict()
+        want = build(cfg).state_dict()
     bad = [f"missing {k}" for k in want if k not in sd]
     bad += [f"unexpected {k}" for k in sd if k not in want]
     bad += [f"{k}: {tuple(sd[k].shape)} stored, {tuple(v.shape)} for the config" for k, v in want.items()
@@ -194,20 +197,51 @@ def load_model(path: str | Path, map_location: str | torch.device | None = "cpu"
     return model.eval()
 
 
+def save_defect_checkpoint(path: str | Path, model, normaliser: dict, history: list[dict], run: dict) -> None:
+    """Write a trained defect model (:mod:`igd_fast.models.defect`) atomically to ``path``."""
+    ckpt = {"format": FORMAT, "config": model.config.to_dict(),
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "normaliser": dict(normaliser), "history": list(history), "run": dict(run)}  # fmt: skip
+    atomic_write_bytes(path, lambda f: torch.save(ckpt, f))
+
+
+def load_defect_model(path: str | Path, map_location: str | torch.device | None = "cpu"):
+    """(the defect model in eval mode, its normaliser dict); CheckpointError naming the file
+    for anything unusable (the config checked against the weights before building)."""
+    from .models.defect import NORMALISER_KEYS, DefectConfig, DefectModel
+
+    ckpt = load_checkpoint(path, "cpu")
+    try:
+        cfg = DefectConfig.from_dict(ckpt["config"])
+        check_pixels(cfg.image_size, cfg.image_size, f"the model input size in {path}")
+        bad = _shape_mismatches(cfg, ckpt["model"], DefectModel)
+        norm = {k: float(ckpt["normaliser"][k]) for k in NORMALISER_KEYS}
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError, LimitError) as e:
+        raise CheckpointError(f"{path} does not hold a usable defect model: {e}") from e
+    if bad or not all(np.isfinite(v) for v in norm.values()) or norm["logit_std"] <= 0 or norm["resid_std"] <= 0:
+        why = "; ".join(bad[:3]) if bad else f"its normaliser is not usable ({norm})"
+        raise CheckpointError(f"{path} does not hold a usable defect model: {why}")
+    model = DefectModel(cfg)
+    model.load_state_dict(ckpt["model"])
+    if map_location is not None:
+        model = model.to(map_location)
+    return model.eval(), norm
+
+
 def model_files(model_dir: str | Path) -> dict[str, Path]:
-    """``{"global": .../global.pt, "local": .../local.pt}`` for the files present; a clear
-    error when the directory holds neither."""
+    """``{"global": .../global.pt, ...}`` for the model files present; a clear error when
+    the directory holds none."""
     d = Path(model_dir)
     if d.is_file() and d.name in MODEL_FILES:
         raise FileNotFoundError(f"{d} is a model file, not a model directory: pass its folder, --model {d.parent}")
     if d.exists() and not d.is_dir():
-        raise FileNotFoundError(f"{d} is not a model directory (a folder holding global.pt and/or local.pt)")
+        raise FileNotFoundError(f"{d} is not a model directory (a folder holding global.pt, local.pt or defect.pt)")
     if not d.is_dir():
         raise FileNotFoundError(f"model directory {d} does not exist")
     found = {name.removesuffix(".pt"): d / name for name in MODEL_FILES if (d / name).is_file()}
     if not found:
         raise FileNotFoundError(
-            f"{d} holds neither global.pt nor local.pt: not a trained model directory "
+            f"{d} holds none of global.pt, local.pt, defect.pt: not a trained model directory "
             f"(train one with: igd-fast train --data ROOT --category C --out {d})"
         )
     return found

@@ -31,6 +31,10 @@ from ._args import (
 )
 from .presets import Default, add_preset, apply_preset
 
+# what each --model choice trains, in order
+MODEL_CHOICES = {"global": ("global",), "local": ("local",), "both": ("global", "local"), "defect": ("defect",),
+                 "global+defect": ("global", "defect")}  # fmt: skip
+
 EPILOG = """\
 data layout: ROOT/CATEGORY/train/good/*.png (training normals; a validation part is
 carved from them with --val-fraction/--seed and recorded in OUT/run.json),
@@ -83,8 +87,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
     add_training_data(p, "for validation")
     m = p.add_argument_group("model")
-    m.add_argument("--model", choices=("global", "local", "both"), default=Default("both"),
-                   help="which model(s) to train (default both, global first)")
+    m.add_argument("--model", choices=tuple(MODEL_CHOICES), default=Default("both"),
+                   help="which model(s) to train (default both, global first): global / local are IGD's; defect: "
+                        "a reconstruction + segmentation network trained on synthetic defects, at each image's "
+                        "aspect (--defect-size, --defect-steps); global+defect: both of those, scored together "
+                        "(--preset cpu)")  # fmt: skip
+    m.add_argument("--defect-size", type=positive_int, default=256,
+                   help="the defect model's working size: the longer image side, aspect kept (default 256)")
+    m.add_argument("--defect-steps", type=positive_int, default=1000,
+                   help="the defect model's optimiser steps of 8 images (default 1000: ~8-10 min at 256 on 2 cores)")
     m.add_argument("--variant", choices=tuple(VARIANTS), default="igd",
                    help="method: igd (default) or one of the paper's baselines/ablations: mse, rec (l_r), "
                         "rec-gac (l_r + l_h), dsvdd (Deep SVDD), dsvdd-rec; recorded in the checkpoint")
@@ -175,6 +186,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..data import CorruptImageError, DataLayoutError
     from ..models import ModelConfig
     from ..train import NonFiniteLossError, TrainingInterrupted, TrainOptions, sigterm_as_interrupt, train
+    from ..train.defect_run import train_defect
     from ..train.setup import existing_model
 
     applied = apply_preset(args, "train")
@@ -191,15 +203,15 @@ def _run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         opts.check()
         data = training_layout(args)
-        kinds = ("global", "local") if args.model == "both" else (args.model,)
+        kinds = MODEL_CHOICES[args.model]
         for kind in kinds:  # before the first model trains for hours
             why = existing_model(Path(args.out), kind, opts)
             if why is not None:
                 raise UsageError(why)
         # every config is checked before the first model trains for hours
-        cfgs = [_config(args, kind, ModelConfig) for kind in kinds]
+        cfgs = [_defect_config(args) if kind == "defect" else _config(args, kind, ModelConfig) for kind in kinds]
         if args.init_encoder and not args.resume:
-            _check_init_encoder(args.init_encoder, cfgs)
+            _check_init_encoder(args.init_encoder, [c for c in cfgs if c.kind != "defect"])
         if args.distill_teacher and not args.resume:
             _check_teacher(args.distill_teacher)
         _write_recipe(args.out, args.preset)
@@ -209,7 +221,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with sigterm_as_interrupt():
             for cfg in cfgs:
-                res = train(cfg, data, None, args.out, opts)
+                res = train_defect(cfg, data, args.out, opts) if cfg.kind == "defect" else train(cfg, data, None,
+                                                                                                 args.out, opts)
                 if _dist.init().is_main:
                     if res.note:
                         print(f"{cfg.kind}: {res.note}")
@@ -259,6 +272,12 @@ def _check_teacher(path: str) -> None:
         teacher_from_file(path)
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(f"--distill-teacher: {e}") from None
+
+
+def _defect_config(args: argparse.Namespace):
+    from ..models.defect import DefectConfig
+
+    return DefectConfig(image_size=args.defect_size, steps=args.defect_steps)
 
 
 def _config(args: argparse.Namespace, kind: str, model_config):

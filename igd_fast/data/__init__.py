@@ -32,6 +32,7 @@ from .mvtec import (
     open_rgb,
     rgb_image,
     split_train_val,
+    working_size,
 )
 from .synthetic import make_synthetic_mvtec
 
@@ -52,6 +53,7 @@ __all__ = [
     "mask_size_mismatches",
     "open_rgb",
     "rgb_image",
+    "working_size",
     "load_image",
     "load_mask",
     "make_synthetic_mvtec",

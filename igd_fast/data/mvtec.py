@@ -256,6 +256,12 @@ def image_tensor(im: Image.Image, size: int | tuple[int, int] | None = 256) -> t
     return ((x - mean) / std).contiguous()
 
 
+def working_size(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """(H, W) scaled so that the longer side is ``long_side``, aspect kept (>= 1 px each)."""
+    s = long_side / max(height, width)
+    return max(1, round(height * s)), max(1, round(width * s))
+
+
 def load_image(path: str | Path, size: int | tuple[int, int] | None = 256) -> torch.Tensor:
     """3×H×W float32 ImageNet-normalised image; resized (bilinear) to ``size`` unless None."""
     return image_tensor(open_rgb(path), size)

@@ -86,9 +86,9 @@ class Calibrator:
         out = Outputs()
         for batch in self.runner.loader(files, num_workers):
             out.failed += [{"path": it.path, "error": it.error} for it in batch.failed]
-            if batch.images is not None:
-                x = self.runner.to_device(batch.images)
-                out.batches.append((batch.items, self.module.terms(x, True), tuple(x.shape[-2:])))
+            for part in batch.by_size():
+                x = self.runner.to_device(part.images)
+                out.batches.append((part.items, self.module.terms(x, True), tuple(x.shape[-2:])))
         return out
 
     def _channel_stats(self, out: Outputs) -> dict:
@@ -97,7 +97,7 @@ class Calibrator:
         acc: dict[str, ChannelAccumulator] = {}
         for _, terms, _ in out.batches:
             for kind, t in terms.items():
-                if t.map is not None:
+                if t.map is not None and self.module.components[kind].residual_map:
                     acc.setdefault(kind, ChannelAccumulator()).add(t.map)
         return {k: a.finish() for k, a in acc.items()}
 

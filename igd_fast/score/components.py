@@ -16,6 +16,7 @@ component's term and map by the recipe.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import load_model, model_files
+from ..checkpoint import load_defect_model, load_model, model_files
 from ..data import IMAGENET_MEAN, IMAGENET_STD
+from ..models.defect import pixel_maps
 from ..models.fold import fold_batchnorm
 from ..models.polyphase import fuse_upsampling
 from ..models.terms import latent_term
@@ -83,6 +85,8 @@ class Component(nn.Module):
 
     kind: ClassVar[str]
     file: ClassVar[str]
+    keeps_aspect: ClassVar[bool] = False  # images are read at their own aspect for it
+    residual_map: ClassVar[bool] = True  # its map under map_term "maha" is a residual to measure
 
     @classmethod
     def load(cls, path: Path, device: torch.device, terms: TermOptions, how: LoadOptions) -> Component:
@@ -149,6 +153,9 @@ class ImageModel(Component):
         return self.config.method.recon in ("msssim", "mse")
 
     def forward(self, x: Tensor, want_map: bool = True) -> Terms:
+        size = self.config.image_size
+        if tuple(x.shape[-2:]) != (size, size):  # read for another component (at its aspect)
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         s, m = self.terms(x, want_map)
         return Terms(s, self._smooth(m))
 
@@ -238,7 +245,68 @@ class PatchModel(ImageModel):
         return out
 
 
-COMPONENTS: dict[str, type[Component]] = {c.kind: c for c in (ImageModel, PatchModel)}
+class DefectPart(Component):
+    """The defect model (:mod:`igd_fast.models.defect`) at the image's own aspect: the map is
+    the logit and the repair residual, each standardised by the validation normals' pixel
+    mean / std and the residual weighted by how well it separated synthetic defects there
+    (the checkpoint's normaliser), smoothed by :data:`DEFECT_MAP_SIGMA`; the term is the mean
+    of the top :data:`DEFECT_TOP_FRACTION` of the same map smoothed by :data:`DEFECT_SCORE_SIGMA`
+    (sigmas in pixels at working size 256, scaled with it)."""
+
+    kind, file = "defect", "defect.pt"
+    keeps_aspect = True
+    residual_map = False
+
+    def __init__(self, model: nn.Module, normaliser: dict) -> None:
+        super().__init__()
+        self.model = model
+        self.normaliser = dict(normaliser)
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device, terms: TermOptions, how: LoadOptions) -> Component:
+        model, norm = load_defect_model(path, device)
+        return cls(fold_batchnorm(model).to(memory_format=how.memory_format) if how.fold_bn else model, norm)
+
+    @property
+    def image_size(self) -> int:
+        return self.model.config.image_size
+
+    @property
+    def has_map(self) -> bool:
+        return True
+
+    def standardised(self, x: Tensor) -> Tensor:
+        """N×1×H×W: z(logit) + w·z(residual) of images ``x`` at the working size."""
+        n = self.normaliser
+        logit, resid = pixel_maps(self.model, x)
+        z = (logit - n["logit_mean"]) / n["logit_std"]
+        return z + n["resid_weight"] * (resid - n["resid_mean"]) / n["resid_std"]
+
+    def forward(self, x: Tensor, want_map: bool = True) -> Terms:
+        z = self.standardised(x)
+        scale = max(x.shape[-2:]) / 256.0
+        fine = gaussian_smooth(z, DEFECT_SCORE_SIGMA * scale).flatten(1)
+        k = max(1, math.ceil(DEFECT_TOP_FRACTION * fine.shape[1]))
+        score = fine.topk(k, dim=1).values.mean(1)
+        return Terms(score, gaussian_smooth(z, DEFECT_MAP_SIGMA * scale) if want_map else None)
+
+    def with_networks(self, wrap: Callable[[nn.Module], nn.Module]) -> Component:
+        out = copy.copy(self)
+        out._modules = dict(self._modules)
+        out.model = wrap(self.model)
+        return out
+
+    def exportable(self) -> Component:
+        return self  # plain PyTorch ops throughout
+
+
+# the defect map's smoothing and image score, chosen on mvtec_bottle and the grey texture sets
+# with synthetic-defect validation and seed 0 (docs/results_quality.md, "structural defects")
+DEFECT_MAP_SIGMA = 8.0
+DEFECT_SCORE_SIGMA = 1.0
+DEFECT_TOP_FRACTION = 0.001
+
+COMPONENTS: dict[str, type[Component]] = {c.kind: c for c in (ImageModel, PatchModel, DefectPart)}
 
 
 def component_files(model_dir: str | Path) -> dict[str, Path]:

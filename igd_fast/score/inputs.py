@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from ..data import array_image, image_tensor, rgb_image
-from .io import Item
+from .io import Item, scoring_size
 
 CHANNELS = (1, 2, 3, 4)
 
@@ -24,7 +24,7 @@ def is_path_input(x: Any) -> bool:
     return isinstance(x, (list, tuple)) and bool(x) and all(isinstance(v, (str, Path)) for v in x)
 
 
-def to_items(x: Any, size: int) -> tuple[list[Item], bool]:
+def to_items(x: Any, size: int, keep_aspect: bool = False) -> tuple[list[Item], bool]:
     """(items at ``size``, whether ``x`` was one image). ``x``: a PIL image; a numpy array
     H×W, H×W×C or a batch N×H×W×C (N×C×H×W also read); a tensor C×H×W or N×C×H×W (H×W×C
     and N×H×W×C also read where the channels can only be last); or a list of single
@@ -33,7 +33,8 @@ def to_items(x: Any, size: int) -> tuple[list[Item], bool]:
     items = []
     for i, a in enumerate(images):
         im = rgb_image(a) if isinstance(a, Image.Image) else array_image(a)
-        items.append(Item(i, None, image_tensor(im, size), (im.height, im.width), None, i))
+        hw = (im.height, im.width)
+        items.append(Item(i, None, image_tensor(im, scoring_size(hw, size, keep_aspect)), hw, None, i))
     return items, single
 
 

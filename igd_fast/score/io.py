@@ -17,7 +17,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..data import CorruptImageError, image_size_of, images_under, load_image, open_rgb
+from ..data import CorruptImageError, image_size_of, images_under, load_image, open_rgb, working_size
 from ..data.files import glob_files
 from ..outputs import atomic_write_bytes, save_image
 
@@ -60,9 +60,11 @@ class ScoreDataset(Dataset):
     """Images resized to the model size and ImageNet-normalised, with their original
     (H, W); any size, grayscale / RGB / RGBA / 16-bit (see ``igd_fast.data.load_image``)."""
 
-    def __init__(self, paths: list[str | Path], size: int, indices: list[int] | None = None) -> None:
+    def __init__(self, paths: list[str | Path], size: int, indices: list[int] | None = None,
+                 keep_aspect: bool = False) -> None:  # fmt: skip
         self.paths = [str(p) for p in paths]
         self.size = size
+        self.keep_aspect = keep_aspect
         self.indices = list(range(len(self.paths))) if indices is None else list(indices)
 
     def __len__(self) -> int:
@@ -72,34 +74,54 @@ class ScoreDataset(Dataset):
         path = self.paths[i]
         try:
             hw = image_size_of(path)
-            img = load_image(path, self.size)
+            img = load_image(path, scoring_size(hw, self.size, self.keep_aspect))
         except Exception as e:  # any decoder failure is reported, never fatal
             return Item(self.indices[i], path, None, (0, 0), f"{type(e).__name__}: {e}", i)
         return Item(self.indices[i], path, img, hw, None, i)
 
 
+def scoring_size(hw: tuple[int, int], size: int, keep_aspect: bool) -> tuple[int, int]:
+    """The (H, W) an image of ``hw`` is read at: ``size``² (squashed), or with ``keep_aspect``
+    its longer side at ``size`` (:func:`igd_fast.data.working_size`)."""
+    return working_size(hw[0], hw[1], size) if keep_aspect else (size, size)
+
+
 @dataclass
 class Batch:
-    """Readable images stacked (N×3×S×S) plus the ones that failed to read."""
+    """Readable images stacked (N×3×H×W) plus the ones that failed to read. Images read at
+    their own aspect may differ in size: then ``images`` is None and ``parts`` holds one
+    batch per size (:meth:`by_size`)."""
 
     images: Tensor | None
     items: list[Item]
     failed: list[Item]
+    parts: list[Batch] | None = None
+
+    def by_size(self) -> list[Batch]:
+        """The readable images in batches of one size each (none when all failed)."""
+        if self.parts is not None:
+            return self.parts
+        return [self] if self.images is not None else []
 
     def pin_memory(self) -> Batch:
         """Called by DataLoader(pin_memory=True): page-locked pixels for async GPU copies."""
-        if self.images is not None:
-            self.images = self.images.pin_memory()
+        for b in self.by_size():
+            b.images = b.images.pin_memory()
         return self
 
 
 def collate(items: list[Item]) -> Batch:
     ok = [it for it in items if it.error is None]
     bad = [it for it in items if it.error is not None]
-    images = torch.stack([it.image for it in ok]) if ok else None
+    groups: dict[tuple, list[Item]] = {}
     for it in ok:
-        it.image = None  # the stacked tensor holds the pixels; don't ship them twice
-    return Batch(images, ok, bad)
+        groups.setdefault(tuple(it.image.shape), []).append(it)
+    parts = [Batch(torch.stack([it.image for it in g]), g, []) for g in groups.values()]
+    for it in ok:
+        it.image = None  # the stacked tensors hold the pixels; don't ship them twice
+    if len(parts) == 1:
+        return Batch(parts[0].images, ok, bad)
+    return Batch(None, ok, bad, parts or None)
 
 
 def all_grey(paths: Sequence[str | Path]) -> bool:

@@ -71,10 +71,17 @@ class ScoringModule(nn.Module):
         self._kinds = tuple(components)
         # held under "<kind>_part": "global" is a Python keyword, which traced code cannot name
         self.parts = nn.ModuleDict({f"{k}_part": c for k, c in components.items()})
-        for name in ("score_norm", "map_norm", "map_term", "map_sigma", "map_position", "image_score"):
+        for name in ("score_norm", "map_norm", "map_term", "map_sigma", "map_position", "image_score",
+                     "map_components"):
             setattr(self, name, recipe[name])
-        # images are read at the first component's size (the global model's); others resize
-        self.image_size = next(iter(components.values())).image_size
+        if self.map_components != "all" and self.map_components not in components:
+            raise ValueError(f"map_components {self.map_components!r}: the model directory has no such component "
+                             f"(it holds {', '.join(components)})")  # fmt: skip
+        # images are read at the size of the component that keeps their aspect (the defect
+        # model's), else at the first component's (the global model's); the others resize
+        aspect = [c for c in components.values() if c.keeps_aspect]
+        self.keep_aspect = bool(aspect)
+        self.image_size = (aspect or list(components.values()))[0].image_size
         self.stats: dict[str, Any] = {}
 
     @property
@@ -95,7 +102,7 @@ class ScoringModule(nn.Module):
 
     def needed_statistics(self) -> tuple[str, ...]:
         """The statistics this recipe needs, in the order they are fitted."""
-        with_map = sum(c.has_map for c in self.components.values())
+        with_map = sum(c.has_map for k, c in self.components.items() if self.maps_from(k))
         need = {"channel_stats": self.map_term == "maha", "map_stats": self.map_norm == "standard" and with_map > 1,
                 "term_stats": self.score_norm == "standard", "position_stats": self.map_position,
                 "excess_level": self.image_score == "map-excess"}  # fmt: skip
@@ -122,13 +129,18 @@ class ScoringModule(nn.Module):
 
     # ------------------------------------------------------------ stages
 
+    def maps_from(self, kind: str) -> bool:
+        """Whether ``kind``'s map is part of the combined map (``map_components``)."""
+        return self.map_components in ("all", kind)
+
     def terms(self, x: Tensor, want_maps: bool = True) -> dict[str, Terms]:
-        """Each component's term and raw map (maha: the residual) at its own resolution."""
-        return {k: c(x, want_maps) for k, c in self.components.items()}
+        """Each component's term and raw map (maha: the residual) at its own resolution
+        (no map from a component that ``map_components`` leaves out)."""
+        return {k: c(x, want_maps and self.maps_from(k)) for k, c in self.components.items()}
 
     def measure(self, kind: str, m: Tensor) -> Tensor:
         """A component's raw map as a map: maha's distance; the other map terms as they are."""
-        if self.map_term != "maha":
+        if self.map_term != "maha" or not self.components[kind].residual_map:
             return m
         return channel_distance(m, self._stat("channel_stats")[kind])
 

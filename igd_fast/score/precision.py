@@ -84,9 +84,10 @@ def bf16_networks(model: nn.Module) -> nn.Module:
     the descriptor and everything after the networks stay fp32."""
     out = copy.copy(model)  # shares the descriptor and config; the copy gets its own submodules
     out._modules = dict(model._modules)
-    out.encoder = Autocast(model.encoder)
-    if getattr(model, "decoder", None) is not None:
-        out.decoder = Autocast(model.decoder)
+    # IGD's encoder / decoder; the defect model's reconstruction and segmentation networks
+    for name in ("encoder", "decoder", "recon", "seg"):
+        if getattr(model, name, None) is not None:
+            setattr(out, name, Autocast(getattr(model, name)))
     return out
 
 

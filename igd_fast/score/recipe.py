@@ -164,6 +164,9 @@ declare(Option("residual_sigma", 0.0, low=0.0, limit=check_sigma,
                     "not"))  # fmt: skip
 declare(Option("map_sigma", 0.0, low=0.0, limit=check_sigma,
                help="Gaussian smoothing of each map, sigma in pixels of the original image, 0 = none"))
+declare(Option("map_components", "all", choices=("all", "global", "local", "defect"),
+               help="whose maps form the anomaly map: all (every component's, combined by map_norm) or one "
+                    "component's (its term still counts in the image score)"))  # fmt: skip
 declare(Option("map_position", False,
                help="standardise each position of the (smoothed) map by the validation normals' mean/std there, "
                     "which removes what every normal image shows (borders, hard parts)"))  # fmt: skip

@@ -39,7 +39,7 @@ class Runner:
 
     def loader(self, paths: Sequence[str | Path], num_workers: int = 0, indices: list[int] | None = None):
         """Batches of image files read at the model's size (unreadable ones kept apart)."""
-        ds = ScoreDataset(list(paths), self.model.image_size, indices)
+        ds = ScoreDataset(list(paths), self.model.image_size, indices, getattr(self.model, "keep_aspect", False))
         return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate,
                           pin_memory=self.device.type == "cuda", persistent_workers=False)  # fmt: skip
 
@@ -60,8 +60,8 @@ class Runner:
             results: list[tuple[int, ScoredImage | Failure]] = [
                 (it.pos, Failure(it.index, it.path, it.error or "unreadable")) for it in batch.failed
             ]
-            if batch.images is not None:
-                results += self._score(batch, want_maps)
+            for part in batch.by_size():
+                results += self._score(part, want_maps)
             # a batch's failures and images come back in input order
             yield from (r for _, r in sorted(results, key=lambda t: t[0]))
             if progress is not None:

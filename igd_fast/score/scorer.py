@@ -102,7 +102,7 @@ class BaseScorer:
             single = isinstance(x, (str, Path))
             results = list(self.score_paths([x] if single else list(x), num_workers))
         else:
-            items, single = to_items(x, self.image_size)
+            items, single = to_items(x, self.image_size, self.module.keep_aspect)
             self._ready(num_workers)
             results = list(self.runner.score_batches(self.runner.batches(items)))
         bad = [r for r in results if isinstance(r, Failure)]
@@ -211,8 +211,8 @@ class Scorer(BaseScorer):
         if not files:
             raise ValueError(f"{self.model_dir}/run.json lists no validation images for the precision guard")
         for batch in self.runner.loader(files):
-            if batch.images is not None:
-                yield self.runner.to_device(batch.images)
+            for part in batch.by_size():
+                yield self.runner.to_device(part.images)
 
     # ------------------------------------------------------------------ what it holds
 
