@@ -107,7 +107,7 @@ def test_the_term_is_the_mean_of_the_top_fraction_of_the_fine_map():
     k = max(1, math.ceil(DEFECT_TOP_FRACTION * 64 * 64))
     from igd_fast.score.maps import gaussian_smooth
 
-    fine = gaussian_smooth(x[:, :1], 1.0 * 64 / 256).flatten(1)
+    fine = gaussian_smooth(x[:, :1], 1.0 * 64 / 224).flatten(1)
     torch.testing.assert_close(t.score, fine.topk(k, 1).values.mean(1))
     assert t.map.shape == (1, 1, 64, 64)
 
@@ -179,3 +179,11 @@ def test_cli_trains_and_scores_the_global_plus_defect_recipe(tmp_path, capsys):
 def test_map_components_must_name_a_component_of_the_model():
     with pytest.raises(ValueError, match="no such component"):
         ScoringModule({"defect": DefectPart(_Bright(32), NORM)}, Recipe.resolve(flags={"map_components": "global"}))
+
+
+def test_the_cpu_preset_without_its_defect_model_writes_the_global_recipe():
+    from igd_fast.cli.presets import CPU_GLOBAL_RECIPE, RECIPES, train_recipe
+
+    assert train_recipe("cpu", ("global", "defect")) == RECIPES["cpu"]
+    assert train_recipe("cpu", ("global",)) == CPU_GLOBAL_RECIPE
+    assert train_recipe("cpu-texture", ("local",)) == RECIPES["cpu-texture"] and train_recipe(None, ("global",)) is None

@@ -41,7 +41,7 @@ COLUMNS = (
     "patches_per_image", "extra_train", "seed", "train_seconds", "eval_seconds", "scoring", "image_AUROC",
     "pixel_AUROC", "pixel_AUPRO", "model_dir", "preset", "pretrain", "pretrain_seconds", "rho",
 )  # fmt: skip
-# the model flags and their harness defaults without --preset (recipe A of docs/results_quality.md)
+# the model flags and their harness defaults without --preset (recipe R128 of docs/results/textures_dev.md)
 MODEL_FLAGS = {"image_size": 128, "width": 16, "blocks": (1, 1, 1, 1), "patches_per_image": 32,
                "global_weights": None, "epochs": None}  # fmt: skip
 METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
@@ -177,7 +177,7 @@ def _extra(a: argparse.Namespace) -> str:
 
 def _resolve_model_flags(a: argparse.Namespace) -> None:
     """Without --preset the model flags take the harness defaults (the recipe of
-    docs/results_quality.md); with it, unset flags stay unset (the preset decides)."""
+    docs/results/textures_dev.md); with it, unset flags stay unset (the preset decides)."""
     if a.preset:
         return
     a.model = a.model or "both"

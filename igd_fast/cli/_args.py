@@ -99,7 +99,7 @@ def add_runtime(p: argparse.ArgumentParser, batch_default: int = 16, scoring: bo
     if scoring:
         p.add_argument("--compile", action="store_true",
                        help="compile the networks with torch.compile (inductor, frozen weights); pays a compile per "
-                            "batch shape, wins on large folders (see README)")  # fmt: skip
+                            "batch shape, wins on large folders (see docs/benchmarks.md)")  # fmt: skip
 
 
 def check_precision(precision: str, device: str | None) -> None:

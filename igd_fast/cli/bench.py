@@ -1,6 +1,6 @@
 """``igd-fast bench``: quick side-by-side timing of the fused MS-SSIM kernels.
 
-For the full, recorded benchmark suite use ``pytest benchmarks`` (see README); this is
+For the full, recorded benchmark suite use ``pytest benchmarks`` (see docs/benchmarks.md); this is
 the one-command check a user runs on their own machine or GPU.
 """
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..outputs import FolderInUse, atomic_write_bytes, inside, output_lock, plain_name, write_json
+from ..score.decide import decision_record
 from ._args import (
     EXIT_OK,
     EXIT_SKIPPED,
@@ -57,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--normal-test-dir good_test/ --out reports/parts",
     )
     p.add_argument("--model", required=True, metavar="DIR",
-                   help="trained model directory (global.pt and/or local.pt, run.json)")
+                   help="trained model directory (global.pt, local.pt and/or defect.pt, run.json)")
     p.add_argument("--data", metavar="ROOT",
                    help="MVTec AD or MVTec LOCO root (holds <category>/test, ground_truth)")
     p.add_argument("--category", metavar="NAME",
@@ -197,7 +198,8 @@ def write_figure(
     ncol = max(k, 1)
     fig = plt.figure(figsize=(3.0 * (ncol + 1.3), 3.0 * max(len(rows), 1) + 0.6), constrained_layout=True)
     gs = fig.add_gridspec(max(len(rows), 1), ncol + 1, width_ratios=[1.3] + [1] * ncol)
-    ax = fig.add_subplot(gs[:, 0])
+    left = gs[:, 0].subgridspec(2, 1)
+    ax = fig.add_subplot(left[0])
     try:
         fpr, tpr, _ = roc_curve([r["score"] for r in results], [r["label"] for r in results])
         ax.plot(fpr.numpy(), tpr.numpy(), lw=2)
@@ -205,6 +207,7 @@ def write_figure(
         ax.text(0.5, 0.5, "ROC undefined\n(one class only)", ha="center")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="image ROC", aspect="equal")
+    _score_histogram(fig.add_subplot(left[1]), results, threshold)
     for row, (name, idx) in enumerate(rows):
         for col in range(ncol):
             a = fig.add_subplot(gs[row, col + 1])
@@ -227,6 +230,19 @@ def write_figure(
         atomic_write_bytes(path, lambda f: fig.savefig(f, dpi=90, format="png"), durable=False)
     finally:
         plt.close(fig)
+
+
+def _score_histogram(ax, results: list[dict], threshold: float) -> None:
+    """The test scores of normals and anomalies, with the calibrated threshold."""
+    scores = np.array([r["score"] for r in results], dtype=np.float64)
+    labels = np.array([r["label"] for r in results])
+    bins = np.histogram_bin_edges(np.r_[scores, threshold], bins=30)
+    for lab, name, colour in ((0, "normal", "tab:blue"), (1, "anomalous", "tab:red")):
+        if (labels == lab).any():
+            ax.hist(scores[labels == lab], bins=bins, alpha=0.6, color=colour, label=name)
+    ax.axvline(threshold, color="k", ls="--", lw=1.2, label="threshold")
+    ax.set(xlabel="score", ylabel="test images", title="scores and threshold")
+    ax.legend(fontsize=7)
 
 
 def _prepare(args: argparse.Namespace):
@@ -326,8 +342,9 @@ def _report(args, scorer, layout, rep: dict, calib: dict, results: list, skipped
         "n_validation": calib.get("n_validation"), "score_scale": calib.get("score_scale"),
         "normalisation": calib.get("normalisation"),
         "pixel_threshold": post.pixel_threshold if calib.get("has_maps", True) else None,
-        "pixel_rule": calib.get("pixel_rule"), "scoring": scorer.scoring, "recipe": scorer.recipe.record(),
-        "precision": scorer.precision_record, "compiled": scorer.compiled, "n_skipped": len(skipped),
+        "pixel_rule": calib.get("pixel_rule"), "decision": decision_record(calib), "scoring": scorer.scoring,
+        "recipe": scorer.recipe.record(), "precision": scorer.precision_record, "compiled": scorer.compiled,
+        "n_skipped": len(skipped),
         "skipped": skipped, "images_per_second": len(results) / wall if wall > 0 else 0.0,
         "images_per_second_scoring": scorer.images_per_second, "seconds": seconds, "device": str(scorer.device),
         "backend": args.backend, "images": results,

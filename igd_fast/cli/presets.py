@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 
 # --preset cpu: a small recipe for 2 CPU cores, ~60 training images of 256².
-# Starting values (issue 13): the settings of docs/results_quality.md recipe A (128²,
+# Starting values (issue 13): the settings of docs/results/textures_dev.md recipe R128 (128²,
 # width 16, one block per stage, 32 random patches per image and step; the local
 # model's 4 MS-SSIM weights for the global model, as 5 scales with the 11×11 window
 # do not fit 128²), measured there on textures_dev grass / moon on the shared 2-core
 # AMD EPYC machine (12 epochs: 73 s igd training per category). Epochs: 36 beat 8 on
 # both textures (grass image/pixel AUROC 0.598/0.678 vs 0.530/0.606, moon 0.740/0.885
-# vs 0.719/0.868; ~2 min of training each; docs/results_quality.md section 7), and SSL
+# vs 0.719/0.868; ~2 min of training each; docs/results/textures_dev.md), and SSL
 # pre-training did not beat scratch at the same time, so the preset trains from scratch.
 # ρ = 1 (absolute error alone; paper 0.15): on juice_bottle at these 36 epochs, with both
 # models, image AUROC went from 0.688 / 0.715 / 0.766 to 0.726 / 0.798 / 0.868 at seeds
@@ -41,7 +41,7 @@ CPU_TRAIN = {
 # CPU cores, ~60 training images of 256²: the local model alone at the photos' own 256²
 # (the scratches are 1-3 px wide: 128² halves them), all its patches in reach (64 random
 # of 225 per image and step), ρ = 1 (absolute error alone: the (1 - MS-SSIM) part makes
-# the AE output texture-like noise, docs/results_quality.md section 9) and Adam lr 1e-3
+# the AE output texture-like noise, docs/results/textures_dev.md) and Adam lr 1e-3
 # (at 1e-4 the 256² model did not learn the texture in 36 epochs: grass/moon image AUROC
 # ~0.63/0.76 against 0.83/0.97 at 1e-3, same scoring). Score it with --map-term maha
 # --residual-sigma 2 --image-score map-excess (section 10). Not for objects: on
@@ -66,7 +66,7 @@ CPU_TEXTURE_TRAIN = {
 }
 # pretrain --preset cpu: the same model(s) and encoder architecture as train --preset cpu
 # (so the file fits it). Epochs, measured on textures_dev (54 training images: 2 steps of 32 per
-# epoch and kind; docs/results_quality.md section 7): 30 epochs did not move the global
+# epoch and kind; docs/results/textures_dev.md): 30 epochs did not move the global
 # NT-Xent loss off chance, 200 (about 130 s for both kinds on the shared 2 cores) lowered
 # it on moon and for the local encoders. Epochs scale with the data: 335 images take
 # ~5.5x as long per epoch.
@@ -97,6 +97,20 @@ CPU_RECIPE = {"score_norm": "standard", "map_components": "defect"}
 # scoring of the same models gave image 0.55-0.66.
 CPU_TEXTURE_RECIPE = {"map_term": "maha", "residual_sigma": 2.0, "image_score": "map-excess"}
 RECIPES: dict[str, dict] = {"cpu": CPU_RECIPE, "cpu-texture": CPU_TEXTURE_RECIPE}
+# cpu trained without its defect model (--preset cpu --model global): the global model's own
+# recipe, the residual-Mahalanobis map smoothed at 4 px (juice_bottle, seeds 0 / 1 / 2: pixel
+# AUROC 0.877 / 0.884 / 0.880, image AUROC 0.875 / 0.898 / 0.890; docs/results/juice_bottle.md)
+CPU_GLOBAL_RECIPE = {"map_term": "maha", "map_sigma": 4.0}
+WITHOUT_MAP_COMPONENT = {"cpu": CPU_GLOBAL_RECIPE}
+
+
+def train_recipe(preset: str | None, kinds: tuple[str, ...]) -> dict | None:
+    """The recipe ``train --preset PRESET`` writes for the models it trains: the preset's, or,
+    when they leave out the component whose map that recipe takes, the recipe for what is there."""
+    recipe = RECIPES.get(preset) if preset else None
+    if recipe is None or recipe.get("map_components", "all") in ("all", *kinds):
+        return recipe
+    return WITHOUT_MAP_COMPONENT.get(preset, {k: v for k, v in recipe.items() if k != "map_components"})
 
 
 class Default:

@@ -42,6 +42,7 @@ import numpy as np
 
 from .. import _dist
 from ..outputs import FolderInUse, OutputError, OutputPathError, inside, output_lock, save_npy, write_json, write_text
+from ..score.decide import decision_record
 from ..score.postprocess import PostProcessor
 from ..score.threshold import NORMALISATION
 from ._args import (
@@ -75,7 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         )
     )
     p.add_argument("--model", required=True, metavar="DIR",
-                   help="trained model directory (global.pt and/or local.pt, run.json, recipe.json)")
+                   help="trained model directory (global.pt, local.pt and/or defect.pt, run.json, recipe.json)")
     p.add_argument("--input", required=True, help="folder (searched recursively) or glob pattern of images")
     add_out(p, True, "output folder (created; checked writable before scoring)")
     p.add_argument("--save-maps", action="store_true", help="also write raw per-pixel maps as .npy")
@@ -307,7 +308,8 @@ def _summary(args, scorer, rows: list, failed: list, n_inputs: int, decision: De
         "threshold": post.threshold, "threshold_rule": post.rule, "alpha": calib.get("alpha"),
         "n_validation": calib.get("n_validation"), "score_scale": post.scale,
         "normalisation": calib.get("normalisation", NORMALISATION), "pixel_threshold": post.pixel_threshold,
-        "pixel_rule": calib.get("pixel_rule"), "scoring": scorer.scoring, "recipe": scorer.recipe.record(),
+        "pixel_rule": calib.get("pixel_rule"), "decision": decision_record(calib), "scoring": scorer.scoring,
+        "recipe": scorer.recipe.record(),
         "precision": scorer.precision_record, "compiled": scorer.compiled, "world_size": len(parts),
         "device": str(scorer.device), "backend": args.backend, "workers": args.workers, "wall_seconds": wall_max,
         "images_per_second": len(rows) / wall_max if wall_max > 0 else 0.0,

@@ -60,10 +60,11 @@ non-finite loss or diverged model, a full disk (the last checkpoint stays intact
 interrupted (Ctrl-C / SIGTERM: the last checkpoint stays intact
 and the message gives the --resume command).
 
-presets: --preset cpu sets the small 2-CPU-core recipe for objects (the global model alone;
---model both adds the local one), --preset cpu-texture the one for textures (values in the
---preset help; each flag given explicitly overrides its preset value); run.json records
-the preset and the values it set. Without --preset every default is the paper's (GPU-sized).
+presets: --preset cpu sets the 2-CPU-core recipe for objects and textures alike (IGD's global
+model at 128² and the defect model, scored together; --model global leaves the defect model
+out), --preset cpu-texture IGD's local model for textures (values in the --preset help; each
+flag given explicitly overrides its preset value); run.json records the preset and the values
+it set, recipe.json the scoring recipe. Without --preset every default is the paper's (GPU-sized).
 
 encoder initialisation: --init-encoder FILE takes the file of `igd-fast pretrain` (the
 whole encoder, trunk + projection to Z, per model kind; width/blocks/latent must match,
@@ -92,10 +93,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "a reconstruction + segmentation network trained on synthetic defects, at each image's "
                         "aspect (--defect-size, --defect-steps); global+defect: both of those, scored together "
                         "(--preset cpu)")  # fmt: skip
-    m.add_argument("--defect-size", type=positive_int, default=256,
-                   help="the defect model's working size: the longer image side, aspect kept (default 256)")
+    m.add_argument("--defect-size", type=positive_int, default=224,
+                   help="the defect model's working size: the longer image side, aspect kept (default 224)")
     m.add_argument("--defect-steps", type=positive_int, default=1000,
-                   help="the defect model's optimiser steps of 8 images (default 1000: ~8-10 min at 256 on 2 cores)")
+                   help="the defect model's optimiser steps of 8 images (default 1000: ~14 min at 224 on 2 cores)")
     m.add_argument("--variant", choices=tuple(VARIANTS), default="igd",
                    help="method: igd (default) or one of the paper's baselines/ablations: mse, rec (l_r), "
                         "rec-gac (l_r + l_h), dsvdd (Deep SVDD), dsvdd-rec; recorded in the checkpoint")
@@ -214,7 +215,7 @@ def _run(args: argparse.Namespace) -> int:
             _check_init_encoder(args.init_encoder, [c for c in cfgs if c.kind != "defect"])
         if args.distill_teacher and not args.resume:
             _check_teacher(args.distill_teacher)
-        _write_recipe(args.out, args.preset)
+        _write_recipe(args.out, args.preset, kinds)
     except (UsageError, ValueError, FileNotFoundError, OSError) as e:
         print(f"igd-fast train: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -243,16 +244,16 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _write_recipe(out: str, preset: str | None) -> None:
+def _write_recipe(out: str, preset: str | None, kinds: tuple[str, ...]) -> None:
     """The scoring recipe the preset names (the defaults without one) into OUT/recipe.json,
     before training: an interrupted model directory scores with it too."""
     import os
 
     from ..score.recipe import Recipe, write_model_recipe
-    from .presets import RECIPES
+    from .presets import train_recipe
 
     if os.environ.get("RANK", "0") == "0":  # one writer under torchrun (the write is atomic anyway)
-        write_model_recipe(out, Recipe.resolve(preset=RECIPES.get(preset)), preset)
+        write_model_recipe(out, Recipe.resolve(preset=train_recipe(preset, kinds)), preset)
 
 
 def _check_init_encoder(path: str, cfgs: list) -> None:

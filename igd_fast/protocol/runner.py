@@ -11,7 +11,7 @@ Output folder::
 Classes run one after another, or ``jobs`` at a time, each in its own process with
 ``cpu_count // jobs`` threads (the parent alone writes results.json). The small MNIST
 model does not keep two threads busy: on 2 cores two 1-thread jobs train about twice as
-many classes per hour as one 2-thread job (docs/results_paper.md).
+many classes per hour as one 2-thread job (docs/results/mnist.md).
 
 results.json is rewritten after every class; a rerun with the same settings (any class
 list) skips the classes it already holds (resume), a rerun with other settings is refused.
@@ -55,7 +55,7 @@ DATASET_DEFAULTS: dict[str, dict] = {
         "image_size": 32,
         "width": 16,
         "blocks": (1, 1, 1, 1),
-        # chosen on the development split (--dev, classes 0, 3, 8; docs/results_paper.md):
+        # chosen on the development split (--dev, classes 0, 3, 8; docs/results/mnist.md):
         # latent 32, batch 16 and 60 epochs gave l_r + l_h 0.923 against 0.845 for the
         # session-4 recipe (latent 128, batch 32, 12 epochs, sigma2 unfloored); 150 epochs
         # then 0.953 (~200 s a class on 2 cores, ten classes ~35-44 min); session 8: lr 3e-4

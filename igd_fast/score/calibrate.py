@@ -17,17 +17,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .components import Terms
+from .decide import image_rule, pixel_rule
 from .io import Item
 from .module import ScoringModule
 from .residual import ChannelAccumulator, PositionAccumulator, excess_level
 from .runner import Runner
-from .threshold import NORMALISATION, PIXEL_RULE, conformal_threshold, score_scale, term_stats
+from .synthetic import SEED as SYNTHETIC_SEED
+from .synthetic import per_image, synthetic_defects
+from .threshold import NORMALISATION, PIXEL_RULE, RULE, RULES_VERSION, score_scale, term_stats
 
-RULE = ("split-conformal: k-th smallest validation score, k = min(n, ceil((n+1)(1-alpha))); anomalous when "
-        "score > threshold")  # fmt: skip
+
+@dataclass
+class Synthetic:
+    """Synthetic defects' image scores, and their maps and masks at each image's own size."""
+
+    scores: list[float] = field(default_factory=list)
+    maps: list[Tensor] = field(default_factory=list)
+    masks: list[Tensor] = field(default_factory=list)
 
 
 @dataclass
@@ -35,6 +45,7 @@ class Outputs:
     """The components' outputs on the validation normals, batch by batch (the networks run once)."""
 
     batches: list[tuple[list[Item], dict[str, Terms], tuple[int, int]]] = field(default_factory=list)
+    inputs: list[Tensor] = field(default_factory=list)  # each batch's images (the synthetic defects' canvas)
     failed: list[dict] = field(default_factory=list)
 
     @property
@@ -75,7 +86,7 @@ class Calibrator:
         else:
             # float32, as the module combines them: a re-scored validation image gets the same score
             scores = m.combine_terms({k: out.scores(k).float() for k in m.kinds}).tolist()
-        return self._record(out, scores, maps, fitted)
+        return self._record(out, scores, maps, fitted, self._synthetic(out, bool(maps)))
 
     def _set(self, fitted: dict, name: str, value) -> None:
         fitted[name] = value
@@ -89,6 +100,7 @@ class Calibrator:
             for part in batch.by_size():
                 x = self.runner.to_device(part.images)
                 out.batches.append((part.items, self.module.terms(x, True), tuple(x.shape[-2:])))
+                out.inputs.append(x)
         return out
 
     def _channel_stats(self, out: Outputs) -> dict:
@@ -138,18 +150,39 @@ class Calibrator:
             self._set(fitted, "excess_level", excess_level(_pixels(maps), self.excess_quantile))
         return maps
 
-    def _record(self, out: Outputs, scores: list[float], maps: list[Tensor], fitted: dict) -> dict:
-        threshold = conformal_threshold(scores, self.alpha)
+    @torch.inference_mode()
+    def _synthetic(self, out: Outputs, want_maps: bool) -> Synthetic:
+        """Scores (and maps at each image's own size, with their masks) of synthetic defects
+        drawn on the validation normals (:mod:`igd_fast.score.synthetic`)."""
+        m, bs = self.module, self.runner.batch_size
+        gen = torch.Generator().manual_seed(SYNTHETIC_SEED)
+        k = per_image(len(out.items))
+        syn = Synthetic()
+        for (items, _, _), x in zip(out.batches, out.inputs, strict=True):
+            xd, md = synthetic_defects(x, k, gen)
+            for i in range(0, len(xd), bs):
+                raw = m.raw(xd[i : i + bs], want_maps or m.map_scored)
+                for j in range(raw.score.shape[0]):
+                    size = items[(i + j) // k].orig_size
+                    amap = m.finish_map(raw.maps[j : j + 1], size) if raw.maps is not None else None
+                    syn.scores.append(float(m.image_score_of(amap)[0]) if m.map_scored else float(raw.score[j]))
+                    if amap is not None and want_maps:
+                        syn.maps.append(amap)
+                        syn.masks.append(F.interpolate(md[i + j][None], size=size, mode="nearest")[0, 0] > 0.5)
+        return syn
+
+    def _record(self, out: Outputs, scores: list[float], maps: list[Tensor], fitted: dict, syn: Synthetic) -> dict:
+        image = image_rule(scores, syn.scores, self.alpha)
         px = _pixels(maps) if maps else np.zeros(1, np.float32)  # no map: a colour scale never used
-        peaks = [float(x.max()) for x in maps]
-        record = {"threshold": threshold, "rule": RULE, "alpha": self.alpha, "n_validation": len(scores),
+        # no map (Deep SVDD): 0, never used (no pred_mask without a map)
+        pixel = pixel_rule(px, _pixels(syn.maps), np.concatenate([mk.reshape(-1).numpy() for mk in syn.masks])
+                           ) if maps and syn.maps else {"pixel_threshold": 0.0}  # fmt: skip
+        record = {**image, "rule": RULE, "rules": RULES_VERSION, "alpha": self.alpha, "n_validation": len(scores),
                   "validation_scores": dict(zip([it.path for it in out.items], scores, strict=True)),
-                  "validation_failed": out.failed, "map_low": float(np.median(px)), "map_high": float(px.max()),
-                  "has_maps": bool(maps), "score_scale": score_scale(scores, threshold),
-                  "normalisation": NORMALISATION,
-                  # no map (Deep SVDD): 0, never used (no pred_mask without a map)
-                  "pixel_threshold": conformal_threshold(peaks, self.alpha) if peaks else 0.0,
-                  "pixel_rule": PIXEL_RULE}  # fmt: skip
+                  "synthetic_scores": syn.scores, "validation_failed": out.failed, "map_low": float(np.median(px)),
+                  "map_high": float(px.max()), "has_maps": bool(maps),
+                  "score_scale": score_scale(scores, image["threshold"]), "normalisation": NORMALISATION,
+                  **pixel, "pixel_rule": PIXEL_RULE}  # fmt: skip
         record.update(fitted)
         return record
 

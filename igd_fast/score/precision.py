@@ -5,7 +5,7 @@ Only the networks (encoder, decoder) run in bf16; their outputs are cast back to
 float32 before the loss kernels, the descriptor and the maps, which stay fp32 (SPEC
 section 2). bf16 runs under ``torch.autocast`` with the fp32 (folded) weights: the
 convolutions become oneDNN bf16 convolutions with fp32 accumulation. Weights converted to
-bf16 ran at the same speed (README "Scoring throughput"), so autocast it is: one set of
+bf16 ran at the same speed (docs/benchmarks.md), so autocast it is: one set of
 weights, and the same wrapper on a GPU.
 
 The guard (``auto``) scores the validation normals with both precisions and keeps bf16

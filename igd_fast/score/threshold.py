@@ -64,10 +64,18 @@ NORMALISATION = (
     "pred_score = 1 / (1 + exp(-(score - threshold) / score_scale)); score_scale = max - min of the "
     "validation-normal scores; 0.5 = threshold"
 )
+RULE = (
+    "split-conformal: k-th smallest validation score, k = ceil((n+1)(1-alpha)) when k <= n, else the larger of the "
+    "largest score and the Gaussian tail estimate (see image_rule); anomalous when score > threshold; "
+    "expected_recall: the share of synthetic defects on the validation normals above it"
+)
 PIXEL_RULE = (
-    "split-conformal on each validation image's maximum map value (same alpha); pixel anomalous when map > "
+    "the pixel threshold maximising pred_mask's F1 on synthetic defects drawn on the validation normals, among "
+    "those flagging at most pixel_max_fpr of the validation normals' pixels; pixel anomalous when map > "
     "pixel_threshold"
 )
+# the version of the rules above: a cached calibration made under other rules is stale
+RULES_VERSION = 2
 
 
 def conformal_threshold(scores: list[float], alpha: float = DEFAULT_ALPHA) -> float:
@@ -182,7 +190,7 @@ def read_threshold(model_dir: str | Path, alpha: float, scoring: dict | None = N
     if why is not None:
         warnings.warn(f"ignoring {p}: {why}; recalibrating", stacklevel=2)
         return None
-    if any(k not in d for k in LATER_FIELDS):
+    if any(k not in d for k in LATER_FIELDS) or d.get("rules") != RULES_VERSION:
         return None
     if d.get("signature") != model_signature(model_dir) or d.get("alpha") != alpha:
         return None

@@ -121,12 +121,14 @@ def train_defect_model(
     amp: bool = False,
     backend: str | None = None,
     on_step=None,
+    device: torch.device | str = "cpu",
 ) -> tuple[DefectModel, list[DefectStep]]:
-    """Train a fresh :class:`DefectModel` on uint8 working-size ``images`` (CPU). Returns
-    the model (eval mode) and the per-step log; ``on_step(DefectStep)`` is called after
-    every step (progress bars, interruption checks)."""
+    """Train a fresh :class:`DefectModel` on uint8 working-size ``images`` on ``device`` (the
+    defects are drawn on the CPU, in a worker). Returns the model (eval mode) and the per-step
+    log; ``on_step(DefectStep)`` is called after every step (progress bars, interruption checks)."""
     torch.manual_seed(seed)
-    model = DefectModel(cfg).to(memory_format=torch.channels_last).train()
+    device = torch.device(device)
+    model = DefectModel(cfg).to(device, memory_format=torch.channels_last).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     stream = DataLoader(DefectBatches(images, cfg, seed), batch_size=None, num_workers=workers)
     log: list[DefectStep] = []
@@ -137,7 +139,8 @@ def train_defect_model(
         lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / cfg.steps))
         for g in opt.param_groups:
             g["lr"] = lr
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        x, m, clean = x.to(device), m.to(device), clean.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logit, repair = model(x.contiguous(memory_format=torch.channels_last))
         seg = segmentation_loss(logit.float(), m)
         rep = repair_loss(repair.float(), clean, backend)
@@ -166,19 +169,23 @@ def fit_normaliser(model: DefectModel, normals: Sequence[Tensor], seed: int = 0,
     AUROC on :data:`DEFECTS_PER_NORMAL` synthetic defects drawn on each normal."""
     if not normals:
         raise ValueError("the defect model needs validation normals to standardise its maps (--val-fraction > 0)")
+    device = next(model.parameters()).device
+
+    def maps(img: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            lo, r = pixel_maps(model, normalise(img)[None].to(device))
+        return lo.flatten().cpu(), r.flatten().cpu()
+
     gen = torch.Generator().manual_seed(seed * 7919 + 17)
     pool = [t.float() / 255.0 for t in normals]
     logits, resids, scores, masks = [], [], [], []
     for clean in pool:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            lo, r = pixel_maps(model, normalise(clean)[None])
-        logits.append(lo.flatten())
-        resids.append(r.flatten())
+        lo, r = maps(clean)
+        logits.append(lo)
+        resids.append(r)
         for _ in range(DEFECTS_PER_NORMAL):
             x, m = draw_defect(clean, pool, gen)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-                _, r = pixel_maps(model, normalise(x)[None])
-            scores.append(r.flatten())
+            scores.append(maps(x)[1])
             masks.append(m.flatten() > 0.5)
     lo, r = torch.cat(logits).double(), torch.cat(resids).double()
     m = torch.cat(masks)

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .._dist import resolve_device
 from ..checkpoint import save_defect_checkpoint, write_run
 from ..models.defect import DefectConfig
 from .defect import DefectStep, fit_normaliser, read_working, train_defect_model
@@ -17,14 +18,14 @@ from .loop import TrainResult, stop_requested
 from .setup import TrainOptions, _check_out_models, _remove_for_overwrite, datasets
 
 
-def use_bf16(opts: TrainOptions) -> bool:
-    """bf16 autocast: ``--amp`` when given, else wherever the CPU has bf16 instructions
-    (the networks ran ~2x faster there; weights and losses stay fp32)."""
+def use_bf16(opts: TrainOptions, device: torch.device) -> bool:
+    """bf16 autocast: ``--amp`` when given, else wherever the device has bf16 (on the CPU's
+    avx512_bf16 the networks ran ~2x faster; weights and losses stay fp32)."""
     if opts.amp is not None:
         return bool(opts.amp)
     from ..score.precision import bf16_support
 
-    return bf16_support(torch.device("cpu")) is None
+    return bf16_support(device) is None
 
 
 def train_defect(cfg: DefectConfig, data, out_dir: str | Path, opts: TrainOptions) -> TrainResult:
@@ -39,7 +40,8 @@ def train_defect(cfg: DefectConfig, data, out_dir: str | Path, opts: TrainOption
         _remove_for_overwrite(out, cfg.kind, stale)
     images = [read_working(p, cfg.image_size) for p in train_ds.files]
     normals = [read_working(p, cfg.image_size) for p in val_ds.files]
-    amp = use_bf16(opts)
+    device = resolve_device(opts.device)
+    amp = use_bf16(opts, device)
     bar = tqdm(total=cfg.steps, desc="defect model", unit="step", disable=not opts.progress)
 
     def on_step(e: DefectStep) -> None:
@@ -50,7 +52,8 @@ def train_defect(cfg: DefectConfig, data, out_dir: str | Path, opts: TrainOption
 
     torch.manual_seed(opts.seed)
     try:
-        model, log = train_defect_model(cfg, images, opts.seed, min(opts.workers, 1), amp, opts.backend, on_step)
+        model, log = train_defect_model(cfg, images, opts.seed, min(opts.workers, 1), amp, opts.backend, on_step,
+                                        device)  # fmt: skip
     finally:
         bar.close()
     norm = fit_normaliser(model, normals, opts.seed, amp)

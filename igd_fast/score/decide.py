@@ -1,0 +1,93 @@
+"""Decision rules: where the image and pixel thresholds go, from validation normals and the
+synthetic defects drawn on them (:mod:`igd_fast.score.synthetic`). What each rule guarantees
+and what it only estimates is said in its docstring and recorded with the calibration.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+
+from .threshold import conformal_threshold
+
+# the largest share of normal pixels pred_mask may flag (the pixel threshold's constraint)
+PIXEL_MAX_FPR = 0.01
+# what the outputs report of a calibration's decisions (report.json, summary.json: "decision")
+DECISION_FIELDS = ("image_rule", "guaranteed_fpr", "estimated_fpr", "expected_recall", "n_synthetic",
+                   "threshold_conformal", "threshold_tail", "pixel_max_fpr", "pixel_floor", "expected_pixel_f1")
+
+
+def decision_record(calib: dict) -> dict:
+    """The decision evidence of a calibration record (None for what it lacks)."""
+    return {k: calib.get(k) for k in DECISION_FIELDS}
+
+
+def tail_threshold(scores: list[float], alpha: float) -> float:
+    """mean + z(1 - alpha)·std of the normals' scores (a normal fit of their upper tail): the
+    false-positive rate is ``alpha`` *if* the scores are Gaussian. An estimate, usable below
+    1/n where the conformal rule cannot go; no finite-sample guarantee."""
+    v = np.asarray(scores, dtype=np.float64)
+    sd = float(v.std(ddof=1)) if v.size > 1 else 0.0
+    return float(v.mean() + NormalDist().inv_cdf(1.0 - alpha) * sd)
+
+
+def recall_at(threshold: float, scores: list[float]) -> float | None:
+    """Share of ``scores`` above ``threshold`` (None without scores)."""
+    if not scores:
+        return None
+    return float(np.mean(np.asarray(scores, dtype=np.float64) > threshold))
+
+
+def guaranteed_fpr(n: int, alpha: float) -> float:
+    """The false-positive rate split-conformal guarantees with ``n`` normals: ``alpha`` when
+    the k-th score exists (n >= (1 - alpha) / alpha), else 1 / (n + 1) (the largest score)."""
+    k = math.ceil((n + 1) * (1 - alpha))
+    return alpha if k <= n else 1.0 / (n + 1)
+
+
+def image_rule(normal: list[float], synthetic: list[float], alpha: float) -> dict:
+    """The image threshold and its evidence. With enough normals, split-conformal: under
+    exchangeability of validation and test normals, P(a test normal > threshold) <= alpha
+    (a guarantee, marginal over validation draws). With fewer (alpha < 1/(n+1)), the larger of
+    the largest normal score (which still guarantees 1/(n+1)) and the Gaussian tail estimate
+    of the alpha quantile (:func:`tail_threshold`: alpha only if the scores are Gaussian).
+    The expected recall is the synthetic defects' (an estimate: real defects may be subtler
+    or plainer than they are)."""
+    n = len(normal)
+    t_conf, t_tail = conformal_threshold(normal, alpha), tail_threshold(normal, alpha)
+    exact = guaranteed_fpr(n, alpha) <= alpha
+    t = t_conf if exact else max(t_conf, t_tail)
+    return {"threshold": t, "threshold_conformal": t_conf, "threshold_tail": t_tail,
+            "image_rule": "conformal" if exact else "max(largest normal, gaussian tail)",
+            "guaranteed_fpr": guaranteed_fpr(n, alpha), "estimated_fpr": alpha,
+            "expected_recall": recall_at(t, synthetic), "n_synthetic": len(synthetic)}  # fmt: skip
+
+
+def pixel_rule(normal_px: np.ndarray, syn_px: np.ndarray, syn_mask: np.ndarray,
+               max_fpr: float = PIXEL_MAX_FPR) -> dict:  # fmt: skip
+    """The pixel threshold that maximises the F1 of pred_mask on the synthetic defects' pixels,
+    among thresholds that flag at most ``max_fpr`` of the normal images' pixels (their
+    ``1 - max_fpr`` quantile is the floor). The rate holds on the validation normals' pixels;
+    on test normals it is an estimate (pixels of one image are not independent). Without
+    synthetic evidence the floor itself."""
+    floor = float(np.quantile(normal_px, 1.0 - max_fpr)) if normal_px.size else 0.0
+    out = {"pixel_threshold": floor, "pixel_max_fpr": max_fpr, "pixel_floor": floor,
+           "expected_pixel_f1": None}  # fmt: skip
+    pos = int(syn_mask.sum())
+    if pos == 0 or syn_px.size == 0:
+        return out
+    order = np.argsort(-syn_px, kind="stable")
+    v, lab = syn_px[order], syn_mask[order]
+    tp, fp = np.cumsum(lab), np.cumsum(~lab)
+    last = np.r_[v[1:] != v[:-1], True]  # a threshold just below each distinct value: all of it above
+    keep = last & (v > floor)
+    f1 = np.zeros(1)
+    if keep.any():
+        f1 = 2 * tp[keep] / (tp[keep] + fp[keep] + pos)
+        i = int(np.argmax(f1))
+        nxt = np.r_[v[1:], -np.inf][keep][i]  # the threshold sits between this value and the next
+        t = float(max(floor, (v[keep][i] + nxt) / 2 if math.isfinite(nxt) else floor))
+        out.update(pixel_threshold=t, expected_pixel_f1=float(f1[i]))
+    return out

@@ -1,0 +1,94 @@
+"""The decision rules (igd_fast.score.decide): the image threshold's false-positive rate on
+fresh normals from a known law, the pixel threshold's constraint and optimality against a
+brute-force search, the synthetic defects they use, and the record they leave."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from igd_fast.score.decide import image_rule, pixel_rule, recall_at, tail_threshold
+from igd_fast.score.synthetic import per_image, synthetic_defects
+
+
+@pytest.mark.parametrize("law", ["normal", "exponential"])
+@pytest.mark.parametrize("n", [6, 20, 60])
+def test_the_image_threshold_holds_its_guaranteed_rate_on_fresh_normals(n, law):
+    alpha, rng = 0.05, np.random.default_rng(n)
+    draw = rng.normal if law == "normal" else rng.exponential
+    fprs, rules = [], set()
+    for _ in range(2000):
+        rec = image_rule(list(draw(size=n)), [], alpha)
+        rules.add(rec["image_rule"])
+        fprs.append(float(np.mean(draw(size=400) > rec["threshold"])))
+    # marginal guarantee, whatever the law: E[FPR] <= alpha, or 1/(n+1) below n = 19
+    assert np.mean(fprs) <= rec["guaranteed_fpr"] + 0.003
+    assert rec["guaranteed_fpr"] == (alpha if n >= 19 else 1 / (n + 1))
+    assert rules == {"conformal" if n >= 19 else "max(largest normal, gaussian tail)"}
+    if law == "normal" and n < 19:  # where the tail model holds, it brings the rate towards alpha
+        assert np.mean(fprs) < 0.75 / (n + 1)
+
+
+def test_tail_threshold_estimates_the_rate_for_gaussian_scores():
+    alpha, rng = 0.01, np.random.default_rng(1)
+    fprs = [float(np.mean(rng.normal(3, 2, 2000) > tail_threshold(list(rng.normal(3, 2, 200)), alpha)))
+            for _ in range(300)]  # fmt: skip
+    assert abs(np.mean(fprs) - alpha) < 0.004
+
+
+def test_expected_recall_is_the_share_of_synthetic_scores_above():
+    assert recall_at(1.0, [0.5, 1.5, 2.0, 1.0]) == 0.5
+    assert recall_at(1.0, []) is None
+    rec = image_rule(list(np.linspace(0.0, 0.3, 30)), [0.25, 5.0], 0.05)
+    assert rec["threshold"] == pytest.approx(0.3) and rec["expected_recall"] == 0.5 and rec["n_synthetic"] == 2
+
+
+def _brute(normal, syn, mask, max_fpr):
+    floor = np.quantile(normal, 1 - max_fpr)
+    best = (-1.0, None)
+    for t in np.unique(np.r_[syn, floor]):
+        if t < floor:
+            continue
+        pred = syn > t
+        tp, fp, fn = (pred & mask).sum(), (pred & ~mask).sum(), (~pred & mask).sum()
+        f1 = 2 * tp / (2 * tp + fp + fn)
+        if f1 > best[0]:
+            best = (f1, t)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pixel_threshold_is_the_best_f1_under_the_rate(seed):
+    rng = np.random.default_rng(seed)
+    normal = rng.normal(0, 1, 5000).astype(np.float32)
+    mask = rng.random(3000) < 0.1
+    syn = np.where(mask, rng.normal(2.5, 1, 3000), rng.normal(0, 1, 3000)).astype(np.float32)
+    got = pixel_rule(normal, syn, mask, max_fpr=0.02)
+    t = got["pixel_threshold"]
+    assert np.mean(normal > t) <= 0.02 + 1e-9
+    f1 = 2 * ((syn > t) & mask).sum() / ((syn > t).sum() + mask.sum())
+    assert f1 == pytest.approx(_brute(normal, syn, mask, 0.02)[0], abs=1e-9)
+    assert got["expected_pixel_f1"] == pytest.approx(f1, abs=1e-9)
+
+
+def test_pixel_threshold_without_synthetic_evidence_is_the_floor():
+    normal = np.arange(1000, dtype=np.float32)
+    got = pixel_rule(normal, np.zeros(0, np.float32), np.zeros(0, bool), max_fpr=0.01)
+    assert got["pixel_threshold"] == pytest.approx(np.quantile(normal, 0.99))
+
+
+def test_synthetic_defects_are_seeded_masked_and_in_the_normalised_range():
+    x = torch.randn(3, 3, 40, 56).clamp(-2, 2)
+    a, ma = synthetic_defects(x, 2, torch.Generator().manual_seed(0))
+    b, mb = synthetic_defects(x, 2, torch.Generator().manual_seed(0))
+    assert a.shape == (6, 3, 40, 56) and ma.shape == (6, 1, 40, 56)
+    torch.testing.assert_close(a, b) and torch.testing.assert_close(ma, mb)
+    assert set(torch.unique(ma).tolist()) <= {0.0, 1.0} and ma.sum() > 0
+    outside = (ma == 0).expand_as(a)
+    src = x.repeat_interleave(2, 0)
+    # pixels outside the masks are the image's own (up to the [0, 1] clamp of the round trip)
+    from igd_fast.score.synthetic import _normalised, _pixels
+
+    torch.testing.assert_close(a[outside], _normalised(_pixels(src))[outside], atol=1e-5, rtol=0)
+    assert per_image(6) == 11 and per_image(100) == 1 and per_image(1) == 16
