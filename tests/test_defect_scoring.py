@@ -107,7 +107,7 @@ def test_the_term_is_the_mean_of_the_top_fraction_of_the_fine_map():
     k = max(1, math.ceil(DEFECT_TOP_FRACTION * 64 * 64))
     from igd_fast.score.maps import gaussian_smooth
 
-    fine = gaussian_smooth(x[:, :1], 1.0 * 64 / 256).flatten(1)
+    fine = gaussian_smooth(x[:, :1], 1.0 * 64 / 224).flatten(1)
     torch.testing.assert_close(t.score, fine.topk(k, 1).values.mean(1))
     assert t.map.shape == (1, 1, 64, 64)
 

@@ -92,10 +92,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "a reconstruction + segmentation network trained on synthetic defects, at each image's "
                         "aspect (--defect-size, --defect-steps); global+defect: both of those, scored together "
                         "(--preset cpu)")  # fmt: skip
-    m.add_argument("--defect-size", type=positive_int, default=256,
-                   help="the defect model's working size: the longer image side, aspect kept (default 256)")
+    m.add_argument("--defect-size", type=positive_int, default=224,
+                   help="the defect model's working size: the longer image side, aspect kept (default 224)")
     m.add_argument("--defect-steps", type=positive_int, default=1000,
-                   help="the defect model's optimiser steps of 8 images (default 1000: ~8-10 min at 256 on 2 cores)")
+                   help="the defect model's optimiser steps of 8 images (default 1000: ~14 min at 224 on 2 cores)")
     m.add_argument("--variant", choices=tuple(VARIANTS), default="igd",
                    help="method: igd (default) or one of the paper's baselines/ablations: mse, rec (l_r), "
                         "rec-gac (l_r + l_h), dsvdd (Deep SVDD), dsvdd-rec; recorded in the checkpoint")

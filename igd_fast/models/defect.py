@@ -36,7 +36,7 @@ class DefectConfig:
     """
 
     kind: str = "defect"
-    image_size: int = 256
+    image_size: int = 224
     width: int = 16
     depth: int = 4
     recon_width: int = 16

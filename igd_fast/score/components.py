@@ -251,7 +251,7 @@ class DefectPart(Component):
     mean / std and the residual weighted by how well it separated synthetic defects there
     (the checkpoint's normaliser), smoothed by :data:`DEFECT_MAP_SIGMA`; the term is the mean
     of the top :data:`DEFECT_TOP_FRACTION` of the same map smoothed by :data:`DEFECT_SCORE_SIGMA`
-    (sigmas in pixels at working size 256, scaled with it)."""
+    (sigmas in pixels at working size :data:`DEFECT_SIGMA_SIZE`, scaled with it)."""
 
     kind, file = "defect", "defect.pt"
     keeps_aspect = True
@@ -284,7 +284,7 @@ class DefectPart(Component):
 
     def forward(self, x: Tensor, want_map: bool = True) -> Terms:
         z = self.standardised(x)
-        scale = max(x.shape[-2:]) / 256.0
+        scale = max(x.shape[-2:]) / DEFECT_SIGMA_SIZE
         fine = gaussian_smooth(z, DEFECT_SCORE_SIGMA * scale).flatten(1)
         k = max(1, math.ceil(DEFECT_TOP_FRACTION * fine.shape[1]))
         score = fine.topk(k, dim=1).values.mean(1)
@@ -303,6 +303,7 @@ class DefectPart(Component):
 # the defect map's smoothing and image score, chosen on mvtec_bottle and the grey texture sets
 # with synthetic-defect validation and seed 0 (docs/results_quality.md, "structural defects")
 DEFECT_MAP_SIGMA = 8.0
+DEFECT_SIGMA_SIZE = 224.0
 DEFECT_SCORE_SIGMA = 1.0
 DEFECT_TOP_FRACTION = 0.001
 
