@@ -17,17 +17,15 @@ from igd_fast.score.synthetic import per_image, synthetic_defects
 def test_the_image_threshold_holds_its_guaranteed_rate_on_fresh_normals(n, law):
     alpha, rng = 0.05, np.random.default_rng(n)
     draw = rng.normal if law == "normal" else rng.exponential
-    fprs, rules = [], set()
+    fprs = []
     for _ in range(2000):
         rec = image_rule(list(draw(size=n)), [], alpha)
-        rules.add(rec["image_rule"])
         fprs.append(float(np.mean(draw(size=400) > rec["threshold"])))
-    # marginal guarantee, whatever the law: E[FPR] <= alpha, or 1/(n+1) below n = 19
+    # marginal guarantee, whatever the law: E[FPR] <= 2 alpha, or 1/(n+1) below n = 9
+    assert rec["guaranteed_fpr"] == (2 * alpha if n >= 9 else 1 / (n + 1))
     assert np.mean(fprs) <= rec["guaranteed_fpr"] + 0.003
-    assert rec["guaranteed_fpr"] == (alpha if n >= 19 else 1 / (n + 1))
-    assert rules == {"conformal" if n >= 19 else "max(largest normal, gaussian tail)"}
-    if law == "normal" and n < 19:  # where the tail model holds, it brings the rate towards alpha
-        assert np.mean(fprs) < 0.75 / (n + 1)
+    if law == "normal" and n >= 20:  # where the tail model holds, the rate is near alpha
+        assert np.mean(fprs) < 1.5 * alpha
 
 
 def test_tail_threshold_estimates_the_rate_for_gaussian_scores():
@@ -41,7 +39,8 @@ def test_expected_recall_is_the_share_of_synthetic_scores_above():
     assert recall_at(1.0, [0.5, 1.5, 2.0, 1.0]) == 0.5
     assert recall_at(1.0, []) is None
     rec = image_rule(list(np.linspace(0.0, 0.3, 30)), [0.25, 5.0], 0.05)
-    assert rec["threshold"] == pytest.approx(0.3) and rec["expected_recall"] == 0.5 and rec["n_synthetic"] == 2
+    assert rec["threshold"] == pytest.approx(max(rec["threshold_tail"], rec["threshold_conformal"]))
+    assert rec["expected_recall"] == 0.5 and rec["n_synthetic"] == 2
 
 
 def _brute(normal, syn, mask, max_fpr):

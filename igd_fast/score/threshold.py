@@ -65,9 +65,10 @@ NORMALISATION = (
     "validation-normal scores; 0.5 = threshold"
 )
 RULE = (
-    "split-conformal: k-th smallest validation score, k = ceil((n+1)(1-alpha)) when k <= n, else the larger of the "
-    "largest score and the Gaussian tail estimate (see image_rule); anomalous when score > threshold; "
-    "expected_recall: the share of synthetic defects on the validation normals above it"
+    "the larger of the validation scores' Gaussian tail estimate at 1 - alpha (mean + z std) and their split-conformal "
+    "threshold at 2 alpha (k-th smallest, k = ceil((n+1)(1-2 alpha)), at most n): a test normal exceeds it with "
+    "probability <= 2 alpha (1/(n+1) for n too small), about alpha for Gaussian scores; anomalous when score > "
+    "threshold; expected_recall: the share of synthetic defects on the validation normals above it"
 )
 PIXEL_RULE = (
     "the pixel threshold maximising pred_mask's F1 on synthetic defects drawn on the validation normals, among "
@@ -75,7 +76,7 @@ PIXEL_RULE = (
     "pixel_threshold"
 )
 # the version of the rules above: a cached calibration made under other rules is stale
-RULES_VERSION = 2
+RULES_VERSION = 3
 
 
 def conformal_threshold(scores: list[float], alpha: float = DEFAULT_ALPHA) -> float:
