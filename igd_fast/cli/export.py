@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             "pip install 'igd_fast[export]'   # onnx, onnxscript, onnxruntime (and openvino for --format openvino)",
         )
     )
-    p.add_argument("--model", required=True, metavar="DIR", help="trained model directory (global.pt, local.pt and/or defect.pt)")
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="trained model directory (global.pt, local.pt and/or defect.pt)")
     p.add_argument("--format", default="onnx", choices=("onnx", "openvino"), help="export format (default onnx)")
     p.add_argument("--out", "--output", dest="out", required=True, metavar="PATH",
                    help="file to write (a folder: PATH/model.onnx or .xml); its .json beside it")  # fmt: skip

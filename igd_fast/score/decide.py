@@ -16,7 +16,8 @@ from .threshold import conformal_threshold
 PIXEL_MAX_FPR = 0.01
 # what the outputs report of a calibration's decisions (report.json, summary.json: "decision")
 DECISION_FIELDS = ("image_rule", "guaranteed_fpr", "estimated_fpr", "validation_fpr", "expected_recall",
-                   "n_synthetic", "threshold_conformal", "threshold_tail", "pixel_max_fpr", "pixel_floor", "expected_pixel_f1")
+                   "n_synthetic", "threshold_conformal", "threshold_tail", "pixel_max_fpr", "pixel_floor",
+                   "expected_pixel_f1")
 
 
 def decision_record(calib: dict) -> dict:
