@@ -28,7 +28,7 @@ from .residual import ChannelAccumulator, PositionAccumulator, excess_level
 from .runner import Runner
 from .synthetic import SEED as SYNTHETIC_SEED
 from .synthetic import per_image, synthetic_defects
-from .threshold import NORMALISATION, PIXEL_RULE, RULE, RULES_VERSION, score_scale, term_stats
+from .threshold import NORMALISATION, PIXEL_RULE, RULE, RULES_VERSION, conformal_threshold, score_scale, term_stats
 
 
 @dataclass
@@ -177,6 +177,9 @@ class Calibrator:
         # no map (Deep SVDD): 0, never used (no pred_mask without a map)
         pixel = pixel_rule(px, _pixels(syn.maps), np.concatenate([mk.reshape(-1).numpy() for mk in syn.masks])
                            ) if maps and syn.maps else {"pixel_threshold": 0.0}  # fmt: skip
+        peaks = [float(x.max()) for x in maps]
+        # the earlier pixel rule (split-conformal on each normal's largest pixel), kept for comparison
+        pixel["pixel_peak_threshold"] = conformal_threshold(peaks, self.alpha) if peaks else None
         record = {**image, "rule": RULE, "rules": RULES_VERSION, "alpha": self.alpha, "n_validation": len(scores),
                   "validation_scores": dict(zip([it.path for it in out.items], scores, strict=True)),
                   "synthetic_scores": syn.scores, "validation_failed": out.failed, "map_low": float(np.median(px)),
