@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from igd_fast.cli import build_parser, main
-from igd_fast.cli.presets import PRESETS, RECIPES
+from igd_fast.cli.presets import CPU_GLOBAL_RECIPE, PRESETS, RECIPES
 from igd_fast.score import OPTIONS, Recipe, RecipeError, Scorer
 from igd_fast.score.recipe import RECIPE_JSON, SOURCES, Option, declare, read_model_recipe, write_model_recipe
 from igd_fast.score.threshold import THRESHOLD_JSON
@@ -70,7 +70,7 @@ def test_the_flags_are_generated_from_the_declarations(verb):
 
 BAD = {"score_norm": "zscore", "latent_weight": -1.0, "local_topk": 0, "map_norm": "max", "map_term": "ssim",
        "recon_colour": "gray", "residual_sigma": float("nan"), "map_sigma": -1.0, "image_score": "mean",
-       "excess_quantile": 1.0, "precision": "fp16"}  # fmt: skip
+       "excess_quantile": 1.0, "precision": "fp16", "map_components": "both"}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", [o.name for o in OPTIONS if o.kind is not bool])
@@ -132,6 +132,7 @@ def test_a_model_directory_without_a_recipe_scores_as_before(trained, tmp_path):
     s = Scorer(d, device="cpu")
     assert set(s.recipe.sources.values()) == {"default"}
     assert s.scoring == {"score_norm": "sum", "latent_weight": 1.0, "local_topk": 1, "map_sigma": 0.0,
+            "map_components": "all",
                          "map_norm": "sum", "map_term": "lr", "map_position": False, "image_score": "terms",
                          "residual_sigma": 0.0, "excess_quantile": 0.95, "recon_colour": "rgb"}  # fmt: skip
     paths = trained["test"][:3]
@@ -146,7 +147,7 @@ def test_a_model_directory_without_a_recipe_scores_as_before(trained, tmp_path):
 
 
 def test_an_explicit_flag_overrides_the_model_recipe_and_is_recorded(trained, tmp_path):
-    d = _copy(trained, tmp_path, RECIPES["cpu"], "cpu")
+    d = _copy(trained, tmp_path, CPU_GLOBAL_RECIPE, "cpu")
     out = tmp_path / "ev"
     assert main(["eval", "--model", str(d), "--data", str(trained["data"]), "--category", CAT, "--out", str(out),
                  "--map-sigma", "2", "--no-progress", "--device", "cpu", "--workers", "0"]) == 0  # fmt: skip

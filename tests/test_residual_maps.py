@@ -20,7 +20,8 @@ from igd_fast.checkpoint import validation_files
 from igd_fast.cli import main
 from igd_fast.data import IMAGENET_MEAN, IMAGENET_STD
 from igd_fast.ops.patches import fold_patch_maps
-from igd_fast.score import Scorer, conformal_threshold
+from igd_fast.score import Scorer
+from igd_fast.score.decide import image_rule
 from igd_fast.score.residual import (
     RIDGE,
     ChannelAccumulator,
@@ -202,7 +203,8 @@ def test_map_max_scores_the_final_map_and_calibrates_on_it(trained):
     s = Scorer(model, device="cpu", map_term="maha", map_sigma=2.0, image_score="map-max")
     cal = s.calibration(recompute=True)
     val = list(s.score_paths(validation_files(model)))
-    assert cal["threshold"] == pytest.approx(conformal_threshold([float(r.map.max()) for r in val]), rel=1e-6)
+    peaks = [float(r.map.max()) for r in val]
+    assert cal["threshold"] == pytest.approx(image_rule(peaks, [], cal["alpha"])["threshold"], rel=1e-6)
     for r in s.score_paths(trained["test"]):
         assert r.score == pytest.approx(float(r.map.max()), rel=1e-6)
     # without maps asked for, the same scores
@@ -220,7 +222,7 @@ def test_map_excess_scores_the_area_above_the_normals_quantile(trained):
     level = np.quantile(np.concatenate([m.ravel() for m in val]).astype(np.float64), 0.9)
     assert cal["excess_level"] == pytest.approx(level, rel=1e-6)
     excess = [float(np.clip(m.astype(np.float64) - level, 0, None).sum() / m.size) for m in val]
-    assert cal["threshold"] == pytest.approx(conformal_threshold(excess), rel=1e-5, abs=1e-9)
+    assert cal["threshold"] == pytest.approx(image_rule(excess, [], cal["alpha"])["threshold"], rel=1e-5, abs=1e-9)
     got = list(s.score_paths(trained["test"]))
     for a, b in zip(raw.score_paths(trained["test"]), got, strict=True):
         np.testing.assert_allclose(b.map, a.map, rtol=1e-6)

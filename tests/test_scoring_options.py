@@ -13,7 +13,8 @@ from igd_fast.checkpoint import validation_files
 from igd_fast.cli import main
 from igd_fast.models.terms import latent_term, recon_term, sample_scores
 from igd_fast.ops.patches import extract_patches
-from igd_fast.score import Scorer, conformal_threshold
+from igd_fast.score import Scorer
+from igd_fast.score.decide import image_rule
 from igd_fast.score.maps import gaussian_smooth
 from igd_fast.score.threshold import THRESHOLD_JSON
 
@@ -33,6 +34,7 @@ def _scored(scorer, paths):
 def test_defaults_are_the_paper_sum(trained):
     s = Scorer(trained["model"], device="cpu")
     assert s.scoring == {"score_norm": "sum", "latent_weight": 1.0, "local_topk": 1, "map_sigma": 0.0,
+            "map_components": "all",
                          "map_norm": "sum", "map_term": "lr", "map_position": False,
                          "image_score": "terms", "residual_sigma": 0.0, "excess_quantile": 0.95,
                          "recon_colour": "rgb"}  # fmt: skip  (auto decides nothing for the lr map)
@@ -55,7 +57,7 @@ def test_standard_norm_is_validation_zscores(trained):
     assert cal["scoring"]["score_norm"] == "standard"
     by_hand = [(r.s_global - stats["global"][0]) / stats["global"][1] + (r.s_local - stats["local"][0])
                / stats["local"][1] for r in val]  # fmt: skip
-    assert cal["threshold"] == pytest.approx(conformal_threshold(by_hand), rel=1e-5, abs=1e-6)
+    assert cal["threshold"] == pytest.approx(image_rule(by_hand, [], cal["alpha"])["threshold"], rel=1e-5, abs=1e-6)
     for r in _scored(std, trained["test"]):
         want = (r.s_global - stats["global"][0]) / stats["global"][1] + (r.s_local - stats["local"][0]) / stats[
             "local"
@@ -236,6 +238,7 @@ def test_eval_flags_reach_the_scorer(trained, tmp_path, capsys):
     assert rc == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["scoring"] == {"score_norm": "standard", "latent_weight": 0.5, "local_topk": 2, "map_sigma": 2.0,
+            "map_components": "all",
                               "map_norm": "sum", "map_term": "lr", "map_position": False,
                               "image_score": "terms", "residual_sigma": 0.0, "excess_quantile": 0.95,
                          "recon_colour": "rgb"}  # fmt: skip  (auto decides nothing for the lr map)

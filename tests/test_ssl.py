@@ -236,7 +236,7 @@ def test_preset_cpu_values_and_an_explicit_override(data, tmp_path):
     ns = build_parser().parse_args(["train", "--out", "x", "--preset", "cpu", "--epochs", "3"])
     applied = apply_preset(ns, "train")
     assert (ns.model, ns.image_size, ns.width, list(ns.blocks), ns.patches_per_image, ns.rho) == (
-        "global", 128, 16, [1, 1, 1, 1], 32, 1.0)  # fmt: skip
+        "global+defect", 128, 16, [1, 1, 1, 1], 32, 1.0)  # fmt: skip
     assert list(ns.global_weights) == PRESETS["train"]["cpu"]["global_weights"]
     assert ns.epochs == 3 and "epochs" not in applied  # explicit wins, even at the preset's own value
     ns = build_parser().parse_args(["train", "--out", "x", "--preset", "cpu", "--epochs", "36"])
@@ -246,15 +246,15 @@ def test_preset_cpu_values_and_an_explicit_override(data, tmp_path):
     # through the CLI: recorded in run.json, the explicit --width beats the preset's 16
     out = tmp_path / "m"
     assert main(["train", "--data", str(data), "--category", CAT, "--out", str(out), "--preset", "cpu", "--epochs",
-                 "0", "--width", "8", *FAST]) == 0  # fmt: skip
+                 "0", "--width", "8", "--model", "global", *FAST]) == 0  # fmt: skip
     models = json.loads((out / "run.json").read_text())["models"]
-    assert list(models) == ["global"] and not (out / "local.pt").exists()  # the preset's global model alone
+    assert list(models) == ["global"] and not (out / "local.pt").exists()  # the preset's global model, no defect model
     m = models["global"]
     assert m["config"]["width"] == 8 and m["config"]["image_size"] == 128 and m["config"]["blocks"] == [1, 1, 1, 1]
     assert m["config"]["weights"] == PRESETS["train"]["cpu"]["global_weights"] and m["config"]["rho"] == 1.0
     assert m["options"]["preset"] == "cpu" and m["options"]["patches_per_image"] == 32
     assert "width" not in m["options"]["preset_applied"] and m["options"]["preset_applied"]["image_size"] == 128
-    # the scoring recipe the preset names, for score / eval / export to use by default
+    # the scoring recipe the preset names for the global model alone, for score / eval / export to use by default
     rec = json.loads((out / "recipe.json").read_text())
     assert rec["preset"] == "cpu" and (rec["values"]["map_term"], rec["values"]["map_sigma"]) == ("maha", 4.0)
     assert rec["sources"]["map_sigma"] == "preset" and rec["sources"]["score_norm"] == "default"
@@ -282,7 +282,8 @@ def test_pretrain_preset_matches_train_preset_architecture():
     ns = build_parser().parse_args(["pretrain", "--out", "e.pt", "--preset", "cpu"])
     apply_preset(ns, "pretrain")
     tr = PRESETS["train"]["cpu"]
-    assert (ns.model, ns.image_size, ns.width, list(ns.blocks)) == (tr["model"], tr["image_size"], tr["width"],
+    # the defect model has no encoder to pre-train: the global model's
+    assert (ns.model, ns.image_size, ns.width, list(ns.blocks)) == ("global", tr["image_size"], tr["width"],
                                                                     tr["blocks"])  # fmt: skip
     ns = build_parser().parse_args(["pretrain", "--out", "e.pt", "--preset", "cpu", "--model", "both"])
     apply_preset(ns, "pretrain")

@@ -90,7 +90,7 @@ def test_empty_model_dir_says_what_to_do(env, tmp_path, capsys):
     (tmp_path / "m").mkdir()
     assert main(_score(env, tmp_path / "m", tmp_path / "o")) == 2
     err = _err(capsys)
-    assert "holds neither global.pt nor local.pt" in err and "igd-fast train" in err
+    assert "holds none of global.pt, local.pt, defect.pt" in err and "igd-fast train" in err
 
 
 def test_random_bytes_are_a_named_checkpoint_error(tmp_path):

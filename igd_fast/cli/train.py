@@ -83,6 +83,36 @@ examples:
 """
 
 
+def _add_defect_flags(m: argparse._ArgumentGroup) -> None:
+    m.add_argument("--defect-size", type=positive_int, default=224,
+                   help="the defect model's working size: the longer image side, aspect kept (default 224)")
+    m.add_argument("--defect-steps", type=positive_int, default=1000,
+                   help="the defect model's optimiser steps of 8 images (default 1000: 17-19 min at 224 on 2 cores)")
+
+
+def _add_training_flags(p: argparse.ArgumentParser) -> None:
+    t = p.add_argument_group("training")
+    add_out(t, True, "model directory to write")
+    add_preset(t, "train")
+    t.add_argument("--epochs", type=non_negative_int, default=Default(256), help="epochs (default 256, as the paper)")
+    t.add_argument("--patches-per-image", type=positive_int, default=Default(None),
+                   help="local model: random patches per image and step (default: all)")
+    t.add_argument("--micro-batch", "--patch-batch", dest="micro_batch", type=positive_int, default=None,
+                   help="inputs (images or patches) per forward/backward, gradients accumulated over the batch "
+                        "(default: from a ~3 GB activation budget)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the split, the initial weights and every draw")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/<kind>.pt if present")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the model(s) already in OUT (without it, or --resume, a trained model there is "
+                        "refused: nothing is replaced by accident)")  # fmt: skip
+    t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on for CUDA)")
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on for CUDA)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    add_runtime(t)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
@@ -93,10 +123,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "a reconstruction + segmentation network trained on synthetic defects, at each image's "
                         "aspect (--defect-size, --defect-steps); global+defect: both of those, scored together "
                         "(--preset cpu)")  # fmt: skip
-    m.add_argument("--defect-size", type=positive_int, default=224,
-                   help="the defect model's working size: the longer image side, aspect kept (default 224)")
-    m.add_argument("--defect-steps", type=positive_int, default=1000,
-                   help="the defect model's optimiser steps of 8 images (default 1000: ~14 min at 224 on 2 cores)")
+    _add_defect_flags(m)
     m.add_argument("--variant", choices=tuple(VARIANTS), default="igd",
                    help="method: igd (default) or one of the paper's baselines/ablations: mse, rec (l_r), "
                         "rec-gac (l_r + l_h), dsvdd (Deep SVDD), dsvdd-rec; recorded in the checkpoint")
@@ -132,26 +159,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--distill-teacher", metavar="FILE",
                    help="torchvision ResNet-18 state_dict file: knowledge-distillation pre-training")
     m.add_argument("--distill-steps", type=non_negative_int, default=1000, help="KD pre-training steps (default 1000)")
-    t = p.add_argument_group("training")
-    add_out(t, True, "model directory to write")
-    add_preset(t, "train")
-    t.add_argument("--epochs", type=non_negative_int, default=Default(256), help="epochs (default 256, as the paper)")
-    t.add_argument("--patches-per-image", type=positive_int, default=Default(None),
-                   help="local model: random patches per image and step (default: all)")
-    t.add_argument("--micro-batch", "--patch-batch", dest="micro_batch", type=positive_int, default=None,
-                   help="inputs (images or patches) per forward/backward, gradients accumulated over the batch "
-                        "(default: from a ~3 GB activation budget)")
-    t.add_argument("--seed", type=int, default=0, help="seed of the split, the initial weights and every draw")
-    t.add_argument("--resume", action="store_true", help="continue from OUT/<kind>.pt if present")
-    t.add_argument("--overwrite", action="store_true",
-                   help="replace the model(s) already in OUT (without it, or --resume, a trained model there is "
-                        "refused: nothing is replaced by accident)")  # fmt: skip
-    t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast (default: on for CUDA)")
-    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format (default: on for CUDA)")
-    t.add_argument("--compile", action="store_true", help="torch.compile the networks")
-    add_runtime(t)
+    _add_training_flags(p)
 
 
 def _resume_command(argv: list[str]) -> str:
@@ -222,15 +230,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with sigterm_as_interrupt():
             for cfg in cfgs:
-                res = train_defect(cfg, data, args.out, opts) if cfg.kind == "defect" else train(cfg, data, None,
-                                                                                                 args.out, opts)
-                if _dist.init().is_main:
-                    if res.note:
-                        print(f"{cfg.kind}: {res.note}")
-                        continue
-                    last = res.history[-1] if res.history else {}
-                    summary = ", ".join(f"{k}={last[k]:.4f}" for k in ("loss", "val_loss") if k in last)
-                    print(f"{cfg.kind}: wrote {res.checkpoint} ({summary})")
+                _report(cfg, train_defect(cfg, data, args.out, opts) if cfg.kind == "defect" else train(
+                    cfg, data, None, args.out, opts))  # fmt: skip
     except TrainingInterrupted as e:
         state = "none written yet" if e.epoch is None else f"{e.checkpoint} is intact at epoch {e.epoch}"
         print(f"igd-fast train: interrupted; {state}; continue with: {_resume_command(args._argv)}", file=sys.stderr)
@@ -242,6 +243,18 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         _dist.close()
     return EXIT_OK
+
+
+def _report(cfg, res) -> None:
+    """One line per trained model (rank 0)."""
+    if not _dist.init().is_main:
+        return
+    if res.note:
+        print(f"{cfg.kind}: {res.note}")
+        return
+    last = res.history[-1] if res.history else {}
+    summary = ", ".join(f"{k}={last[k]:.4f}" for k in ("loss", "val_loss") if k in last)
+    print(f"{cfg.kind}: wrote {res.checkpoint} ({summary})")
 
 
 def _write_recipe(out: str, preset: str | None, kinds: tuple[str, ...]) -> None:
