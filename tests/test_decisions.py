@@ -87,7 +87,7 @@ def test_synthetic_defects_are_seeded_masked_and_in_the_normalised_range():
     outside = (ma == 0).expand_as(a)
     src = x.repeat_interleave(2, 0)
     # pixels outside the masks are the image's own (up to the [0, 1] clamp of the round trip)
-    from igd_fast.score.synthetic import _normalised, _pixels
+    from igd_fast.data import imagenet_normalise, imagenet_pixels
 
-    torch.testing.assert_close(a[outside], _normalised(_pixels(src))[outside], atol=1e-5, rtol=0)
+    torch.testing.assert_close(a[outside], imagenet_normalise(imagenet_pixels(src))[outside], atol=1e-5, rtol=0)
     assert per_image(6) == 11 and per_image(100) == 1 and per_image(1) == 16

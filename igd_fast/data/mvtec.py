@@ -251,9 +251,21 @@ def image_tensor(im: Image.Image, size: int | tuple[int, int] | None = 256) -> t
         if im.size != (hw[1], hw[0]):
             im = im.resize((hw[1], hw[0]), Image.BILINEAR)
     x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return ((x - mean) / std).contiguous()
+    return imagenet_normalise(x).contiguous()
+
+
+def imagenet_normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """(3×H×W or N×3×H×W) pixels in [0, 1] -> ImageNet-normalised, the models' input."""
+    mean = torch.tensor(IMAGENET_MEAN, device=pixels.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=pixels.device).view(3, 1, 1)
+    return (pixels - mean) / std
+
+
+def imagenet_pixels(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`imagenet_normalise`, clamped to [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
+    return (x.float() * std + mean).clamp(0.0, 1.0)
 
 
 def working_size(height: int, width: int, long_side: int) -> tuple[int, int]:

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..data import IMAGENET_MEAN, IMAGENET_STD
+from ..data import imagenet_normalise, imagenet_pixels
 from ..data.defects import draw_defect
 
 # at least this many synthetic defects in all (more per image when there are few normals)
@@ -28,22 +28,10 @@ def per_image(n_normals: int) -> int:
     return max(1, min(MAX_PER_IMAGE, math.ceil(MIN_SYNTHETIC / max(n_normals, 1))))
 
 
-def _pixels(x: Tensor) -> Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return (x.float() * std + mean).clamp(0.0, 1.0)
-
-
-def _normalised(p: Tensor) -> Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=p.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=p.device).view(1, 3, 1, 1)
-    return (p - mean) / std
-
-
 def synthetic_defects(x: Tensor, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """(N·k images, N·k×1×H×W {0, 1} masks): ``k`` defects on each of the N ImageNet-normalised
     images ``x`` (image i's copies at i·k .. i·k + k - 1), drawn with the others as the pool."""
-    pix = _pixels(x.cpu())
+    pix = imagenet_pixels(x.cpu())
     pool = list(pix)
     out, masks = [], []
     for img in pool:
@@ -51,4 +39,4 @@ def synthetic_defects(x: Tensor, k: int, gen: torch.Generator) -> tuple[Tensor, 
             d, m = draw_defect(img, pool, gen)
             out.append(d)
             masks.append(m)
-    return _normalised(torch.stack(out)).to(x.device), torch.stack(masks)
+    return imagenet_normalise(torch.stack(out)).to(x.device), torch.stack(masks)

@@ -29,7 +29,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from ..config import LOCAL
-from ..data import IMAGENET_MEAN, IMAGENET_STD, open_rgb, working_size
+from ..data import imagenet_normalise as normalise
+from ..data import open_rgb, working_size
 from ..data.defects import draw_defect
 from ..metrics.classification import auroc
 from ..models.defect import DefectConfig, DefectModel, pixel_maps, residual_weight
@@ -45,13 +46,6 @@ def read_working(path: str | Path, long_side: int) -> Tensor:
     if (w, h) != im.size:
         im = im.resize((w, h), Image.BILINEAR)
     return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
-
-
-def normalise(pixels: Tensor) -> Tensor:
-    """ImageNet normalisation of N×3×H×W (or 3×H×W) pixels in [0, 1]."""
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (pixels - mean) / std
 
 
 class DefectBatches(IterableDataset):
