@@ -4,7 +4,7 @@
    scratches as anomalies, with masks),
 2. trains a small global and a small local IGD model on it,
 3. scores the test images (``igd-fast score``: scores.csv, overlays) and evaluates
-   them (``igd-fast eval``: report.json, report.png),
+   them (``igd-fast eval --html``: report.json, report.png, report.html),
 4. prints where everything is.
 
 The models are deliberately small (128² images, 4-scale global MS-SSIM, narrow
@@ -126,13 +126,15 @@ def run(args: argparse.Namespace) -> int:
     if code not in (0, 3):
         return code
     print("[4/4] evaluating", file=sys.stderr)
-    code = cli_main(["eval", *common, "--data", str(data), "--category", CATEGORY, "--out", str(out / "eval")])
+    code = cli_main(["eval", *common, "--data", str(data), "--category", CATEGORY, "--out", str(out / "eval"),
+                     "--html"])  # fmt: skip
     if code not in (0, 3):
         return code
     print(
         f"\ndemo done in {time.perf_counter() - t0:.0f} s\n"
         f"  report:   {out / 'eval' / 'report.json'}\n"
         f"  figure:   {out / 'eval' / 'report.png'}\n"
+        f"  page:     {out / 'eval' / 'report.html'} (open it in a browser)\n"
         f"  scores:   {out / 'scores' / 'scores.csv'}\n"
         f"  overlays: {out / 'scores' / 'overlays'}/\n"
         f"  model:    {model}/ (global.pt, local.pt, run.json, threshold.json)"

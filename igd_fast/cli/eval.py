@@ -10,7 +10,8 @@ at the threshold; counts, thresholds, images/s, and per image ``score`` (raw),
 ``pred_score`` (0.5 = threshold), ``pred_label``; the scoring recipe with each value's
 source (model, preset, flag or default) — and ``report.png`` (image ROC curve and
 the best / worst examples with their heat-maps) to ``--output``
-(default ``<model>/eval_<category>``). Pixel metrics use each image's map at its
+(default ``<model>/eval_<category>``); with ``--html`` also ``report.html``, the results
+page (igd_fast.report_page). Pixel metrics use each image's map at its
 original resolution against its mask; a mask of another size than its image is an
 error (exit 2, before anything is scored). Test images are listed recursively below
 test/<defect>/ (the package's one listing rule). Unreadable test images are skipped
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..outputs import FolderInUse, atomic_write_bytes, inside, output_lock, plain_name, write_json
+from ..outputs import FolderInUse, atomic_write_bytes, inside, output_lock, plain_name, write_json, write_text
 from ..score.decide import decision_record
 from ._args import (
     EXIT_OK,
@@ -78,6 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-masks", action="store_true",
                    help="write each pred_mask (map > calibrated pixel threshold) as a 0/255 PNG to "
                         "OUT/masks/<defect>/<id>.png")
+    p.add_argument("--html", action="store_true",
+                   help="also write OUT/report.html: one self-contained page (metrics, ROC, thresholds, every "
+                        "image's thumbnail, heat-map and mask outlines, sortable and filterable)")
     add_recipe_flags(p)
     add_runtime(p, scoring=True)
 
@@ -288,10 +292,11 @@ def _score_test(scorer, samples, args, out: Path, category: str):
     from tqdm import tqdm
 
     from ..data import image_size_of, load_mask
+    from ..report_page import make_thumbs
     from ..score import Failure
 
     post = scorer.post_processor
-    results, maps, masks, skipped = [], [], [], []
+    results, maps, masks, skipped, thumbs = [], [], [], [], []
     bar = tqdm(total=len(samples), desc=f"eval {category}", unit="img", disable=args.no_progress)
     for r in scorer.score_paths([s.path for s in samples], args.workers, want_maps=True, progress=bar):
         s = samples[r.index]
@@ -312,11 +317,13 @@ def _score_test(scorer, samples, args, out: Path, category: str):
                "pred_label": p.pred_label, "s_global": r.s_global, "s_local": r.s_local}  # fmt: skip
         if r.map is not None:
             _write_map_files(args, out, f"{s.defect}/{sample_id(s)}", category, row, p)
+        if args.html:
+            thumbs.append(make_thumbs(r.path, r.map, post.map_range, p.pred_mask, mask if mask.any() else None))
         results.append(row)
         maps.append(r.map)
         masks.append(mask)
     bar.close()
-    return results, maps, masks, skipped
+    return results, maps, masks, skipped, thumbs
 
 
 def _write_map_files(args, out: Path, name: str, category: str, row: dict, p) -> None:
@@ -372,7 +379,7 @@ def _run(args: argparse.Namespace, samples, layout, out: Path, scorer) -> int:
     seconds = {"calibration": time.perf_counter() - t_cal}
     scorer.reset_throughput()  # throughput of the test pass only
     t0 = time.perf_counter()
-    results, maps, masks, skipped = _score_test(scorer, samples, args, out, layout.name)
+    results, maps, masks, skipped, thumbs = _score_test(scorer, samples, args, out, layout.name)
     seconds["test_scoring"] = time.perf_counter() - t0
     t_m = time.perf_counter()
     threshold = scorer.post_processor.threshold
@@ -387,9 +394,18 @@ def _run(args: argparse.Namespace, samples, layout, out: Path, scorer) -> int:
         write_figure(out / "report.png", results, maps, masks, threshold, scorer.map_range(), args.examples, title)
     print(json.dumps({k: report[k] for k in SUMMARY_KEYS}, indent=2))
     print(f"report: {out / 'report.json'}  figure: {out / 'report.png'}", file=sys.stderr)
+    if args.html:
+        _write_page(out, report, thumbs)
     for s in skipped:
         print(f"  skipped {s['path']}: {s['error']}", file=sys.stderr)
     return EXIT_SKIPPED if skipped else EXIT_OK
+
+
+def _write_page(out: Path, report: dict, thumbs: list) -> None:
+    from ..report_page import PAGE_NAME, eval_page
+
+    write_text(out / PAGE_NAME, eval_page(report, thumbs, IMAGE_METRICS + ("accuracy",) + PIXEL_METRICS))
+    print(f"results page: {out / PAGE_NAME}", file=sys.stderr)
 
 
 def _fmt(v: float | None) -> str:

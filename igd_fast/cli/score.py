@@ -16,6 +16,8 @@ Writes to ``--out``:
   an output file)
   summary.json    counts, threshold and its rule, the scoring recipe (each value and its
                   source: model, preset, flag or default), throughput, skipped files and why
+  report.html     with ``--html``: the results page (igd_fast.report_page), one
+                  self-contained file
 
 Exit codes: 0 all scored; 2 bad arguments / nothing to score / no threshold;
 3 some files could not be read (they are listed in summary.json, the rest are scored).
@@ -87,6 +89,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "LOCO evaluators' layout; inputs must lie in .../<category>/test/<defect>/)")
     p.add_argument("--jsonl", action="store_true", help="also write scores.jsonl (one JSON object per image)")
     p.add_argument("--no-overlays", action="store_true", help="skip the heat-map overlay PNGs")
+    p.add_argument("--html", action="store_true",
+                   help="also write OUT/report.html: one self-contained page (thresholds, score histogram, every "
+                        "image's thumbnail, heat-map and pred_mask outline, sortable and filterable)")
     p.add_argument("--threshold", type=finite_float, default=None,
                    help="use this threshold instead of the calibrated one")
     p.add_argument("--alpha", type=open_fraction, default=None,
@@ -214,15 +219,16 @@ def _base(spec: str, paths: list[Path]) -> Path:
 
 
 def _score_mine(scorer, args, paths: list[Path], proc: _dist.ProcessInfo, out: Path,
-                decision: Decision, progress: Progress) -> tuple[list, list]:  # fmt: skip
-    """Score this rank's share of ``paths``, writing overlays / maps / masks / TIFFs as they come."""
+                decision: Decision, progress: Progress) -> tuple[list, list, dict]:  # fmt: skip
+    """Score this rank's share of ``paths``, writing overlays / maps / masks / TIFFs as they come;
+    (rows, failures, the results page's thumbnails by input index)."""
     from tqdm import tqdm
 
     from ..score import Failure
 
     base = _base(args.input, paths)
     mine = list(range(proc.rank, len(paths), proc.world))
-    rows, failed = [], []
+    rows, failed, thumbs = [], [], {}
     desc = "scoring" if proc.world == 1 else f"scoring (rank 0's shard of {proc.world})"
     bar = tqdm(total=len(mine), desc=desc, unit="img", disable=not proc.is_main or args.no_progress, file=sys.stderr)
     post = decision.post
@@ -240,6 +246,8 @@ def _score_mine(scorer, args, paths: list[Path], proc: _dist.ProcessInfo, out: P
         row = {"index": r.index, "path": r.path, "score": r.score, "pred_score": p.pred_score,
                "pred_label": p.pred_label, "s_global": r.s_global, "s_local": r.s_local}  # fmt: skip
         rows.append(row)
+        if args.html:
+            thumbs[r.index] = _thumbs(args, p, output_name(Path(r.path), base), post.map_range)
         if r.map is None:  # a variant without a per-pixel map (Deep SVDD): the score only
             continue
         try:
@@ -249,7 +257,17 @@ def _score_mine(scorer, args, paths: list[Path], proc: _dist.ProcessInfo, out: P
                 raise
             failed.append({"index": r.index, "path": r.path, "error": f"writing outputs: {e}"})
     bar.close()
-    return rows, failed
+    return rows, failed, thumbs
+
+
+def _thumbs(args, p, name: str, vrange):
+    """The results page's pictures of one image, linked to its full-size overlay when written."""
+    from ..report_page import make_thumbs
+
+    t = make_thumbs(p.path, p.anomaly_map, vrange, p.pred_mask)
+    if p.anomaly_map is not None and not args.no_overlays:
+        t.link = f"overlays/{name}.png"
+    return t
 
 
 def _not_finite(r) -> str | None:
@@ -324,6 +342,8 @@ def _write(out: Path, args, scorer, parts: list[dict], n_inputs: int, decision: 
     _write_rows(out, rows, args.jsonl)
     summary = _summary(args, scorer, rows, failed, n_inputs, decision, parts)
     write_json(out / "summary.json", summary)
+    if args.html:
+        _write_page(out, summary, rows, {i: t for p in parts for i, t in p["thumbs"].items()}, args)
     print(
         f"scored {len(rows)}/{n_inputs} images ({summary['images_per_second']:.1f} img/s), "
         f"{summary['n_anomalous']} above threshold {decision.post.threshold:.6g}; "
@@ -333,6 +353,14 @@ def _write(out: Path, args, scorer, parts: list[dict], n_inputs: int, decision: 
     for f in failed:
         print(f"  skipped {f['path']}: {f['error']}", file=sys.stderr)
     return summary["exit_code"]
+
+
+def _write_page(out: Path, summary: dict, rows: list[dict], thumbs: dict, args) -> None:
+    from ..report_page import PAGE_NAME, score_page
+
+    base = str(_base(args.input, [Path(r["path"]) for r in rows])) if rows else None
+    write_text(out / PAGE_NAME, score_page(summary, rows, thumbs, base))
+    print(f"results page: {out / PAGE_NAME}", file=sys.stderr)
 
 
 def _check_inputs(args, paths: list[Path]) -> str | None:
@@ -418,8 +446,9 @@ def _run_locked(args: argparse.Namespace, paths: list[Path], proc: _dist.Process
             print(f"igd-fast score: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     t0 = time.perf_counter()
-    rows, failed = _score_mine(scorer, args, paths, proc, out, decision, progress)
-    part = {"rows": rows, "failed": failed, "wall": time.perf_counter() - t0, "ips": scorer.images_per_second}
+    rows, failed, thumbs = _score_mine(scorer, args, paths, proc, out, decision, progress)
+    part = {"rows": rows, "failed": failed, "wall": time.perf_counter() - t0, "ips": scorer.images_per_second,
+            "thumbs": thumbs}
     parts = _dist.gather_objects(part)
     code = _write(out, args, scorer, parts, len(paths), decision) if proc.is_main else EXIT_OK
     return int(_dist.broadcast_object(code))
