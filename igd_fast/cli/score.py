@@ -265,7 +265,7 @@ def _thumbs(args, p, name: str, vrange):
     from ..report_page import make_thumbs
 
     t = make_thumbs(p.path, p.anomaly_map, vrange, p.pred_mask)
-    if p.anomaly_map is not None and not args.no_overlays:
+    if t is not None and p.anomaly_map is not None and not args.no_overlays:
         t.link = f"overlays/{name}.png"
     return t
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, features
 
+from ..data import CorruptImageError
 from ..score.io import overlay, read_rgb
 
 # the longer side of a thumbnail: 500 images stay a few MB of page
@@ -67,10 +68,16 @@ def data_uri(rgb: np.ndarray) -> str:
 def make_thumbs(
     path: str | Path, amap: np.ndarray | None, vrange: tuple[float, float] | None,
     pred_mask: np.ndarray | None = None, true_mask: np.ndarray | None = None, px: int = THUMB_PX,
-) -> Thumbs:  # fmt: skip
+) -> Thumbs | None:  # fmt: skip
     """The thumbnails of the image at ``path``: ``amap`` and the masks at its size;
-    ``vrange`` the map's colour scale (None: this map's own min and max)."""
-    rgb = read_rgb(path)
+    ``vrange`` the map's colour scale (None: this map's own min and max). None when the
+    file cannot be read any more (changed since it was scored): its row has no pictures."""
+    try:
+        rgb = read_rgb(path)
+    except (CorruptImageError, OSError):
+        return None
+    if amap is not None and amap.shape != rgb.shape[:2]:
+        return None
     hw = thumb_size(*rgb.shape[:2], px)
     small = _resize(rgb, hw)
     pic = small.copy()
