@@ -82,7 +82,8 @@ def eval_page(report: Mapping, thumbs: Sequence[Thumbs | None], metric_keys: Seq
     panels += [decision_panel(report), *_skipped(report.get("skipped") or [])]
     title = f"igd-fast eval: {report.get('category', '')}"
     sub = f"model {report.get('model', '')} · data {root or ''} · {report.get('device', '')}"
-    return render(title, sub, _metric_cards(report, metric_keys), panels, rows, True, _legend(True))
+    legend = _legend(report.get("pixel_AUROC") is not None)  # no pixel metrics: no masks to outline
+    return render(title, sub, _metric_cards(report, metric_keys), panels, rows, True, legend)
 
 
 def score_page(summary: Mapping, rows: Sequence[Mapping], thumbs: Mapping[int, Thumbs], base: str | None) -> str:
