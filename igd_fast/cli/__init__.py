@@ -1,4 +1,4 @@
-"""``igd-fast``: train | pretrain | score | eval | export | bench | demo | protocol. Each
+"""``igd-fast``: train | pretrain | score | serve | eval | export | bench | demo | protocol. Each
 subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int`` (the exit code)."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ COMMANDS = {
     "train": "train IGD models (global, local or both) on an MVTec-layout folder",
     "pretrain": "self-supervised (SimCLR-style) encoder pre-training on the training normals, for train --init-encoder",
     "score": "score images with a trained model: scores.csv, heat-map overlays, raw maps",
+    "serve": "serve a trained model over HTTP: POST /v1/predict with micro-batching, API keys, limits, metrics",
     "eval": "evaluate a trained model on a category's test split: AUROC, pixel AUROC, AUPRO",
     "export": "export a model's scoring pipeline (pred_score, score, map) as ONNX",
     "bench": "time the fused kernels against pytorch_msssim and the reference",

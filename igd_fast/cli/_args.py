@@ -92,14 +92,23 @@ def add_runtime(p: argparse.ArgumentParser, batch_default: int = 16, scoring: bo
     p.add_argument("--workers", type=non_negative_int, default=workers,
                    help=f"DataLoader worker processes reading images (default {workers} on this machine: "
                         f"{rule}one per two cores, at most 4; 0 reads in the main process)")
+    add_device(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if scoring:
+        add_compile(p)
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    """--device and --backend (every verb that runs a model)."""
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu)")
     p.add_argument("--backend", default=None, choices=("auto", "torch", "cpu", "cuda", "triton"),
-                   help="MS-SSIM kernel backend (default auto: by device)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")  # fmt: skip
-    if scoring:
-        p.add_argument("--compile", action="store_true",
-                       help="compile the networks with torch.compile (inductor, frozen weights); pays a compile per "
-                            "batch shape, wins on large folders (see docs/benchmarks.md)")  # fmt: skip
+                   help="MS-SSIM kernel backend (default auto: by device)")  # fmt: skip
+
+
+def add_compile(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", action="store_true",
+                   help="compile the networks with torch.compile (inductor, frozen weights); pays a compile per "
+                        "batch shape, wins on large folders (see docs/benchmarks.md)")  # fmt: skip
 
 
 def check_precision(precision: str, device: str | None) -> None:

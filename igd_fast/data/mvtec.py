@@ -16,6 +16,7 @@ normalised with ImageNet mean/std (so values lie in [-2.1179, 2.6400], the data 
 
 from __future__ import annotations
 
+import io
 import random
 import warnings
 from collections.abc import Sequence
@@ -213,14 +214,34 @@ def open_rgb(path: str | Path) -> Image.Image:
     (as viewers show it); CorruptImageError naming the file when it cannot be decoded, is
     not a regular file or is over the pixel limit (:mod:`igd_fast.limits`)."""
     with _opened(path) as im:
-        try:
-            im.load()
-            upright = ImageOps.exif_transpose(im) if _orientation(im) != 1 else im
-            return rgb_image(upright, str(path))
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            if isinstance(e, CorruptImageError):
-                raise
-            raise CorruptImageError(f"cannot read image file {path}: {e}") from e
+        return _upright_rgb(im, str(path), f"image file {path}")
+
+
+def decode_rgb(data: bytes, what: str = "image", formats: Sequence[str] | None = None) -> Image.Image:
+    """:func:`open_rgb` of an encoded image held in memory (e.g. an HTTP request's body):
+    the same pixels as the file of these bytes. ``formats``: the Pillow formats allowed
+    (None: any). LimitError (before any pixel is decoded) when over the pixel limit,
+    CorruptImageError when it cannot be decoded."""
+    try:
+        im = Image.open(io.BytesIO(data), formats=formats)
+    except Image.DecompressionBombError as e:  # Pillow's own limit, far above ours: the same refusal
+        raise LimitError(f"{what}: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise CorruptImageError(f"cannot read {what}: {e}") from None
+    with im:
+        check_pixels(im.size[0], im.size[1], what)
+        return _upright_rgb(im, what, what)
+
+
+def _upright_rgb(im: Image.Image, name: str, what: str) -> Image.Image:
+    try:
+        im.load()
+        upright = ImageOps.exif_transpose(im) if _orientation(im) != 1 else im
+        return rgb_image(upright, name)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if isinstance(e, CorruptImageError):
+            raise
+        raise CorruptImageError(f"cannot read {what}: {e}") from e
 
 
 def array_image(a: np.ndarray) -> Image.Image:

@@ -200,6 +200,11 @@ def read_tiff(path: str | Path) -> np.ndarray:
     return np.asarray(tifffile.imread(path), dtype=np.float32)
 
 
+def mask_pixels(mask: np.ndarray) -> np.ndarray:
+    """A boolean H×W mask as 8-bit pixels, 255 = anomalous (the MVTec ground-truth convention)."""
+    return np.where(mask, 255, 0).astype(np.uint8)
+
+
 def save_mask(path: str | Path, mask: np.ndarray) -> None:
-    """A boolean H×W mask as an 8-bit PNG, 255 = anomalous (the MVTec ground-truth convention)."""
-    save_image(path, np.where(mask, 255, 0).astype(np.uint8), "PNG")
+    """A boolean H×W mask as an 8-bit PNG (:func:`mask_pixels`)."""
+    save_image(path, mask_pixels(mask), "PNG")
