@@ -35,11 +35,15 @@ def _resolve(future: asyncio.Future, value: Any, error: BaseException | None) ->
 
 class MicroBatcher:
     """``score(items) -> results`` (one result per item, in order) runs on one worker thread,
-    at most ``max_batch`` items a call; ``on_batch(n, seconds)`` is told each call's size."""
+    at most ``max_batch`` items a call; ``on_batch(n, seconds)`` is told each call's size.
+    ``arriving()``: how many items are on their way (requests being read or decoded); a batch
+    stops waiting when none is and the queue is empty, so a lone request never waits."""
 
     def __init__(self, score: Callable[[list], Sequence], max_batch: int, max_wait_s: float, max_queue: int,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:  # fmt: skip
+                 on_batch: Callable[[int, float], None] | None = None,
+                 arriving: Callable[[], int] | None = None) -> None:  # fmt: skip
         self._score = score
+        self._arriving = arriving or (lambda: 1)
         self.max_batch, self.max_wait_s, self.max_queue = int(max_batch), float(max_wait_s), int(max_queue)
         self._on_batch = on_batch or (lambda n, s: None)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
@@ -74,6 +78,8 @@ class MicroBatcher:
         jobs, deadline = [first], time.monotonic() + self.max_wait_s
         while len(jobs) < self.max_batch:
             remaining = deadline - time.monotonic()
+            if self._queue.empty() and self._arriving() <= 0:
+                break  # nobody else is coming: waiting would only add latency
             try:
                 job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
