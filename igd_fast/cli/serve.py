@@ -133,31 +133,36 @@ def _warm_up(scorer) -> None:
     scorer.predict(np.full((scorer.image_size, scorer.image_size, 3), 128, np.uint8))
 
 
-def run(args: argparse.Namespace) -> int:
+def prepare(args: argparse.Namespace):
+    """(the uvicorn server, its bound socket): settings and key checked, the model loaded,
+    calibrated and warmed up, the port bound; UsageError naming what fails first."""
     try:
         import uvicorn
 
         from ..serve.app import create_app
     except ImportError as e:
-        print(f"igd-fast serve: error: serving needs FastAPI and uvicorn ({e}): pip install 'igd_fast[serve]'",
-              file=sys.stderr)  # fmt: skip
-        return EXIT_USAGE
+        raise UsageError(f"serving needs FastAPI and uvicorn ({e}): pip install 'igd_fast[serve]'") from None
+    conf = settings(args)
+    scorer = _scorer(args)
+    sock = _bind(args.host, args.port)
+    _warm_up(scorer)
+    config = uvicorn.Config(create_app(scorer, conf), log_level="warning", access_log=args.access_log,
+                            limit_concurrency=4 * conf.max_queue, timeout_keep_alive=5)  # fmt: skip
+    return uvicorn.Server(config), sock
+
+
+def run(args: argparse.Namespace) -> int:
     try:
-        conf = settings(args)
-        scorer = _scorer(args)
-        sock = _bind(args.host, args.port)
+        server, sock = prepare(args)
     except UsageError as e:
         print(f"igd-fast serve: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    _warm_up(scorer)
-    app = create_app(scorer, conf)
+    conf = server.config.app.state.service.settings
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     auth = "API key required" if conf.auth else "no authentication (loopback)"
     print(f"igd-fast serve: {Path(args.model)} on http://{shown}:{port} ({auth}; max batch {conf.max_batch}, "
           f"max wait {conf.max_wait_ms:g} ms)", file=sys.stderr, flush=True)  # fmt: skip
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=args.access_log,
-                                           limit_concurrency=4 * conf.max_queue, timeout_keep_alive=5))  # fmt: skip
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the stopping signal once it has shut down
