@@ -16,7 +16,7 @@ from igd_fast.score.recipe import RECIPE_JSON, SOURCES, Option, declare, read_mo
 from igd_fast.score.threshold import THRESHOLD_JSON
 
 CAT = "synth"
-SCORING_VERBS = ("score", "eval", "export")
+SCORING_VERBS = ("score", "eval", "export", "serve")
 
 
 @pytest.fixture(scope="module")
