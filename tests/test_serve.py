@@ -248,7 +248,9 @@ def _png(value: int) -> bytes:
     return buf.getvalue()
 
 
-def _run_app(scorer, requests: list[bytes], **settings) -> list[httpx.Response]:
+def _run_app(scorer, requests: list[bytes], release=None, **settings) -> list[httpx.Response]:
+    """The requests sent at once to the app over ``scorer``; ``release(tasks)``, when given,
+    is awaited before the answers are gathered."""
     from igd_fast.serve.app import create_app
     from igd_fast.serve.settings import ServeSettings
 
@@ -256,7 +258,10 @@ def _run_app(scorer, requests: list[bytes], **settings) -> list[httpx.Response]:
 
     async def go() -> list[httpx.Response]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-            sent = [c.post("/v1/predict", content=b, headers={"Content-Type": "image/png"}) for b in requests]
+            sent = [asyncio.ensure_future(c.post("/v1/predict", content=b, headers={"Content-Type": "image/png"}))
+                    for b in requests]  # fmt: skip
+            if release is not None:
+                await release(sent)
             return await asyncio.gather(*sent)
 
     try:
@@ -276,9 +281,31 @@ def test_batches_fill_up_to_max_batch_and_a_failing_image_fails_alone():
     assert out[1].json()["error"] == "internal" and out[2].json()["score"] == 30.0
 
 
+class _GatedScorer(_SlowScorer):
+    """Holds every call until :attr:`gate` opens."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0)
+        self.gate = threading.Event()
+
+    def predict(self, images: list) -> list:
+        self.gate.wait(30)
+        return super().predict(images)
+
+
 def test_timeout_and_full_queue_answer_504_and_503():
     out = _run_app(_SlowScorer(0.5), [_png(10)], timeout_s=0.1)
     assert out[0].status_code == 504 and out[0].json()["error"] == "timeout"
-    out = _run_app(_SlowScorer(0.3), [_png(v) for v in (10, 20, 30, 40)], max_batch=1, max_wait_ms=0, max_queue=1)
+    scorer = _GatedScorer()
+
+    async def after_two_refusals(tasks):
+        # the model holds one image and the queue (max_queue 1) one more: at least two are refused at once
+        while sum(t.done() for t in tasks) < 2:
+            await asyncio.sleep(0.01)
+        scorer.gate.set()
+
+    out = _run_app(scorer, [_png(v) for v in (10, 20, 30, 40)], after_two_refusals, max_batch=1, max_wait_ms=0,
+                   max_queue=1)  # fmt: skip
     codes = sorted(r.status_code for r in out)
-    assert codes[0] == 200 and 503 in codes and set(codes) <= {200, 503}
+    assert codes[0] == 200 and codes[-2:] == [503, 503] and set(codes) == {200, 503}
+    assert all(r.json()["error"] == "overloaded" for r in out if r.status_code == 503)
