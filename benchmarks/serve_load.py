@@ -8,7 +8,8 @@ Starts two servers itself (127.0.0.1, free ports, a fresh API key), one per mode
 request its own forward pass), and alternates between them. Each (mode, concurrency) runs for ``--duration`` seconds or
 ``--max-requests`` requests, whichever ends first, after a short warm-up; the clients are
 ``concurrency`` asyncio tasks in this process, each sending the next image as soon as its
-previous answer came. Prints a markdown table (requests/s, p50 / p99 latency, errors) and
+previous answer came. Prints a markdown table (requests/s, p50 / p99 latency, errors, the
+server's images per forward pass and how busy its model worker was, from its /metrics) and
 the micro-batched / batch-1 throughput ratio at the highest concurrency.
 
 The fuzz (against the micro-batched server) sends garbage bytes, a truncated PNG, a
@@ -177,11 +178,27 @@ def fuzz(url: str, key: str, good: tuple[bytes, str]) -> list[str]:
     return failures
 
 
-def batch_sizes(url: str, key: str) -> str:
+def batch_counters(url: str, key: str) -> tuple[float, float, float]:
+    """(images scored, forward passes, seconds in them) so far, from the server's /metrics."""
     text = httpx.get(f"{url}/metrics", headers={"X-API-Key": key}).text
-    total = float(re.search(r"^igd_fast_batch_size_sum (\S+)$", text, re.M).group(1))
-    count = float(re.search(r"^igd_fast_batch_size_count (\S+)$", text, re.M).group(1))
-    return f"{total / max(count, 1):.1f} images per forward pass on average ({int(count)} passes)"
+
+    def value(name: str) -> float:
+        return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+    return (value("igd_fast_batch_size_sum"), value("igd_fast_batch_size_count"),
+            value("igd_fast_batch_duration_seconds_sum"))  # fmt: skip
+
+
+def measured(url: str, key: str, bodies: list[tuple[bytes, str]], c: int, duration: float, n: int) -> dict:
+    """One (server, concurrency) run, with the server's images per forward pass and the share
+    of the wall time its model worker was busy."""
+    before = batch_counters(url, key)
+    t0 = time.perf_counter()
+    r = asyncio.run(load(url, key, bodies, c, duration, n))
+    wall = time.perf_counter() - t0
+    after = batch_counters(url, key)
+    images, passes, busy = (a - b for a, b in zip(after, before))
+    return {**r, "images_per_pass": images / max(passes, 1), "worker_busy": busy / wall}
 
 
 def main() -> int:
@@ -207,21 +224,20 @@ def main() -> int:
     try:
         for c in CONCURRENCY:
             for mode, (_, url) in servers.items():
-                r = asyncio.run(load(url, key, bodies, c, duration, a.max_requests))
+                r = measured(url, key, bodies, c, duration, a.max_requests)
                 rows.append({"mode": mode, **r})
                 failures += [f"{mode} c={c}: {n} × {s}" for s, n in r["errors"].items()]
-        for mode, (_, url) in servers.items():
-            print(f"{mode}: {batch_sizes(url, key)}", file=sys.stderr)
         failures += fuzz(servers["micro-batched"][1], key, bodies[0])
     finally:
         for proc, _ in servers.values():
             proc.terminate()
             proc.wait(30)
-    print("\n| serving | concurrency | requests | req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|")
+    print("\n| serving | concurrency | requests | req/s | p50 ms | p99 ms | errors | images / pass | worker busy |\n"
+          "|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     for r in rows:
         errs = sum(r["errors"].values())
         print(f"| {r['mode']} | {r['concurrency']} | {r['requests']} | {r['rps']:.1f} | {r['p50_ms']:.1f} | "
-              f"{r['p99_ms']:.1f} | {errs} |")  # fmt: skip
+              f"{r['p99_ms']:.1f} | {errs} | {r['images_per_pass']:.1f} | {r['worker_busy']:.0%} |")  # fmt: skip
     top = max(CONCURRENCY)
     rps = {r["mode"]: r["rps"] for r in rows if r["concurrency"] == top}
     ratio = rps["micro-batched"] / rps["batch-1"]
