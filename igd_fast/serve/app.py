@@ -159,8 +159,8 @@ def _routes(app: FastAPI, service: Service) -> None:
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         ok = service.ready
-        body = {"ready": ok, "model": str(service.scorer.model_dir), "calibrated": service.calibrated,
-                "worker": service.batcher.alive}  # fmt: skip
+        # no key needed here, so nothing about the model (its path) is told
+        body = {"ready": ok, "calibrated": service.calibrated, "worker": service.batcher.alive}
         return JSONResponse(body, 200 if ok else 503)
 
     @app.get("/metrics")
