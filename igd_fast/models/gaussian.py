@@ -3,8 +3,9 @@ feature maps: per level, one mean and one Ledoit–Wolf-shrunk covariance over e
 the normal images' features; the map is the Mahalanobis distance of each position's feature
 vector, the image score its maximum over the map.
 
-Measured as a scoring head on the defect model's encoders (benchmarks/quality/gaussian_head.py,
-docs/results/ablations.md): it did not help on mvtec_bottle or moon_grey, so no recipe uses it.
+Measured as a scoring head on the defect model's encoders (benchmarks/quality/gaussian_head.py;
+docs/results/mvtec_bottle.md, textures_dev.md): it did not help on mvtec_bottle or moon_grey, so
+no recipe uses it.
 """
 
 from __future__ import annotations
