@@ -157,12 +157,13 @@ def test_cli_trains_and_scores_the_global_plus_defect_recipe(tmp_path, capsys):
     make_synthetic_mvtec(data, "cat", n_train=8, n_test_good=2, n_test_bad=2, size=96, seed=0)
     code = main(["train", "--data", str(data), "--category", "cat", "--out", str(model), "--preset", "cpu",
                  "--image-size", "96", "--width", "8", "--epochs", "1", "--defect-size", "32", "--defect-steps", "2",
-                 "--val-fraction", "0.25", "--no-progress", "--device", "cpu"])  # fmt: skip
+                 "--defect-crop", "24", "--val-fraction", "0.25", "--no-progress", "--device", "cpu"])  # fmt: skip
     assert code == 0
     assert (model / "global.pt").is_file() and (model / "defect.pt").is_file()
     run = json.loads((model / "run.json").read_text())
     assert set(run["models"]) == {"global", "defect"}
     assert set(run["models"]["defect"]["normaliser"]) == set(NORMALISER_KEYS)
+    assert run["models"]["defect"]["config"]["crop"] == 24  # trained on 24² crops, scored whole
     capsys.readouterr()
     assert main(["eval", "--model", str(model), "--data", str(data), "--category", "cat", "--no-progress"]) == 0
     rep = json.loads((model / "eval_cat" / "report.json").read_text())
