@@ -55,6 +55,9 @@ def check_engine(args: argparse.Namespace, world: int) -> None:
         raise UsageError("--engine ray runs its own workers: start it as one process, not under torchrun")
     if args.runtime != "torch":
         raise UsageError("--engine ray scores with model directories (--runtime torch)")
+    if str(args.device or "").startswith("cuda") and not args.ray_gpus:
+        raise UsageError("--device sets where this process calibrates; for the actors to score on GPUs give "
+                         "--ray-gpus (GPUs per actor)")  # fmt: skip
     if importlib.util.find_spec("ray") is None or importlib.util.find_spec("pyarrow") is None:
         raise UsageError("--engine ray needs Ray Data: pip install 'igd_fast[ray]'")
 
