@@ -98,6 +98,7 @@ def main() -> None:
     for _ in range(a.repeat):
         for name, run in settings.items():
             runs[name].append(run())
+            print(f"{name}: steady {runs[name][-1][0]:.1f}, end-to-end {runs[name][-1][1]:.1f} img/s", flush=True)
     ray.shutdown()
     print(f"{len(paths)} images, {a.repeat} runs each, {os.cpu_count()} cores\n")
     print("| setting | steady img/s (median) | end-to-end img/s (median) |\n|---|---|---|")
