@@ -22,6 +22,9 @@ Exit codes: 0 all scored; 2 bad arguments / nothing to score / no threshold;
 
 Under ``torchrun --nproc_per_node N`` every rank scores every N-th image (gloo is
 enough: only small Python objects are exchanged) and rank 0 merges one scores.csv.
+With ``--engine ray`` Ray actors score and write the per-image files, this process writes
+the rest (:mod:`igd_fast.cli.score_ray`), and ``OUT/.igd-fast-scored/`` keeps what is done
+so that a rerun skips it.
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             'igd-fast score --model models/bottle --input photos/ --out scored/',
             'igd-fast score --model models/bottle --input "photos/*.png" --out scored/ --save-maps --no-overlays',
             "torchrun --nproc_per_node 2 -m igd_fast score --model models/bottle --input photos/ --out scored/",
+            "igd-fast score --model /shared/bottle --input /shared/photos --out /shared/scored --engine ray "
+            "--address HEAD:6379",
         )
     )
     p.add_argument("--model", required=True, metavar="DIR",

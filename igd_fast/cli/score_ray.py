@@ -25,7 +25,7 @@ def _positive_float(text: str) -> float:
 
 
 def add_engine_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("engine (docs/deployment.md, 'Scoring on a Ray cluster')")
+    g = p.add_argument_group("engine (docs/scale_out.md)")
     g.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local (default): this process (or torchrun's); ray: Ray Data actors, one Scorer each, on "
                         "the cluster of --address (default: a local one started for the run); a rerun into the same "
