@@ -141,9 +141,12 @@ def map_scorer(ds: Any, spec: ScorerSpec, outputs: ImageOutputs, workers: int, c
                gpus_per_worker: float = 0.0) -> Any:  # fmt: skip
     """``ds`` (rows with ``path``, optionally ``bytes`` and ``index``) scored lazily by
     ``workers`` actors of one Scorer each: a Ray Dataset of :data:`COLUMNS`."""
+    from ray.data import ActorPoolStrategy
+
     gpu = {"num_gpus": gpus_per_worker} if gpus_per_worker > 0 else {}
     return ds.map_batches(ScoreActor, fn_constructor_args=(spec, outputs), batch_size=spec.batch_size,
-                          batch_format="numpy", concurrency=workers, num_cpus=cpus_per_worker, **gpu)  # fmt: skip
+                          batch_format="numpy", compute=ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker,
+                          **gpu)  # fmt: skip
 
 
 def score_dataset(data: Any, model_dir: str | Path, *, out: str | Path | None = None, base: str | Path | None = None,
