@@ -24,6 +24,9 @@ Exit codes: 0 all scored; 2 bad arguments / nothing to score / no threshold;
 
 Under ``torchrun --nproc_per_node N`` every rank scores every N-th image (gloo is
 enough: only small Python objects are exchanged) and rank 0 merges one scores.csv.
+With ``--engine ray`` Ray actors score and write the per-image files, this process writes
+the rest (:mod:`igd_fast.cli.score_ray`), and ``OUT/.igd-fast-scored/`` keeps what is done
+so that a rerun skips it.
 """
 
 from __future__ import annotations
@@ -33,18 +36,17 @@ import contextlib
 import csv
 import io
 import json
-import math
 import os
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-import numpy as np
-
 from .. import _dist
-from ..outputs import FolderInUse, OutputError, OutputPathError, inside, output_lock, save_npy, write_json, write_text
+from ..outputs import FolderInUse, OutputError, output_lock, write_json, write_text
 from ..score.decide import decision_record
+from ..score.image_outputs import CSV_COLUMNS, ImageOutputs, report, tiff_name
 from ..score.postprocess import PostProcessor
 from ..score.threshold import NORMALISATION
 from ._args import (
@@ -62,6 +64,7 @@ from ._args import (
     open_fraction,
 )
 from .recipe_flags import add_recipe_flags, given_options, resolve_recipe
+from .score_ray import add_engine_flags, check_engine
 
 GIVEN_RULE = "given on the command line (--threshold)"
 
@@ -75,6 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             'igd-fast score --model models/bottle --input photos/ --out scored/',
             'igd-fast score --model models/bottle --input "photos/*.png" --out scored/ --save-maps --no-overlays',
             "torchrun --nproc_per_node 2 -m igd_fast score --model models/bottle --input photos/ --out scored/",
+            "igd-fast score --model /shared/bottle --input /shared/photos --out /shared/scored --engine ray "
+            "--address HEAD:6379",
         )
     )
     p.add_argument("--model", required=True, metavar="DIR",
@@ -101,9 +106,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "written by igd-fast export (.onnx / .xml, with its .json beside it)")
     add_recipe_flags(p)
     add_runtime(p, scoring=True)
-
-
-CSV_COLUMNS = ["path", "score", "pred_score", "pred_label", "s_global", "s_local"]
+    add_engine_flags(p)
 
 
 @dataclass
@@ -120,21 +123,6 @@ class Decision:
 
     post: PostProcessor
     calib: dict
-
-
-def output_name(path: Path, base: Path) -> str:
-    """The input's path below ``base`` ('/'-separated, extension kept): sub/a.png stays
-    sub/a.png, so outputs mirror the input tree and never collide."""
-    try:
-        rel = path.resolve().relative_to(base)
-    except ValueError:
-        rel = Path(*path.resolve().parts[1:])
-    return rel.as_posix()
-
-
-def _out_file(out: Path, sub: str, name: str, suffix: str) -> Path:
-    """``out/sub/<name><suffix>``, checked to stay inside ``out`` (written atomically by the caller)."""
-    return inside(out, sub, f"{name}{suffix}")
 
 
 def _calibrate(scorer, args, proc: _dist.ProcessInfo) -> tuple[Decision | None, str | None]:
@@ -157,16 +145,6 @@ def _calibrate(scorer, args, proc: _dist.ProcessInfo) -> tuple[Decision | None, 
     post = scorer.post_processor.with_threshold(args.threshold, GIVEN_RULE) if calib else PostProcessor.given(
         args.threshold, GIVEN_RULE)  # fmt: skip
     return Decision(post, calib), None
-
-
-def tiff_name(path: Path) -> str | None:
-    """'<category>/test/<defect>/<id>.tiff' for an image at .../<category>/test/<defect>/<id>.<ext>
-    (the nearest 'test' folder above it), else None."""
-    parts = Path(os.path.abspath(path)).parts
-    for i in range(len(parts) - 3, 1, -1):
-        if parts[i] == "test":
-            return Path(*parts[i - 1 : -1], Path(parts[-1]).stem + ".tiff").as_posix()
-    return None
 
 
 def _open(args: argparse.Namespace, proc: _dist.ProcessInfo):
@@ -218,87 +196,43 @@ def _base(spec: str, paths: list[Path]) -> Path:
     return base.resolve()
 
 
+def image_outputs(args, out: Path, base: Path) -> ImageOutputs:
+    """The per-image files the flags ask for."""
+    return ImageOutputs(out, base, not args.no_overlays, args.save_maps, args.save_masks, args.save_tiff)
+
+
 def _score_mine(scorer, args, paths: list[Path], proc: _dist.ProcessInfo, out: Path,
                 decision: Decision, progress: Progress) -> tuple[list, list, dict]:  # fmt: skip
     """Score this rank's share of ``paths``, writing overlays / maps / masks / TIFFs as they come;
     (rows, failures, the results page's thumbnails by input index)."""
     from tqdm import tqdm
 
-    from ..score import Failure
-
-    base = _base(args.input, paths)
+    files = image_outputs(args, out, _base(args.input, paths))
     mine = list(range(proc.rank, len(paths), proc.world))
     rows, failed, thumbs = [], [], {}
     desc = "scoring" if proc.world == 1 else f"scoring (rank 0's shard of {proc.world})"
     bar = tqdm(total=len(mine), desc=desc, unit="img", disable=not proc.is_main or args.no_progress, file=sys.stderr)
-    post = decision.post
     for r in scorer.score_paths([paths[i] for i in mine], args.workers, want_maps=True, indices=mine):
         bar.update(1)
-        if isinstance(r, Failure):
-            failed.append({"index": r.index, "path": r.path, "error": r.error})
-            continue
-        why = _not_finite(r)
-        if why is not None:  # NaN is never "normal": an error for this image, never label 0
-            failed.append({"index": r.index, "path": r.path, "error": why})
-            continue
-        progress.done += 1
-        p = post.predict(r)
-        row = {"index": r.index, "path": r.path, "score": r.score, "pred_score": p.pred_score,
-               "pred_label": p.pred_label, "s_global": r.s_global, "s_local": r.s_local}  # fmt: skip
-        rows.append(row)
-        if args.html:
-            thumbs[r.index] = _thumbs(args, p, output_name(Path(r.path), base), post.map_range)
-        if r.map is None:  # a variant without a per-pixel map (Deep SVDD): the score only
-            continue
-        try:
-            _write_image_outputs(args, out, output_name(Path(r.path), base), row, p, post.map_range)
-        except (OSError, OutputPathError) as e:
-            if isinstance(e, OutputError) and e.fatal:  # a full disk: every later write fails too
-                raise
-            failed.append({"index": r.index, "path": r.path, "error": f"writing outputs: {e}"})
+        seen = partial(_add_thumbs, args, thumbs, r.index, files, decision.post.map_range) if args.html else None
+        row, failure = report(r, decision.post, files, seen=seen)
+        if row is not None:
+            progress.done += 1
+            rows.append(row)
+        if failure is not None:
+            failed.append(failure)
     bar.close()
     return rows, failed, thumbs
 
 
-def _thumbs(args, p, name: str, vrange):
+def _add_thumbs(args, thumbs: dict, index: int, files: ImageOutputs, vrange, p) -> None:
     """The results page's pictures of one image, linked to its full-size overlay when written."""
     from ..report_page import make_thumbs
 
     t = make_thumbs(p.path, p.anomaly_map, vrange, p.pred_mask)
     if t is not None and p.anomaly_map is not None and not args.no_overlays:
-        t.link = f"overlays/{name}.png"
-    return t
-
-
-def _not_finite(r) -> str | None:
-    """Why a scored image's result cannot be reported (a NaN/inf score or map), or None."""
-    if not math.isfinite(r.score):
-        return f"the score is {r.score} (not a number): the model's output for this image is not finite"
-    if r.map is not None and not np.isfinite(r.map).all():
-        return "the anomaly map holds NaN/inf values: the model's output for this image is not finite"
-    return None
-
-
-def _write_image_outputs(args, out: Path, name: str, row: dict, p, vrange) -> None:
-    """One image's overlay, map, mask and TIFF, as asked for (each written atomically, each
-    path checked to stay inside ``out``); their files go into ``row``."""
-    from ..score import save_overlay
-    from ..score.io import save_mask, save_tiff
-
-    amap = p.anomaly_map
-    if not args.no_overlays:
-        # a threshold given by hand and no calibration: a per-image colour scale
-        lo, hi = (float(amap.min()), float(amap.max())) if vrange is None else vrange
-        save_overlay(_out_file(out, "overlays", name, ".png"), p.path, amap, lo, hi)
-    if args.save_maps:
-        row["anomaly_map"] = str(_out_file(out, "maps", name, ".npy"))
-        save_npy(row["anomaly_map"], amap.astype(np.float32))
-    if args.save_masks:
-        row["pred_mask"] = str(_out_file(out, "masks", name, ".png"))
-        save_mask(row["pred_mask"], p.pred_mask)
-    if args.save_tiff:
-        row["anomaly_map_tiff"] = str(inside(out, tiff_name(Path(p.path))))
-        save_tiff(row["anomaly_map_tiff"], amap)
+        t.link = f"overlays/{output_name(Path(p.path), files.base)}.png"
+    thumbs[index] = t
 
 
 def _write_rows(out: Path, rows: list[dict], jsonl: bool) -> None:
@@ -318,6 +252,8 @@ def _write_rows(out: Path, rows: list[dict], jsonl: bool) -> None:
 def _summary(args, scorer, rows: list, failed: list, n_inputs: int, decision: Decision, parts: list) -> dict:
     calib, post = decision.calib, decision.post
     wall_max = max(p["wall"] for p in parts)
+    engine = parts[0].get("engine")  # --engine ray: resumed images are not counted in its speed
+    ips = engine["images_per_second"] if engine else len(rows) / wall_max if wall_max > 0 else 0.0
     return {
         "model": str(Path(args.model).resolve()), "models": list(scorer.kinds), "input": str(args.input),
         "n_inputs": n_inputs, "n_scored": len(rows), "n_skipped": len({f["path"] for f in failed}),
@@ -330,7 +266,7 @@ def _summary(args, scorer, rows: list, failed: list, n_inputs: int, decision: De
         "recipe": scorer.recipe.record(),
         "precision": scorer.precision_record, "compiled": scorer.compiled, "world_size": len(parts),
         "device": str(scorer.device), "backend": args.backend, "workers": args.workers, "wall_seconds": wall_max,
-        "images_per_second": len(rows) / wall_max if wall_max > 0 else 0.0,
+        "engine": engine or {"name": "local"}, "images_per_second": ips,
         "images_per_second_scoring_per_rank": [p["ips"] for p in parts],
         "exit_code": EXIT_SKIPPED if failed else EXIT_OK,
     }  # fmt: skip
@@ -385,6 +321,7 @@ def _check_inputs(args, paths: list[Path]) -> str | None:
 def _prepare(args, proc: _dist.ProcessInfo):
     """(scorer, decision) or an error message."""
     try:
+        check_engine(args, proc.world)
         scorer = _open(args, proc)
     except UsageError as e:
         return None, None, str(e)
@@ -445,6 +382,12 @@ def _run_locked(args: argparse.Namespace, paths: list[Path], proc: _dist.Process
         if proc.is_main:
             print(f"igd-fast score: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    if args.engine == "ray":
+        from .score_ray import score_on_ray
+
+        files = image_outputs(args, out, _base(args.input, paths))
+        part = score_on_ray(args, scorer, decision.post, decision.calib, paths, files, progress)
+        return _write(out, args, scorer, [part], len(paths), decision)
     t0 = time.perf_counter()
     rows, failed, thumbs = _score_mine(scorer, args, paths, proc, out, decision, progress)
     part = {"rows": rows, "failed": failed, "wall": time.perf_counter() - t0, "ips": scorer.images_per_second,

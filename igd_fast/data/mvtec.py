@@ -190,15 +190,17 @@ def _orientation(im: Image.Image) -> int:
         return 1
 
 
-def _opened(path, what: str = "image file"):
-    """``Image.open`` of a regular file within the pixel limit (checked on the header,
-    before any pixel is decoded); CorruptImageError naming the file otherwise."""
+def _opened(path, what: str = "image file", data: bytes | None = None):
+    """``Image.open`` of a regular file (or of ``data``, the file's bytes, named ``path``)
+    within the pixel limit (checked on the header, before any pixel is decoded);
+    CorruptImageError naming the file otherwise."""
+    if data is None:
+        try:
+            regular_file(path, what)
+        except (FileNotFoundError, NotARegularFile) as e:
+            raise CorruptImageError(f"cannot read {e}") from None
     try:
-        regular_file(path, what)
-    except (FileNotFoundError, NotARegularFile) as e:
-        raise CorruptImageError(f"cannot read {e}") from None
-    try:
-        im = Image.open(path)
+        im = Image.open(path if data is None else io.BytesIO(data))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise CorruptImageError(f"cannot read {what} {path}: {e}") from e
     try:
@@ -209,11 +211,12 @@ def _opened(path, what: str = "image file"):
     return im
 
 
-def open_rgb(path: str | Path) -> Image.Image:
+def open_rgb(path: str | Path, data: bytes | None = None) -> Image.Image:
     """The image as 8-bit RGB (:func:`rgb_image`), turned upright by its EXIF orientation
     (as viewers show it); CorruptImageError naming the file when it cannot be decoded, is
-    not a regular file or is over the pixel limit (:mod:`igd_fast.limits`)."""
-    with _opened(path) as im:
+    not a regular file or is over the pixel limit (:mod:`igd_fast.limits`). ``data``: the
+    file's bytes, already read (``path`` then only names them)."""
+    with _opened(path, data=data) as im:
         return _upright_rgb(im, str(path), f"image file {path}")
 
 

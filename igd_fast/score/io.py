@@ -17,7 +17,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..data import CorruptImageError, image_size_of, images_under, load_image, open_rgb, working_size
+from ..data import CorruptImageError, image_size_of, image_tensor, images_under, load_image, open_rgb, working_size
 from ..data.files import glob_files
 from ..outputs import atomic_write_bytes, save_image
 
@@ -61,11 +61,12 @@ class ScoreDataset(Dataset):
     (H, W); any size, grayscale / RGB / RGBA / 16-bit (see ``igd_fast.data.load_image``)."""
 
     def __init__(self, paths: list[str | Path], size: int, indices: list[int] | None = None,
-                 keep_aspect: bool = False) -> None:  # fmt: skip
+                 keep_aspect: bool = False, data: list[bytes] | None = None) -> None:  # fmt: skip
         self.paths = [str(p) for p in paths]
         self.size = size
         self.keep_aspect = keep_aspect
         self.indices = list(range(len(self.paths))) if indices is None else list(indices)
+        self.data = data  # the files' bytes, already read (then ``paths`` only name them)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -73,8 +74,13 @@ class ScoreDataset(Dataset):
     def __getitem__(self, i: int) -> Item:
         path = self.paths[i]
         try:
-            hw = image_size_of(path)
-            img = load_image(path, scoring_size(hw, self.size, self.keep_aspect))
+            if self.data is None:
+                hw = image_size_of(path)
+                img = load_image(path, scoring_size(hw, self.size, self.keep_aspect))
+            else:  # decoded once; the same pixels as load_image of the file
+                im = open_rgb(path, self.data[i])
+                hw = (im.height, im.width)
+                img = image_tensor(im, scoring_size(hw, self.size, self.keep_aspect))
         except Exception as e:  # any decoder failure is reported, never fatal
             return Item(self.indices[i], path, None, (0, 0), f"{type(e).__name__}: {e}", i)
         return Item(self.indices[i], path, img, hw, None, i)
@@ -153,10 +159,10 @@ def normalise_map(amap: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
     return (amap - vmin) / max(vmax - vmin, 1e-12)
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """H×W×3 uint8 of an image file at its original size (any mode, the same
-    conversion as the scored pixels)."""
-    return np.asarray(open_rgb(path))
+def read_rgb(path: str | Path, data: bytes | None = None) -> np.ndarray:
+    """H×W×3 uint8 of an image file (or of its bytes ``data``) at its original size (any
+    mode, the same conversion as the scored pixels)."""
+    return np.asarray(open_rgb(path, data))
 
 
 def overlay(rgb: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, alpha: float = 0.5) -> np.ndarray:
