@@ -46,7 +46,7 @@ from pathlib import Path
 from .. import _dist
 from ..outputs import FolderInUse, OutputError, output_lock, write_json, write_text
 from ..score.decide import decision_record
-from ..score.image_outputs import CSV_COLUMNS, ImageOutputs, report, tiff_name
+from ..score.image_outputs import CSV_COLUMNS, ImageOutputs, output_name, report, tiff_name
 from ..score.postprocess import PostProcessor
 from ..score.threshold import NORMALISATION
 from ._args import (
