@@ -12,8 +12,11 @@
 #      against pytorch_msssim's loss                                      bench_gpu.json
 #   5. Scorer images/s at width 64, fp32 and bf16                        step_scoring.json
 #      one M-step per model at width 64, fp32 and bf16 AMP               step_train.json
-#   6. one JSON and one Markdown summary                                 gpu_check.json, gpu_check.md
-# Each step has its own timeout; together at most ~9 minutes.
+#   6. the --preset cpu recipe trained briefly on generated data, then eval   preset_*.log, eval/
+#   7. one JSON and one Markdown summary                                 gpu_check.json, gpu_check.md
+# Each step has its own timeout (tests 240 s, benchmarks 300 s, steps 150 s, preset 160 s: the
+# ceilings; the build is not bounded). Never run on a GPU yet: whether the whole fits the
+# 10 minutes is known after its first run (each step's log has its time).
 #
 #   bash scripts/gpu_check.sh             # on a GPU machine
 #   bash scripts/gpu_check.sh --dry-run   # here, on the CPU (CI): no build (the built extension is
@@ -25,7 +28,7 @@ DRY=0
 for a in "$@"; do
   case "$a" in
     --dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $a (only --dry-run)" >&2; exit 2 ;;
   esac
 done
@@ -80,6 +83,21 @@ tail -1 "$OUT/bench_gpu.log"
 
 step "Scorer images/s and training steps, fp32 and bf16 ($DEV${TINY:+, tiny})"
 run 150 $PY benchmarks/gpu_check.py steps --device "$DEV" --out "$OUT" $TINY > "$OUT/steps.log" 2>&1
+
+if [ "$DRY" = 1 ]; then
+  step "the --preset cpu recipe trained and evaluated on the GPU: not in a dry run (minutes on a CPU)"
+else
+  step "the --preset cpu recipe on generated data on the GPU (5 epochs, 200 defect steps), then eval"
+  data=$(mktemp -d)
+  $PY -c "from igd_fast.data import make_synthetic_mvtec; make_synthetic_mvtec('$data', 'synth', n_train=40, size=256)"
+  start=$(date +%s)
+  run 100 $PY -m igd_fast train --data "$data" --category synth --out "$data/model" --preset cpu --epochs 5 \
+    --defect-steps 200 --device cuda --no-progress > "$OUT/preset_train.log" 2>&1
+  echo "train seconds: $(( $(date +%s) - start ))" | tee -a "$OUT/preset_train.log"
+  run 60 $PY -m igd_fast eval --model "$data/model" --data "$data" --category synth --device cuda --no-progress \
+    --out "$OUT/eval" > "$OUT/preset_eval.log" 2>&1
+  tail -3 "$OUT/preset_eval.log"
+fi
 
 step "summary"
 $PY benchmarks/gpu_check.py summary --out "$OUT" || FAILED=1
