@@ -64,7 +64,7 @@ def main() -> None:
     for r in a.runs:
         rec = one(r, a.images, a.guard, a.speed)
         v = rec["precision"].get("guard_values", {})
-        print(f"{r.name}: {rec['precision']['reason']}; models {rec['precision']['models']}; "
+        print(f"{r.name}: {rec['precision'].get('reason', 'fp32')}; models {rec['precision']['models']}; "
               f"flips {v.get('image_flips')}, score_err {v.get('score_err')}, pixel_flips {v.get('pixel_flips')}, "
               f"map_err_share {v.get('map_err_share')}, max_map_err {v.get('max_map_err')}; "
               f"{rec['calibrate_and_guard_s']:.1f} s; images/s fp32 {rec.get('images_per_s_fp32', 0):.2f}, "
