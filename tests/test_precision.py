@@ -74,6 +74,12 @@ def test_fp32_is_the_default_and_unchanged(trained):
 
 
 @pytest.fixture
+def bf16_anywhere(monkeypatch):
+    # the guard's decision path on any CPU: autocast runs bf16 without native instructions too
+    monkeypatch.setattr(precision, "bf16_support", lambda device: None)
+
+
+@pytest.fixture
 def model_copy(trained, tmp_path):
     # auto writes its verdict into threshold.json: each test gets its own copy of the model
     shutil.copytree(trained["model"], tmp_path / "model")
@@ -85,8 +91,7 @@ def model_copy(trained, tmp_path):
 PIXELS_LOOSE = guard.PrecisionGuard(max_pixel_flips=1.0, map_err_share=1.0)
 
 
-@needs_bf16
-def test_guard_values_are_the_bf16_vs_fp32_differences(trained, model_copy):
+def test_guard_values_are_the_bf16_vs_fp32_differences(bf16_anywhere, trained, model_copy):
     # the guard's image numbers, recomputed from two plain scorers on the validation normals
     s = Scorer(model_copy, device="cpu", precision="auto")
     s.calibration()
@@ -102,8 +107,7 @@ def test_guard_values_are_the_bf16_vs_fp32_differences(trained, model_copy):
     assert v["passed"] == all(v["checks"].values())
 
 
-@needs_bf16
-def test_auto_keeps_bf16_where_the_guard_passes_and_decides_as_fp32(trained, model_copy):
+def test_auto_keeps_bf16_where_the_guard_passes_and_decides_as_fp32(bf16_anywhere, trained, model_copy):
     s = Scorer(model_copy, device="cpu", precision="auto", guard=PIXELS_LOOSE)
     s.calibration()
     rec = s.precision_record
@@ -128,9 +132,8 @@ class _Scaled(torch.nn.Module):
         return self.inner(x) * self.k
 
 
-@needs_bf16
 @pytest.mark.parametrize("how", ["tolerance 0", "perturbed bf16"])
-def test_auto_falls_back_to_fp32_when_the_guard_fails(trained, model_copy, monkeypatch, how):
+def test_auto_falls_back_to_fp32_when_the_guard_fails(bf16_anywhere, trained, model_copy, monkeypatch, how):
     g = guard.PrecisionGuard(max_score_err=0.0) if how == "tolerance 0" else PIXELS_LOOSE
     if how == "perturbed bf16":
         plain = precision.bf16_networks
@@ -153,8 +156,7 @@ def test_auto_falls_back_to_fp32_when_the_guard_fails(trained, model_copy, monke
     assert [r.score for r in s.score_paths(trained["test"])] == ref
 
 
-@needs_bf16
-def test_the_verdict_round_trips_through_threshold_json(model_copy, monkeypatch):
+def test_the_verdict_round_trips_through_threshold_json(bf16_anywhere, model_copy, monkeypatch):
     s = Scorer(model_copy, device="cpu", precision="auto", guard=PIXELS_LOOSE)
     s.calibration()
     saved = json.loads((model_copy / "threshold.json").read_text())
