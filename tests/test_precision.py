@@ -273,3 +273,14 @@ def test_auto_works_with_every_map_term(trained, tmp_path, monkeypatch, map_term
     assert rec["requested"] == "auto" and set(rec["guard_values"]["checks"]) >= {"image_flips", "pixel_flips"}
     assert rec["models"] == dict.fromkeys(("global", "local"), "bf16" if rec["guard_values"]["passed"] else "fp32")
     assert summary["scoring"]["map_term"] == map_term and summary["n_scored"] == 1
+
+
+def test_auto_without_validation_images_scores_in_fp32(bf16_anywhere, trained, model_copy):
+    # --threshold given and nothing to calibrate on: auto cannot guard, so fp32, said why
+    run = json.loads((model_copy / "run.json").read_text())
+    (model_copy / "run.json").write_text(json.dumps({**run, "val_files": []}))
+    s = Scorer(model_copy, device="cpu", precision="auto")
+    got = [r.score for r in s.score_paths(trained["test"][:2])]
+    assert s.precision == {"global": "fp32", "local": "fp32"}
+    assert "no calibration for the guard" in s.precision_record["reason"]
+    assert got == [r.score for r in Scorer(trained["model"], device="cpu").score_paths(trained["test"][:2])]

@@ -287,8 +287,14 @@ class Scorer(BaseScorer):
     # ------------------------------------------------------------------ scoring
 
     def _ready(self, num_workers: int = 0) -> None:
-        if self.needs_calibration or self._pending:  # statistics, or auto's guard
+        if self.needs_calibration:
             self.calibration(num_workers)
+        elif self._pending:  # auto's guard runs with the calibration; without one (--threshold): fp32
+            try:
+                self.calibration(num_workers)
+            except (OSError, ValueError) as e:
+                self.precision_record = {**self.precision_record, "reason": f"no calibration for the guard ({e}): fp32"}
+                self._pending = False
 
     @torch.inference_mode()
     def score_batch(self, images: Tensor, want_maps: bool = True) -> BatchScores:
