@@ -32,12 +32,13 @@ from .._dist import resolve_device
 from ..checkpoint import validation_files
 from .calibrate import Calibrator
 from .components import DEFAULT_PATCH_CHUNK, LoadOptions, TermOptions, component_files, load_components
+from .guard import GUARD_VERSION, PrecisionGuard, cached_verdict, device_name, measure
 from .inputs import is_path_input, to_items
 from .io import all_grey
 from .module import BatchScores, ScoringModule
 from .networks import compile_networks
 from .postprocess import PostProcessor
-from .precision import PrecisionGuard, choose_precision
+from .precision import choose_precision
 from .recipe import RESIDUAL_MAP_TERMS, Recipe, read_model_recipe
 from .results import Failure, Prediction, ScoredImage
 from .runner import Runner
@@ -144,8 +145,9 @@ class Scorer(BaseScorer):
     The recipe: the directory's ``recipe.json`` with ``options`` (scoring options of
     :data:`igd_fast.score.recipe.OPTIONS` as keyword arguments: ``map_term="maha"``, ...) on
     top, recorded with source ``flag``; or ``recipe``, a :class:`Recipe` resolved already.
-    ``precision`` "auto" runs the bf16-vs-fp32 guard (tolerances ``guard``) on the validation
-    normals here; the decision is :attr:`precision_record`.
+    ``precision`` "auto" scores with bf16 networks when the guard (:mod:`.guard`, tolerances
+    ``guard``) passes; it runs with the fp32 calibration, which bf16 then keeps, and the
+    decision is :attr:`precision_record` (``threshold.json`` caches the verdict).
 
     How it runs: ``batch_size`` images per batch, the local model's patches ``patch_chunk``
     at a time; ``backend`` overrides the kernels' (None: by device / IGD_FAST_BACKEND);
@@ -197,22 +199,43 @@ class Scorer(BaseScorer):
                              f"{self.model_dir} holds {variant} models without one")  # fmt: skip
 
     def _set_networks(self, guard: PrecisionGuard, compile: bool) -> None:
-        """The networks' precision (the auto guard reads the validation normals) and compilation."""
-        chosen, self.precision_record = choose_precision(dict(self.module.components), self.recipe["precision"],
-                                                         self.device, guard, self._validation_images())  # fmt: skip
-        self.compiled = bool(compile)
-        if compile:
+        """The networks' precision and compilation; ``auto`` scores in fp32 until the guard,
+        which runs with the calibration, decides (:mod:`.guard`)."""
+        self.guard, self.compiled = guard, bool(compile)
+        self._fp32 = dict(self.module.components)
+        chosen, self.precision_record, self._bf16 = choose_precision(self._fp32, self.recipe["precision"],
+                                                                     self.device)  # fmt: skip
+        self._pending = self._bf16 is not None  # auto: the guard has not decided yet
+        self._use(chosen)
+
+    def _use(self, chosen: Mapping[str, nn.Module]) -> None:
+        if self.compiled:
             chosen = {k: c.with_networks(compile_networks) for k, c in chosen.items()}
         self.module = self.module.with_components(chosen)
         self.runner.model = self.module
 
-    def _validation_images(self) -> Iterator[Tensor]:
-        files = validation_files(self.model_dir)
-        if not files:
-            raise ValueError(f"{self.model_dir}/run.json lists no validation images for the precision guard")
-        for batch in self.runner.loader(files):
-            for part in batch.by_size():
-                yield self.runner.to_device(part.images)
+    def _guard(self, record: dict) -> dict:
+        """The guard's verdict on the bf16 candidate against this fp32 calibration ``record``."""
+        fp32 = self.module.with_components(self._fp32)
+        values = measure(fp32, fp32.with_components(self._bf16), self.runner, validation_files(self.model_dir),
+                         record, self.guard)  # fmt: skip
+        return {"version": GUARD_VERSION, "device": device_name(self.device), "tolerances": self.guard.record(),
+                "values": values, "passed": values["passed"]}  # fmt: skip
+
+    def _decide(self, record: Mapping[str, Any]) -> None:
+        """Apply the guard's verdict in a calibration record (``auto``): bf16 when it passed."""
+        verdict = cached_verdict(dict(record), self.guard, self.device)
+        rec = {"requested": "auto", "models": dict.fromkeys(self._fp32, "fp32"), "calibrated_in": "fp32"}
+        if verdict is None:
+            rec["reason"] = "the calibration record holds no guard verdict for this device: fp32"
+        else:
+            failed = [k for k, ok in verdict["values"]["checks"].items() if not ok]
+            rec["reason"] = "guard passed" if verdict["passed"] else "guard failed: " + ", ".join(failed)
+            rec.update(guard=verdict["tolerances"], guard_values=verdict["values"], guard_device=verdict["device"])
+            if verdict["passed"]:
+                rec["models"] = dict.fromkeys(self._fp32, "bf16")
+                self._use(self._bf16)
+        self.precision_record, self._pending = rec, False
 
     # ------------------------------------------------------------------ what it holds
 
@@ -253,7 +276,8 @@ class Scorer(BaseScorer):
     def cache_key(self) -> dict:
         """What a cached calibration must have been made with (besides the model files and alpha)."""
         # bf16 scores differ in the last digits: a threshold calibrated in fp32 is not theirs
-        bf16 = sorted(k for k, p in self.precision.items() if p != "fp32")
+        # (auto's bf16 keeps the fp32 calibration: its guard checked the decisions against it)
+        bf16 = sorted(k for k, p in self.precision.items() if p != "fp32") if self.recipe["precision"] == "bf16" else []
         key = self.scoring if not bf16 else {**self.scoring, "bf16": bf16}
         # what "auto" decided, so a record from an older meaning of it is recalibrated
         if self.recipe["map_term"] not in RESIDUAL_MAP_TERMS:
@@ -265,6 +289,12 @@ class Scorer(BaseScorer):
     def _ready(self, num_workers: int = 0) -> None:
         if self.needs_calibration:
             self.calibration(num_workers)
+        elif self._pending:  # auto's guard runs with the calibration; without one (--threshold): fp32
+            try:
+                self.calibration(num_workers)
+            except (OSError, ValueError) as e:
+                self.precision_record = {**self.precision_record, "reason": f"no calibration for the guard ({e}): fp32"}
+                self._pending = False
 
     @torch.inference_mode()
     def score_batch(self, images: Tensor, want_maps: bool = True) -> BatchScores:
@@ -278,9 +308,17 @@ class Scorer(BaseScorer):
         normals in ``run.json`` (cached in ``threshold.json``; rules in :mod:`.threshold`)."""
         if self._record is not None and not recompute:
             return self._record
+        if recompute and self._bf16 is not None:  # auto calibrates in fp32 and guards again
+            self._use(self._fp32)
+            self._pending = True
         record = None if recompute else read_threshold(self.model_dir, self.alpha, self.cache_key())
-        if record is None:
+        new = record is None
+        if new:
             record = self._fit(num_workers)
+        if self._pending and (new or cached_verdict(record, self.guard, self.device) is None):
+            self.module.set_statistics(record)  # the guard scores with this calibration
+            record, new = {**record, "precision_guard": self._guard(record)}, True
+        if new:
             try:
                 write_threshold(self.model_dir, record)
             except OSError as e:  # a read-only model dir still scores; it just recalibrates next time
@@ -304,3 +342,5 @@ class Scorer(BaseScorer):
         self.module.set_statistics(record)
         super().use_calibration(record)
         self._record = dict(record)
+        if self._pending:
+            self._decide(record)
