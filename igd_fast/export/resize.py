@@ -1,0 +1,73 @@
+"""Pillow's 8-bit ``Image.resize(..., BILINEAR)`` as tensor ops an exported graph can hold at
+any input size: the images the Scorer reads are resized by Pillow, so the graph resizes the
+same way, not by a runtime's own Resize (OpenVINO's antialiased Resize differs from Pillow by
+up to 0.44 of the pixel range; a plain bilinear one by more when downscaling).
+
+Pillow (libImaging/Resample.c) resizes horizontally, then vertically; each output pixel is a
+weighted sum of the input pixels within the triangle filter's support (widened by the scale
+when downscaling: its antialiasing), the weights normalised and held in fixed point (22
+fractional bits), the integer sum rounded half up to 8 bits. Here each pass gathers those
+taps and sums them exactly in float32: the weights are split into three 7/7/8-bit parts so
+that every partial sum is an integer below 2**24, and the parts are carried as Pillow's
+integer arithmetic would (tests/test_export_deploy.py: equal to Pillow's pixels).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+PRECISION_BITS = 22  # Pillow's fixed-point weights for 8-bit images: 32 - 8 - 2
+
+
+def pillow_taps(n_in, n_out, device) -> tuple[Tensor, Tensor]:
+    """(n_out × K input indices, n_out × K fixed-point weights, int64) of Pillow's bilinear
+    filter from ``n_in`` to ``n_out`` pixels, K = 2·ceil(n_in / n_out) + 1.
+
+    In integers, exactly (a runtime may run float64 as float32, OpenVINO's CPU plugin does,
+    and move weights by a unit): with M = max(n_in, n_out) the filter's weight of input x for
+    output o is A = max(0, 2M - |(2x+1)·n_out - (2o+1)·n_in|) / (2M), normalised, and its
+    fixed-point value round(A·2^22 / ΣA) is found by long division. Every intermediate stays
+    below 2^31 for sides up to 16384 (int32, as OpenVINO runs int64)."""
+    i64 = dict(device=device, dtype=torch.int64)
+    nin, nout = torch.full((), n_in, **i64), torch.full((), n_out, **i64)
+    big = torch.maximum(nin, nout)
+    taps = 2 * ((n_in + n_out - 1) // n_out) + 1
+    odd = 2 * torch.arange(n_out, **i64) + 1  # 2o + 1
+    first = torch.div(odd * nin - 2 * big + nout, 2 * nout, rounding_mode="floor").clamp_min(0)
+    idx = first[:, None] + torch.arange(taps, **i64)[None, :]
+    a = (2 * big - ((2 * idx + 1) * nout - odd[:, None] * nin).abs()).clamp_min(0)
+    a = torch.where(idx < nin, a, torch.zeros_like(a))
+    total = a.sum(1, keepdim=True)
+    q, r = torch.zeros_like(a), a
+    for bits in (6, 8, 8):  # 22 bits of a / total, a chunk at a time, remainders exact
+        t = r * (1 << bits)
+        d = torch.div(t, total, rounding_mode="floor")
+        q, r = q * (1 << bits) + d, t - d * total
+    fixed = q + (2 * r >= total).to(torch.int64)  # rounded half up, as Pillow's (int)(0.5 + w·2^22)
+    return idx.clamp(max=n_in - 1), fixed
+
+
+def _pass(x: Tensor, n_out, dim: int) -> Tensor:
+    """One of Pillow's passes along ``dim`` (-1: horizontal, -2: vertical) of 8-bit values."""
+    n_in = x.shape[dim]
+    idx, fixed = pillow_taps(n_in, n_out, x.device)
+    k2 = torch.div(fixed, 1 << 14, rounding_mode="floor")
+    k1 = torch.div(fixed - k2 * (1 << 14), 1 << 7, rounding_mode="floor")
+    k0 = fixed - k2 * (1 << 14) - k1 * (1 << 7)
+    if dim == -2:
+        x = x.transpose(-1, -2)
+    g = x[..., idx]  # N×C×rows×n_out×K
+    s2, s1, s0 = ((g * k.to(torch.float32)).sum(-1) for k in (k2, k1, k0))
+    # (S2·2^14 + S1·2^7 + S0 + 2^21) >> 22, in steps whose values stay exact integers
+    q0 = torch.floor((s0 + float(1 << (PRECISION_BITS - 1))) / 2**7)
+    q1 = torch.floor((s1 + q0) / 2**7)
+    out = torch.floor((s2 + q1) / 2**8).clamp(0.0, 255.0)
+    return out.transpose(-1, -2) if dim == -2 else out
+
+
+def pillow_resize(pixels: Tensor, size) -> Tensor:
+    """N×3×H×W RGB in [0, 1] -> N×3×h×w in [0, 1] at ``size`` = (h, w), as Pillow resizes the
+    8-bit image (the input is first taken to 8 bits as the Scorer reads float arrays: rounded)."""
+    x = torch.round(pixels.float() * 255.0).clamp(0.0, 255.0)
+    return _pass(_pass(x, size[1], -1), size[0], -2) / 255.0
