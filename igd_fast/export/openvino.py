@@ -50,17 +50,20 @@ def openvino_runner(xml: str | Path, extra: tuple[str, ...] = ("score", "anomaly
 
 def export_openvino(
     model_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, check: bool = True, check_batch: int = 2,
-    recipe: Recipe | None = None,
+    recipe: Recipe | None = None, onnx_file: str | Path | None = None,
 ) -> dict:
-    """Write ``out`` (.xml, with its .bin) and the ``.xml.json`` record; see :func:`.onnx.export_onnx`."""
+    """Write ``out`` (.xml, with its .bin) and the ``.xml.json`` record; see :func:`.onnx.export_onnx`.
+    ``onnx_file``: convert this ONNX export of the same model directory and recipe instead of
+    tracing the graph again (the trace is most of an export's time)."""
     import openvino as ov
 
     scorer, pipe = open_pipeline(model_dir, recipe)
     out = Path(out).with_suffix(".xml")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".igd_export.") as tmp:
-        onnx_file = Path(tmp) / "model.onnx"
-        write_graph(pipe, onnx_file, opset)
+        if onnx_file is None:
+            onnx_file = Path(tmp) / "model.onnx"
+            write_graph(pipe, onnx_file, opset)
         ov_model = ov.convert_model(str(onnx_file))
         record = describe(scorer, pipe, model_dir, "openvino", out, opset)
         for r in [r for r in ov_model.get_results() if r.output(0).get_any_name() not in IR_OUTPUTS]:

@@ -3,7 +3,8 @@ any input size: the images the Scorer reads are resized by Pillow, so the graph 
 same way, not by a runtime's own Resize (OpenVINO's antialiased Resize differs from Pillow by
 up to 0.44 of the pixel range; a plain bilinear one by more when downscaling).
 
-Pillow (libImaging/Resample.c) resizes horizontally, then vertically; each output pixel is a
+Pillow (libImaging/Resample.c) resizes horizontally, then vertically (Pillow >= 13: vertically
+first when the height shrinks by more than twice as many pixels as the width); each output pixel is a
 weighted sum of the input pixels within the triangle filter's support (widened by the scale
 when downscaling: its antialiasing), the weights normalised and held in fixed point (22
 fractional bits), the integer sum rounded half up to 8 bits. Here each pass gathers those
@@ -70,4 +71,27 @@ def pillow_resize(pixels: Tensor, size) -> Tensor:
     """N×3×H×W RGB in [0, 1] -> N×3×h×w in [0, 1] at ``size`` = (h, w), as Pillow resizes the
     8-bit image (the input is first taken to 8 bits as the Scorer reads float arrays: rounded)."""
     x = torch.round(pixels.float() * 255.0).clamp(0.0, 255.0)
-    return _pass(_pass(x, size[1], -1), size[0], -2) / 255.0
+    h, w = size
+    out = _pass(_pass(x, w, -1), h, -2)
+    if VERTICAL_FIRST:
+        # Pillow >= 13 (python-pillow/Pillow#9549) runs the vertical pass first when the height
+        # shrinks by more than twice as many pixels as the width; both orders are computed
+        # and one kept, as the sizes are only known when the graph runs
+        i64 = dict(device=x.device, dtype=torch.int64)
+        dh = torch.full((), x.shape[-2], **i64) - torch.full((), h, **i64)
+        dw = torch.full((), x.shape[-1], **i64) - torch.full((), w, **i64)
+        out = torch.where((dh > 0) & (dh > 2 * dw), _pass(_pass(x, h, -2), w, -1), out)
+    return out / 255.0
+
+
+def _pillow_major() -> int:
+    import PIL
+
+    try:
+        return int(PIL.__version__.split(".")[0])
+    except ValueError:  # pragma: no cover - a development version string
+        return 13
+
+
+# the pass order of the Pillow this package reads images with (the graph is made to match it)
+VERTICAL_FIRST = _pillow_major() >= 13
