@@ -150,14 +150,16 @@ def test_the_files_carry_their_thresholds_and_records(pair):
     assert rec["contract"] == "raw-images" and rec["outputs"] == ONNX_OUTPUTS
 
 
-def test_a_cli_export_to_the_same_stem_keeps_both_side_cars(pair, tmp_path):
+def test_an_ir_exported_to_the_onnx_files_stem_keeps_both_side_cars(pair, tmp_path):
+    from igd_fast.export import export_openvino
+
     onnx_file, xml = tmp_path / "m.onnx", tmp_path / "m.xml"
     onnx_file.write_bytes(pair["onnx"].read_bytes())
     record_path(onnx_file).write_text(record_path(pair["onnx"]).read_text())
-    assert main(["export", "--model", str(pair["model"]), "--format", "openvino", "--out", str(xml),
-                 "--no-check"]) == 0  # fmt: skip
+    export_openvino(pair["model"], xml, check=False, onnx_file=onnx_file)
     assert json.loads(record_path(onnx_file).read_text())["format"] == "onnx"
     assert json.loads(record_path(xml).read_text())["format"] == "openvino"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.onnx", "m.onnx.json", "m.xml", "m.xml.json"]
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
