@@ -59,7 +59,8 @@ def test_pipeline_module_equals_scorer(model, options):
         p, label, amap01, mask, score, amap = pipe(_raw(images))
     refs = scorer.predict(images)  # the same pixels, read as the Scorer reads them
     ref_maps = torch.from_numpy(np.stack([r.anomaly_map for r in refs]))[:, None]
-    torch.testing.assert_close(score.double(), torch.tensor([r.score for r in refs], dtype=torch.float64), rtol=1e-5, atol=1e-6)
+    want = torch.tensor([r.score for r in refs], dtype=torch.float64)
+    torch.testing.assert_close(score.double(), want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(amap, ref_maps, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(p.numpy(), [r.pred_score for r in refs], atol=1e-6)
     assert label.tolist() == [r.pred_label for r in refs]
@@ -82,7 +83,8 @@ def test_pipeline_module_of_a_single_model_dir(model, tmp_path, keep):
     with torch.no_grad():
         out = ScoringPipeline(scorer)(_raw(images))
     refs = scorer.predict(images)
-    torch.testing.assert_close(out[4].double(), torch.tensor([r.score for r in refs], dtype=torch.float64), rtol=1e-5, atol=1e-6)
+    want = torch.tensor([r.score for r in refs], dtype=torch.float64)
+    torch.testing.assert_close(out[4].double(), want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out[5], torch.from_numpy(np.stack([r.anomaly_map for r in refs]))[:, None],
                                rtol=1e-5, atol=1e-5)  # fmt: skip
 
