@@ -51,8 +51,11 @@ def exported(tmp_path_factory):
 
 
 def _batch() -> torch.Tensor:
+    """Images at the model size, ImageNet-normalised 8-bit pixels (the exported graph reads 8 bits)."""
+    from igd_fast.data import imagenet_normalise
+
     g = torch.Generator().manual_seed(1)
-    return torch.rand(BATCH, 3, SIZE, SIZE, generator=g) * 4.7579 - 2.1179
+    return imagenet_normalise(torch.randint(0, 256, (BATCH, 3, SIZE, SIZE), generator=g).float() / 255.0)
 
 
 def _report(benchmark, label: str) -> None:
@@ -84,3 +87,87 @@ def test_bench_export_runtime(benchmark, exported, runtime):
     benchmark.pedantic(lambda: scorer.score_batch(x), rounds=3, iterations=1, warmup_rounds=1)
     benchmark.extra_info.update(role="peer", entry=f"exported, {runtime}")
     _report(benchmark, f"exported ({runtime})")
+
+
+# ---------------------------------------------------------------- the self-contained exports
+# Raw images to decisions, side by side in one process on the same CPU threads: our torch path
+# (Scorer.predict on uint8 arrays: Pillow's resize, the scoring module with our kernels, the
+# maps finished at each image's size) against the exported graph (resize, normalisation,
+# scoring and finishing inside) in onnxruntime and OpenVINO. Models: the demo's (global +
+# local at 128², width 16, `igd-fast demo`'s configs) and a `--preset cpu` one (global at 128²
+# + the defect model at 224, its map at each image's aspect). Images: 4 RGB uint8 of 512×512.
+# IGD_BENCH_EXPORT_DIR: a folder holding demo/, cpu/ and their exports (demo.onnx, demo.xml,
+# cpu.onnx, cpu.xml), e.g. from an earlier run, to skip training and exporting.
+DEPLOY_BATCH, DEPLOY_SIDE = 4, 512
+THREADS = int(os.environ.get("IGD_BENCH_THREADS", "2"))
+
+
+@pytest.fixture(scope="module")
+def deploy_models(tmp_path_factory):
+    from pathlib import Path
+
+    from igd_fast.cli.demo import train_small
+    from igd_fast.export import export_openvino
+
+    given = os.environ.get("IGD_BENCH_EXPORT_DIR")
+    root = Path(given) if given else tmp_path_factory.mktemp("bench_deploy")
+    if not (root / "cpu.xml").is_file():
+        make_synthetic_mvtec(root / "data", "synth", n_train=16, n_test_good=2, n_test_bad=2, size=256, seed=0)
+        train_small(root / "data", "synth", root / "demo", epochs=1, progress=False, device="cpu")
+        assert main(["train", "--data", str(root / "data"), "--category", "synth", "--out", str(root / "cpu"),
+                     "--preset", "cpu", "--epochs", "1", "--defect-steps", "2", "--val-fraction", "0.25",
+                     "--no-progress", "--device", "cpu"]) == 0  # fmt: skip
+        for m in ("demo", "cpu"):
+            assert main(["export", "--model", str(root / m), "--format", "onnx", "--out", str(root / f"{m}.onnx")]) == 0
+            export_openvino(root / m, root / f"{m}.xml", onnx_file=root / f"{m}.onnx")
+    return root
+
+
+def _deploy_images() -> list[np.ndarray]:
+    rng = np.random.default_rng(2)
+    return list(rng.integers(0, 256, (DEPLOY_BATCH, DEPLOY_SIDE, DEPLOY_SIDE, 3), dtype=np.uint8))
+
+
+def _deploy_runner(root, model: str, path: str):
+    """(a function scoring the images once, a function of its result -> pred_scores)."""
+    images = _deploy_images()
+    x = np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+    if path == "torch":
+        scorer = Scorer(root / model, device="cpu", batch_size=DEPLOY_BATCH)
+        return (lambda: scorer.predict(images)), (lambda out: [p.pred_score for p in out])
+    if path == "onnxruntime":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = THREADS
+        sess = ort.InferenceSession(str(root / f"{model}.onnx"), opts, providers=["CPUExecutionProvider"])
+        return (lambda: sess.run(["pred_score"], {"input": x})), (lambda out: out[0].tolist())
+    import openvino as ov
+
+    hint, precision = path.split("-")[1:]  # openvino-LATENCY-f32
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(root / f"{model}.xml")), "CPU", {
+        "PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": THREADS})  # fmt: skip
+    request = compiled.create_infer_request()
+    return (lambda: request.infer({"input": x})), (lambda out: out["pred_score"].tolist())
+
+
+DEPLOY_PATHS = ["torch", "onnxruntime", "openvino-LATENCY-f32", "openvino-THROUGHPUT-f32", "openvino-LATENCY-bf16"]
+
+
+@pytest.mark.parametrize("path", DEPLOY_PATHS)
+@pytest.mark.parametrize("model", ["demo", "cpu"])
+def test_bench_deploy(benchmark, deploy_models, model, path):
+    if path.startswith("openvino"):
+        pytest.importorskip("openvino")
+    run, scores = _deploy_runner(deploy_models, model, path)
+    if path != "torch":  # the same decisions as our path (bf16: within its rounding)
+        want = _deploy_runner(deploy_models, model, "torch")
+        tol = 2e-2 if path.endswith("bf16") else 1e-4
+        np.testing.assert_allclose(scores(run()), want[1](want[0]()), atol=tol)
+    benchmark.group = f"raw {DEPLOY_SIDE}² images to decisions, {model} model (cpu, {THREADS} threads)"
+    benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+    med = benchmark.stats.stats.median
+    benchmark.extra_info.update(role="ours" if path == "torch" else "peer", entry=path,
+                                images_per_s=DEPLOY_BATCH / med)  # fmt: skip
+    print(f"\n{model} {path}: {DEPLOY_BATCH / med:.2f} images/s (median {med * 1e3:.1f} ms per {DEPLOY_BATCH})")

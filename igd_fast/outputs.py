@@ -24,6 +24,7 @@ import errno
 import fcntl
 import io
 import json
+import math
 import os
 import secrets
 import sys
@@ -252,6 +253,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def write_text(path: str | Path, text: str, durable: bool = False) -> None:
     data = text.encode()
     atomic_write_bytes(path, lambda f: f.write(data), durable)
+
+
+def strict_json(obj) -> str:
+    """``obj`` as strict JSON (RFC 8259, what ``jq`` and other parsers accept): a non-finite
+    float (the exported runtimes' NaN ``s_global`` / ``s_local``) written as null, not NaN."""
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(u) for k, u in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(u) for u in v]
+        return v
+
+    return json.dumps(clean(obj), allow_nan=False)
 
 
 def write_json(path: str | Path, obj, durable: bool = False, **kw) -> None:

@@ -1,4 +1,4 @@
-"""``igd-fast export``: ONNX of the scoring pipeline, run in onnxruntime against the Scorer."""
+"""``igd-fast export``: the scoring pipeline over raw images, in onnxruntime and OpenVINO against the Scorer."""
 
 import json
 
@@ -9,6 +9,7 @@ from _cli import train_tiny_pair
 
 from igd_fast.cli import main
 from igd_fast.data import make_synthetic_mvtec
+from igd_fast.export.onnx import record_path
 from igd_fast.score import Scorer
 
 onnxruntime = pytest.importorskip("onnxruntime")
@@ -31,10 +32,17 @@ EVERY_STAGE = dict(map_term="maha", residual_sigma=1.0, map_sigma=2.0, map_posit
                    score_norm="standard", map_norm="standard", local_topk=2, latent_weight=0.5)  # fmt: skip
 
 
-def _test_images(model, n=3):
-    from igd_fast.data import load_image
+def _test_images(model, n=3) -> list[np.ndarray]:
+    """Raw uint8 H×W×3 test images (64×64, the model size)."""
+    from PIL import Image
 
-    return torch.stack([load_image(p, 64) for p in sorted((model.parent / "data" / CAT / "test").rglob("*.png"))[:n]])
+    files = sorted((model.parent / "data" / CAT / "test").rglob("*.png"))[:n]
+    return [np.asarray(Image.open(f).convert("RGB")) for f in files]
+
+
+def _raw(images) -> torch.Tensor:
+    """The exported graph's input: N×3×H×W RGB in [0, 1]."""
+    return torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
 
 
 @pytest.mark.parametrize("options", [{}, EVERY_STAGE], ids=["paper", "every-stage"])
@@ -46,17 +54,18 @@ def test_pipeline_module_equals_scorer(model, options):
     # the graph is the scorer's own module: its networks and statistics, on the reference ops
     assert all(pipe.module.components[k].model is scorer.component(k).model for k in scorer.kinds)
     assert pipe.module.stats is scorer.module.stats and pipe.post is scorer.post_processor
-    x = _test_images(model)
+    images = _test_images(model)
     with torch.no_grad():
-        p, label, score, amap = pipe(x)
-    ref = scorer.score_batch(x)
-    torch.testing.assert_close(score, ref.score, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(amap, ref.maps, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(p.numpy(), scorer.pred_scores(ref.score.double().numpy()), atol=1e-6)
-    assert label.tolist() == (ref.score > scorer.threshold).long().tolist()
-    if options:  # a batch at the model size scores as the same files do
-        files = sorted((model.parent / "data" / CAT / "test").rglob("*.png"))[:3]
-        np.testing.assert_allclose([r.score for r in scorer.score_paths(files)], ref.score.numpy(), rtol=1e-5)
+        p, label, amap01, mask, score, amap = pipe(_raw(images))
+    refs = scorer.predict(images)  # the same pixels, read as the Scorer reads them
+    ref_maps = torch.from_numpy(np.stack([r.anomaly_map for r in refs]))[:, None]
+    want = torch.tensor([r.score for r in refs], dtype=torch.float64)
+    torch.testing.assert_close(score.double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(amap, ref_maps, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(p.numpy(), [r.pred_score for r in refs], atol=1e-6)
+    assert label.tolist() == [r.pred_label for r in refs]
+    torch.testing.assert_close(amap01, scorer.post_processor.map_01(ref_maps), atol=1e-5, rtol=0)
+    assert (mask == (ref_maps > scorer.pixel_threshold)).float().mean() > 0.999
 
 
 @pytest.mark.parametrize("keep", ["global.pt", "local.pt"])
@@ -70,35 +79,43 @@ def test_pipeline_module_of_a_single_model_dir(model, tmp_path, keep):
     (one / ({"global.pt", "local.pt"} - {keep}).pop()).unlink()
     (one / "threshold.json").unlink(missing_ok=True)
     scorer = Scorer(one, device="cpu", backend="torch", channels_last=False)
-    x = torch.randn(2, 3, 64, 64)
+    images = list(np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8))
     with torch.no_grad():
-        _, _, score, amap = ScoringPipeline(scorer)(x)
-    ref = scorer.score_batch(x)
-    torch.testing.assert_close(score, ref.score, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(amap, ref.maps, rtol=1e-5, atol=1e-6)
+        out = ScoringPipeline(scorer)(_raw(images))
+    refs = scorer.predict(images)
+    want = torch.tensor([r.score for r in refs], dtype=torch.float64)
+    torch.testing.assert_close(out[4].double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[5], torch.from_numpy(np.stack([r.anomaly_map for r in refs]))[:, None],
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
 
 
 @pytest.mark.slow
 def test_export_onnx_parity_batch_1_and_5(model, tmp_path):
+    from igd_fast.export.onnx import record_path
+    from igd_fast.export.pipeline import ONNX_OUTPUTS
+
     out = tmp_path / "deploy" / "igd.onnx"
     assert main(["export", "--model", str(model), "--format", "onnx", "--out", str(out)]) == 0
-    meta = json.loads(out.with_suffix(".json").read_text())
-    assert meta["outputs"] == ["pred_score", "pred_label", "score", "anomaly_map"]
-    assert max(meta["max_abs_diff"].values()) < 1e-4
+    meta = json.loads(record_path(out).read_text())
+    assert meta["outputs"] == ONNX_OUTPUTS
+    diff = meta["max_abs_diff"]  # scores absolute, the map as a fraction of the heat-map range
+    assert diff["pred_score"] < 1e-4 and diff["score"] < 1e-4 and diff["anomaly_map"] < 1e-3
     sess = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["input"]
     # the fast kernels' Scorer (the default backend), not the reference the graph was built from
     scorer = Scorer(model, device="cpu")
     rng = np.random.default_rng(5)
     for n in (1, 5):
-        x = rng.standard_normal((n, 3, 64, 64)).astype(np.float32)
-        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x}), strict=True))
-        ref = scorer.score_batch(torch.from_numpy(x))
-        assert got["pred_score"].shape == (n,)
-        np.testing.assert_allclose(got["pred_score"], scorer.pred_scores(ref.score.double().numpy()), atol=1e-4)
-        np.testing.assert_allclose(got["score"], ref.score.numpy(), atol=1e-4)
-        np.testing.assert_allclose(got["anomaly_map"], ref.maps.numpy(), atol=1e-4)
-        assert (got["pred_label"] == (ref.score.numpy() > scorer.threshold)).all()
+        images = list(rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8))
+        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": _raw(images).numpy()}),
+                       strict=True))  # fmt: skip
+        refs = scorer.predict(images)
+        assert got["pred_score"].shape == (n,) and got["anomaly_map"].shape == (n, 1, 64, 64)
+        np.testing.assert_allclose(got["pred_score"], [r.pred_score for r in refs], atol=1e-4)
+        np.testing.assert_allclose(got["score"], [r.score for r in refs], atol=1e-4)
+        want = scorer.post_processor.map_01(torch.from_numpy(np.stack([r.anomaly_map for r in refs]))[:, None])
+        np.testing.assert_allclose(got["anomaly_map"], want.numpy(), atol=1e-4)
+        assert got["pred_label"].tolist() == [r.pred_label for r in refs]
 
 
 def test_export_errors_exit_2(model, tmp_path, capsys, monkeypatch):
@@ -117,21 +134,23 @@ def test_export_errors_exit_2(model, tmp_path, capsys, monkeypatch):
 @pytest.mark.slow
 def test_export_openvino_parity_batch_1_and_5(model, tmp_path):
     pytest.importorskip("openvino")
+    from igd_fast.export.onnx import record_path
     from igd_fast.export.openvino import openvino_runner
 
     out = tmp_path / "ov"
     assert main(["export", "--model", str(model), "--format", "openvino", "--out", f"{out}/"]) == 0
     xml = out / "model.xml"
     assert xml.is_file() and xml.with_suffix(".bin").is_file() and not list(out.glob(".igd_export.*"))
-    assert json.loads(xml.with_suffix(".json").read_text())["format"] == "openvino"
+    assert json.loads(record_path(xml).read_text())["format"] == "openvino"
     run = openvino_runner(xml)
     scorer = Scorer(model, device="cpu")
     rng = np.random.default_rng(6)
     for n in (1, 5):
-        x = rng.standard_normal((n, 3, 64, 64)).astype(np.float32)
-        got, ref = run(x), scorer.score_batch(torch.from_numpy(x))
-        np.testing.assert_allclose(got["pred_score"], scorer.pred_scores(ref.score.double().numpy()), atol=1e-4)
-        np.testing.assert_allclose(got["anomaly_map"], ref.maps.numpy(), atol=1e-4)
+        images = list(rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8))
+        got, refs = run(_raw(images).numpy()), scorer.predict(images)
+        np.testing.assert_allclose(got["pred_score"], [r.pred_score for r in refs], atol=1e-4)
+        np.testing.assert_allclose(got["anomaly_map_raw"], np.stack([r.anomaly_map for r in refs])[:, None],
+                                   atol=1e-4 * scorer.post_processor.pixel_scale)  # fmt: skip
 
 
 def _csv(path):
@@ -159,7 +178,7 @@ def test_score_cli_with_an_exported_model_matches_the_scorer(model, tmp_path, ru
         target = tmp_path / f"{mdir.name}_{runtime}" / ("model.xml" if runtime == "openvino" else "model.onnx")
         fmt = "openvino" if runtime == "openvino" else "onnx"
         assert main(["export", "--model", str(mdir), "--format", fmt, "--out", str(target)]) == 0
-        rec = json.loads(target.with_suffix(".json").read_text())
+        rec = json.loads(record_path(target).read_text())
         if runtime == "openvino":
             import openvino as ov
 
@@ -202,9 +221,10 @@ def test_export_computes_the_model_recipe_and_records_it(model, tmp_path):
     write_model_recipe(d, Recipe.resolve(preset={k: v for k, v in EVERY_STAGE.items() if k != "map_position"}))
     target = tmp_path / "m.onnx"
     assert main(["export", "--model", str(d), "--out", str(target)]) == 0
-    rec = json.loads(target.with_suffix(".json").read_text())
+    rec = json.loads(record_path(target).read_text())
     assert rec["recipe"]["values"]["image_score"] == "map-excess" and rec["recipe"]["sources"]["map_term"] == "model"
-    assert rec["scoring"]["residual_sigma"] == 1.0 and max(rec["max_abs_diff"].values()) < 1e-4
+    assert rec["scoring"]["residual_sigma"] == 1.0 and rec["max_abs_diff"]["score"] < 1e-4
+    assert rec["max_abs_diff"]["anomaly_map"] < 1e-3
     common = ["--input", str(model.parent / "data" / CAT / "test"), "--workers", "0", "--no-progress", "--no-overlays"]
     assert main(["score", "--model", str(d), "--out", str(tmp_path / "t"), *common]) == 0
     assert main(["score", "--runtime", "onnxruntime", "--model", str(target), "--out", str(tmp_path / "x"),

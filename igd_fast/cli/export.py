@@ -2,10 +2,13 @@
 (``--format onnx``) or as OpenVINO IR (``--format openvino``: .xml + .bin, float32).
 
 The graph uses the pure-PyTorch reference ops (backend "torch"), so any ONNX runtime
-runs it: input ``input`` (N×3×S×S, ImageNet-normalised, N dynamic), outputs
-``pred_score``, ``pred_label``, ``score`` and ``anomaly_map`` (at the model size).
+runs it, and is self-contained: input ``input`` (N×3×H×W RGB in [0, 1], N, H and W
+dynamic; the resize and the ImageNet normalisation are inside), outputs anomalib's
+``pred_score``, ``pred_label``, ``anomaly_map`` and ``pred_mask`` (maps at H×W), then
+``score`` (ONNX; the IR keeps anomalib's four). See docs/deployment.md.
 The graph computes the model directory's scoring recipe (``recipe.json``; scoring flags
-override it, as in ``score`` and ``eval``). Beside it, ``<out>.json`` records the
+override it, as in ``score`` and ``eval``). Beside it, ``<out>.json`` (``m.onnx.json``,
+``m.xml.json``) records the
 preprocessing, the thresholds and the recipe with each value's source. Unless
 ``--no-check``, onnxruntime runs the file on random images and it must agree with the
 Scorer within 1e-4 (onnxruntime for ONNX; OpenVINO's CPU plugin in float32 for IR).
@@ -35,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="trained model directory (global.pt, local.pt and/or defect.pt)")
     p.add_argument("--format", default="onnx", choices=("onnx", "openvino"), help="export format (default onnx)")
     p.add_argument("--out", "--output", dest="out", required=True, metavar="PATH",
-                   help="file to write (a folder: PATH/model.onnx or .xml); its .json beside it")  # fmt: skip
+                   help="file to write (a folder: PATH/model.onnx or .xml); its <name>.json beside it")  # fmt: skip
     p.add_argument("--opset", type=_opset, default=None,
                    help="ONNX opset, 18 or newer (default 18; the file's JSON records the opset written)")
     p.add_argument("--no-check", action="store_true", help="skip the parity check against the Scorer")
@@ -83,6 +86,7 @@ def _target(out: str, fmt: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import CheckpointError
     from ..export import DEFAULT_OPSET, ExportError, export_onnx, export_openvino, missing_packages
+    from ..export.onnx import record_path
 
     try:
         recipe = resolve_recipe(args)
@@ -105,5 +109,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"igd-fast export: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     print(json.dumps({k: rec.get(k) for k in ("file", "outputs", "threshold", "max_abs_diff")}))
-    print(f"wrote {out} and {out.with_suffix('.json')}", file=sys.stderr)
+    print(f"wrote {out} and {record_path(out)}", file=sys.stderr)
     return EXIT_OK

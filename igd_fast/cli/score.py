@@ -44,7 +44,7 @@ from functools import partial
 from pathlib import Path
 
 from .. import _dist
-from ..outputs import FolderInUse, OutputError, output_lock, write_json, write_text
+from ..outputs import FolderInUse, OutputError, output_lock, strict_json, write_json, write_text
 from ..score.decide import decision_record
 from ..score.image_outputs import CSV_COLUMNS, ImageOutputs, output_name, report, tiff_name
 from ..score.postprocess import PostProcessor
@@ -103,7 +103,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="target false-alarm rate of the calibration (default 0.05)")
     p.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default="torch",
                    help="torch (default): --model is a model directory; onnxruntime / openvino: --model is a file "
-                        "written by igd-fast export (.onnx / .xml, with its .json beside it)")
+                        "written by igd-fast export (.onnx / .xml, with its <name>.json beside it)")
     add_recipe_flags(p)
     add_runtime(p, scoring=True)
     add_engine_flags(p)
@@ -245,7 +245,7 @@ def _write_rows(out: Path, rows: list[dict], jsonl: bool) -> None:
                     f"{r['s_global']:.6f}", f"{r['s_local']:.6f}"])  # fmt: skip
     write_text(out / "scores.csv", f.getvalue())
     if jsonl:
-        write_text(out / "scores.jsonl", "".join(json.dumps({k: v for k, v in r.items() if k != "index"}) + "\n"
+        write_text(out / "scores.jsonl", "".join(strict_json({k: v for k, v in r.items() if k != "index"}) + "\n"
                                                  for r in rows))  # fmt: skip
 
 

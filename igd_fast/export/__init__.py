@@ -1,8 +1,10 @@
 """Export of a trained model directory's scoring pipeline (``igd-fast export``).
 
-:class:`ScoringPipeline` is the Scorer's own scoring module on the reference ops and its
-post-processor; :func:`export_onnx` writes it as ONNX with a dynamic batch axis,
-:func:`export_openvino` as OpenVINO IR (converted from that ONNX graph).
+:class:`ScoringPipeline` is the Scorer's reading (Pillow's resize, in tensor ops), its own
+scoring module on the reference ops, its per-image finishing and its post-processor: raw
+images of any size in, anomalib's outputs out. :func:`export_onnx` writes it as ONNX (batch,
+height and width dynamic), :func:`export_openvino` as OpenVINO IR (converted from that ONNX
+graph); both carry the thresholds as Model API reads them (docs/deployment.md).
 """
 
 from .onnx import DEFAULT_OPSET, ExportError, check_parity, export_onnx, missing_packages

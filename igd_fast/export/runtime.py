@@ -2,9 +2,9 @@
 
 :class:`ExportedScorer` runs the ``.onnx`` / ``.xml`` written by ``igd-fast export``
 through the same runner as the :class:`~igd_fast.score.Scorer` (reading, batching, output
-order), with the exported graph as its model: images are read and resized by the package,
-the graph does normalised image -> score and map at the model size, the map is resized to
-each image's size, and the decision comes from the export's ``.json`` record (its
+order), with the exported graph as its model: images are read at their own size (batches
+hold one size each), the graph does the resize, the scoring and the map at the image's size
+(:mod:`.pipeline`), and the decision comes from the export's ``.json`` record (its
 post-processor and recipe). The graph returns the total score only, so ``s_global`` /
 ``s_local`` are NaN in its results.
 """
@@ -18,14 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from ..data import imagenet_pixels
 from ..data.files import regular_file
 from ..score.module import BatchScores
 from ..score.recipe import Recipe
 from ..score.runner import Runner
 from ..score.scorer import BaseScorer
+from .onnx import record_path
 
 RUNTIMES = ("onnxruntime", "openvino")
 
@@ -34,9 +35,10 @@ def record_problem(rec: object) -> str | None:
     """Why an export's ``.json`` record cannot drive scoring, or None."""
     if not isinstance(rec, dict):
         return f"it holds a JSON {type(rec).__name__}, not an object"
-    shape = rec.get("input", {}).get("shape") if isinstance(rec.get("input"), dict) else None
-    if not (isinstance(shape, list) and shape and isinstance(shape[-1], int) and shape[-1] >= 1):
-        return "no 'input' record with the model's input shape"
+    if rec.get("contract") != "raw-images":
+        return "it was written by an older igd-fast (a graph of resized, normalised images)"
+    if not (isinstance(rec.get("scoring_size"), int) and rec["scoring_size"] >= 1):
+        return "no 'scoring_size'"
     for k in ("threshold", "score_scale", "pixel_threshold", "map_low", "map_high"):
         v = rec.get(k)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -47,25 +49,27 @@ def record_problem(rec: object) -> str | None:
 
 
 class ExportedModel:
-    """A runner's model over an exported graph (``run``: N×3×S×S float32 -> outputs)."""
+    """A runner's model over an exported graph (``run``: N×3×H×W float32 in [0, 1] ->
+    outputs, maps at H×W). The runner reads images at their own size (``image_size`` None)
+    and ImageNet-normalised; they are taken back to [0, 1] here (the graph rounds them to the
+    8-bit values they were read from)."""
 
     map_scored = False  # the graph's score is already the recipe's image score
+    image_size = None  # read at each image's own size: the graph resizes
 
-    def __init__(self, run: Callable[[np.ndarray], dict], image_size: int) -> None:
-        self.run, self.image_size = run, image_size
+    def __init__(self, run: Callable[[np.ndarray], dict]) -> None:
+        self.run = run
 
     def raw(self, x: Tensor, want_maps: bool = True) -> BatchScores:
-        out = self.run(x.float().contiguous().cpu().numpy())
+        out = self.run(imagenet_pixels(x).contiguous().cpu().numpy())
         score = torch.from_numpy(np.asarray(out["score"], dtype=np.float32))
         nan = torch.full_like(score, math.nan)
-        amap = out.get("anomaly_map")
+        amap = out.get("anomaly_map_raw")
         maps = torch.from_numpy(np.asarray(amap, dtype=np.float32)) if (want_maps and amap is not None) else None
         return BatchScores(score, {"global": nan, "local": nan}, maps)
 
     def finish_map(self, m: Tensor, size: tuple[int, int]) -> Tensor:
-        if tuple(m.shape[-2:]) == tuple(size):
-            return m
-        return F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)
+        return m  # already at the image's size
 
 
 class ExportedScorer(BaseScorer):
@@ -78,7 +82,7 @@ class ExportedScorer(BaseScorer):
         if not self.path.exists():
             raise FileNotFoundError(f"exported model {self.path} does not exist (write one with igd-fast export)")
         regular_file(self.path, "exported model")
-        meta = self.path.with_suffix(".json")
+        meta = record_path(self.path)
         try:
             regular_file(meta, "export record")
             self.record = json.loads(meta.read_text())
@@ -97,8 +101,7 @@ class ExportedScorer(BaseScorer):
         self.precision_record = {"requested": "fp32", "runtime": runtime}
         # an export from before recipes were recorded computed the default score and map
         self.recipe = Recipe.from_record(self.record.get("recipe", {}))
-        image_size = int(self.record["input"]["shape"][-1])
-        self.runner = Runner(ExportedModel(self._runner(), image_size), self.device, batch_size)
+        self.runner = Runner(ExportedModel(self._runner()), self.device, batch_size)
         self.use_calibration(self.record)
 
     def _runner(self) -> Callable[[np.ndarray], dict]:
@@ -109,7 +112,7 @@ class ExportedScorer(BaseScorer):
                 return openvino_runner(self.path)
             from .onnx import onnxruntime_runner
 
-            return onnxruntime_runner(self.path)
+            return onnxruntime_runner(self.path, ("score", "anomaly_map_raw"))
         except Exception as e:  # noqa: BLE001 - each runtime has its own error types (protobuf, ...)
             first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:300]
             raise ValueError(f"{self.runtime} cannot load {self.path}: truncated, corrupt or not an exported model "

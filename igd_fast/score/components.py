@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import load_defect_model, load_model, model_files
@@ -156,7 +155,7 @@ class ImageModel(Component):
     def forward(self, x: Tensor, want_map: bool = True) -> Terms:
         size = self.config.image_size
         if tuple(x.shape[-2:]) != (size, size):  # read for another component (at its aspect)
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            x = self.ops.resize(x, (size, size))
         s, m = self.terms(x, want_map)
         return Terms(s, self._smooth(m))
 
@@ -225,7 +224,7 @@ class PatchModel(ImageModel):
         """(the local model's patches of images at the scoring size, resized to its own; the grid)."""
         size = self.config.image_size
         if size != x.shape[-1]:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            x = self.ops.resize(x, (size, size))
         return self.ops.patches(x, self.config.patch_size, self.config.patch_stride)
 
     def forward(self, x: Tensor, want_map: bool = True) -> Terms:

@@ -86,9 +86,12 @@ class ScoreDataset(Dataset):
         return Item(self.indices[i], path, img, hw, None, i)
 
 
-def scoring_size(hw: tuple[int, int], size: int, keep_aspect: bool) -> tuple[int, int]:
+def scoring_size(hw: tuple[int, int], size: int | None, keep_aspect: bool) -> tuple[int, int]:
     """The (H, W) an image of ``hw`` is read at: ``size``² (squashed), or with ``keep_aspect``
-    its longer side at ``size`` (:func:`igd_fast.data.working_size`)."""
+    its longer side at ``size`` (:func:`igd_fast.data.working_size`); None: its own size (an
+    exported graph resizes it itself)."""
+    if size is None:
+        return tuple(hw)
     return working_size(hw[0], hw[1], size) if keep_aspect else (size, size)
 
 

@@ -28,6 +28,8 @@ def gaussian_smooth(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor
 
 
 def _symmetric_index(size: int, r: int, device) -> Tensor:
-    # indices -r .. size+r-1 folded back symmetrically (period 2·size), any r
-    i = torch.arange(-r, size + r, device=device) % (2 * size)
+    # indices -r .. size+r-1 folded back symmetrically (period 2·size), any r; the period as
+    # a tensor, so an exported graph takes it from the map's (dynamic) size
+    i = torch.arange(-r, size + r, device=device)
+    i = torch.remainder(i, torch.full((), 2 * size, dtype=i.dtype, device=device))
     return torch.where(i >= size, 2 * size - 1 - i, i)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import MSSSIMConfig
 from ..ops import patches as fast
 from ..ops.patches import PatchGrid
 from ..reference import patches as ref
+from .resample import antialias_resize
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,10 @@ class FastOps:
 
     def patches(self, x: Tensor, size: int, stride: int) -> tuple[Tensor, PatchGrid]:
         return fast.extract_patches(x, size, stride)
+
+    def resize(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        """Images read for another component, at this one's size (antialiased bilinear)."""
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
     def fold(self, maps: Tensor, grid: PatchGrid) -> Tensor:
         return fast.fold_patch_maps(maps, grid, "mean", self.backend)
@@ -37,6 +43,10 @@ class ReferenceOps:
 
     def patches(self, x: Tensor, size: int, stride: int) -> tuple[Tensor, PatchGrid]:
         return ref.extract_patches(x, size, stride), PatchGrid(x.shape[-2], x.shape[-1], size, stride)
+
+    def resize(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        # gathered taps, not an antialiased Resize node (OpenVINO's differs by up to 0.44)
+        return antialias_resize(x, size)
 
     def fold(self, maps: Tensor, grid: PatchGrid) -> Tensor:
         return ref.fold_patch_maps(maps, *grid.scalars(), "mean")

@@ -76,6 +76,25 @@ class PostProcessor(nn.Module):
         label = ~(score <= self.threshold)  # NaN is never "normal": a NaN score is labelled anomalous
         return logistic(score, self.threshold, self.scale), label.to(torch.int64)
 
+    @property
+    def pixel_scale(self) -> float:
+        """The width of the heat-map range: the span of ``anomaly_map`` in [0, 1] (1 uncalibrated)."""
+        return 1.0 if self.map_range is None else float(self.map_range[1] - self.map_range[0])
+
+    def map_01(self, m: Tensor) -> Tensor:
+        """Maps in [0, 1] with the pixel threshold at 0.5 (anomalib's ``anomaly_map``):
+        (map - pixel_threshold) / pixel_scale + 0.5, clipped; the exported graph's output."""
+        return ((m - self._pixel_threshold()) / self.pixel_scale + 0.5).clamp(0.0, 1.0)
+
+    def mask(self, m: Tensor) -> Tensor:
+        """Boolean maps, pixels above the pixel threshold (:meth:`pred_mask` on tensors)."""
+        return m > self._pixel_threshold()
+
+    def _pixel_threshold(self) -> float:
+        if self.pixel_threshold is None:
+            raise ValueError("no pixel threshold: this decision was given by hand, not calibrated")
+        return self.pixel_threshold
+
     def record(self) -> dict:
         return {"threshold": self.threshold, "score_scale": self.scale, "pixel_threshold": self.pixel_threshold,
                 "map_range": None if self.map_range is None else list(self.map_range), "rule": self.rule}  # fmt: skip

@@ -1,0 +1,204 @@
+"""The exported model as deployers run it: raw 8-bit RGB images of three sizes (one of them
+non-square) through the ONNX file in plain onnxruntime and through the IR in OpenVINO Model
+API's ``AnomalyDetection``, against our Scorer on the same pixels, for a global + local
+model and a ``--preset cpu`` model (global + the defect model that keeps the aspect)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from igd_fast.cli import main
+from igd_fast.export.onnx import record_path
+from igd_fast.export.pipeline import IR_OUTPUTS, ONNX_OUTPUTS
+from igd_fast.export.resize import pillow_resize
+from igd_fast.score import Scorer
+
+ort = pytest.importorskip("onnxruntime")
+ov = pytest.importorskip("openvino")
+pytest.importorskip("onnxscript")
+model_api = pytest.importorskip("model_api")
+
+SIZES = [(80, 80), (72, 120), (150, 101)]  # (H, W): the training size, wide, tall and larger
+TOL_SCORE = 1e-4  # pred_score, absolute
+TOL_MAP = 1e-3  # anomaly_map in [0, 1] (a fraction of the heat-map range)
+
+
+def _images(files) -> list[np.ndarray]:
+    """Raw uint8 H×W×3 images of each of :data:`SIZES`, from the test files."""
+    out = []
+    for f, (h, w) in zip(files, SIZES, strict=False):
+        with Image.open(f) as im:
+            out.append(np.asarray(im.convert("RGB").resize((w, h), Image.BICUBIC)))
+    return out
+
+
+def _export(model_dir: Path, out: Path) -> tuple[Path, Path]:
+    """The ONNX file (igd-fast export, with its parity check) and the IR converted from it."""
+    from igd_fast.export import export_openvino
+
+    onnx_file = out / "m.onnx"
+    assert main(["export", "--model", str(model_dir), "--format", "onnx", "--out", str(onnx_file)]) == 0
+    export_openvino(model_dir, out / "m.xml", onnx_file=onnx_file)
+    return onnx_file, out / "m.xml"
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_pair, tmp_path_factory):
+    onnx_file, xml = _export(tiny_pair["model"], tmp_path_factory.mktemp("deploy_pair"))
+    return {"model": tiny_pair["model"], "onnx": onnx_file, "xml": xml, "images": _images(tiny_pair["test"][1:])}
+
+
+@pytest.fixture(scope="module")
+def cpu_preset(tmp_path_factory):
+    """A tiny ``--preset cpu`` model: the global model and the defect model (its map, at the image's aspect)."""
+    from igd_fast.data import make_synthetic_mvtec
+
+    root = tmp_path_factory.mktemp("deploy_cpu")
+    data, model = root / "data", root / "m"
+    make_synthetic_mvtec(data, "cat", n_train=8, n_test_good=2, n_test_bad=2, size=96, seed=0)
+    assert main(["train", "--data", str(data), "--category", "cat", "--out", str(model), "--preset", "cpu",
+                 "--image-size", "96", "--width", "8", "--epochs", "1", "--defect-size", "32",
+                 "--defect-steps", "2", "--val-fraction", "0.25", "--no-progress", "--device", "cpu"]) == 0  # fmt: skip
+    onnx_file, xml = _export(model, root / "export")
+    files = sorted((data / "cat" / "test").rglob("*.png"))
+    return {"model": model, "onnx": onnx_file, "xml": xml, "images": _images(files[1:])}
+
+
+@pytest.fixture(params=["pair", "cpu_preset"])
+def exported(request):
+    return request.getfixturevalue(request.param)
+
+
+def _reference(model_dir: Path, images: list[np.ndarray]):
+    """Our Scorer's predictions of the same pixels (fast kernels, as ``igd-fast score`` runs)."""
+    scorer = Scorer(model_dir, device="cpu")
+    return scorer, scorer.predict(list(images))
+
+
+def _check_masks(got_mask: np.ndarray, ref, post) -> None:
+    # equal wherever the raw map is not within float rounding of the pixel threshold
+    clear = np.abs(ref.anomaly_map - post.pixel_threshold) > 1e-4 * post.pixel_scale
+    assert (got_mask.astype(bool) == ref.pred_mask)[clear].all()
+
+
+def test_onnxruntime_scores_raw_images_as_the_scorer(exported):
+    scorer, refs = _reference(exported["model"], exported["images"])
+    post = scorer.post_processor
+    # plain onnxruntime, as docs/deployment.md shows it
+    sess = ort.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["input"] and [o.name for o in sess.get_outputs()] == ONNX_OUTPUTS
+    for img, ref in zip(exported["images"], refs, strict=True):
+        x = img.transpose(2, 0, 1)[None].astype(np.float32) / 255.0  # N×3×H×W RGB in [0, 1]
+        pred_score, pred_label, anomaly_map, pred_mask, score = sess.run(None, {"input": x})
+        assert anomaly_map.shape == pred_mask.shape == (1, 1, *img.shape[:2])
+        assert abs(float(pred_score[0]) - ref.pred_score) <= TOL_SCORE
+        assert int(pred_label[0]) == ref.pred_label
+        assert abs(float(score[0]) - ref.score) <= TOL_SCORE * max(1.0, abs(ref.score))
+        want = post.map_01(torch.from_numpy(ref.anomaly_map)).numpy()
+        assert np.abs(anomaly_map[0, 0] - want).max() <= TOL_MAP
+        _check_masks(pred_mask[0, 0], ref, post)
+
+
+def test_model_api_anomaly_detection_scores_raw_images_as_the_scorer(exported):
+    from model_api.adapters import OpenvinoAdapter, create_core
+    from model_api.models import AnomalyDetection
+
+    scorer, refs = _reference(exported["model"], exported["images"])
+    post = scorer.post_processor
+    # float32: the CPU plugin's default on a CPU with avx512_bf16 / AMX is bf16 (docs/deployment.md)
+    adapter = OpenvinoAdapter(create_core(), str(exported["xml"]), device="CPU",
+                              plugin_config={"INFERENCE_PRECISION_HINT": "f32"})  # fmt: skip
+    model = AnomalyDetection.create_model(adapter)
+    assert model.params.image_threshold == pytest.approx(post.threshold, rel=1e-12)
+    assert model.params.pixel_threshold == pytest.approx(post.pixel_threshold, rel=1e-12)
+    assert model.params.normalization_scale == pytest.approx(post.scale, rel=1e-12)
+    for img, ref in zip(exported["images"], refs, strict=True):
+        r = model(img)  # H×W×3 uint8 RGB, any size: no resize or normalisation outside the graph
+        assert abs(r.pred_score - ref.pred_score) <= TOL_SCORE
+        assert int(r.pred_label) == ref.pred_label
+        assert r.anomaly_map.shape == r.pred_mask.shape == img.shape[:2]
+        # Model API hands the map back as uint8 (map·255 rounded): within one step of ours
+        want = np.round(post.map_01(torch.from_numpy(ref.anomaly_map)).numpy() * 255)
+        assert np.abs(r.anomaly_map.astype(np.int64) - want).max() <= 1
+        _check_masks(r.pred_mask, ref, post)
+
+
+def test_the_files_carry_their_thresholds_and_records(pair):
+    import onnx
+
+    rec = json.loads(record_path(pair["onnx"]).read_text())
+    meta = {p.key: p.value for p in onnx.load(str(pair["onnx"])).metadata_props}
+    assert meta["model_type"] == "AnomalyDetection" and meta["task"] == "segmentation"
+    assert float(meta["image_threshold"]) == rec["threshold"]
+    assert float(meta["pixel_threshold"]) == rec["pixel_threshold"]
+    assert float(meta["normalization_scale"]) == rec["score_scale"]
+    assert meta["mean_values"] == "0 0 0" and meta["scale_values"] == "255 255 255"
+    xml_model = ov.Core().read_model(str(pair["xml"]))
+    info = xml_model.get_rt_info()["model_info"]
+    assert float(info["image_threshold"].astype(str)) == rec["threshold"]
+    assert [o.get_any_name() for o in xml_model.outputs] == IR_OUTPUTS
+    assert xml_model.inputs[0].get_partial_shape().is_dynamic
+    # an ONNX and an IR export to one stem keep a side-car each
+    assert json.loads(record_path(pair["xml"]).read_text())["format"] == "openvino" and rec["format"] == "onnx"
+    assert rec["contract"] == "raw-images" and rec["outputs"] == ONNX_OUTPUTS
+
+
+def test_an_ir_exported_to_the_onnx_files_stem_keeps_both_side_cars(pair, tmp_path):
+    from igd_fast.export import export_openvino
+
+    onnx_file, xml = tmp_path / "m.onnx", tmp_path / "m.xml"
+    onnx_file.write_bytes(pair["onnx"].read_bytes())
+    record_path(onnx_file).write_text(record_path(pair["onnx"]).read_text())
+    export_openvino(pair["model"], xml, check=False, onnx_file=onnx_file)
+    assert json.loads(record_path(onnx_file).read_text())["format"] == "onnx"
+    assert json.loads(record_path(xml).read_text())["format"] == "openvino"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.onnx", "m.onnx.json", "m.xml", "m.xml.json"]
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_scores_jsonl_from_exported_runtimes_is_strict_json(pair, tmp_path, runtime):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i, img in enumerate(pair["images"]):
+        Image.fromarray(img).save(inp / f"{i}.png")
+    target = pair["xml"] if runtime == "openvino" else pair["onnx"]
+    assert main(["score", "--runtime", runtime, "--model", str(target), "--input", str(inp), "--out",
+                 str(tmp_path / "o"), "--jsonl", "--no-progress", "--workers", "0", "--no-overlays"]) == 0  # fmt: skip
+
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    lines = (tmp_path / "o" / "scores.jsonl").read_text().splitlines()
+    rows = [json.loads(line, parse_constant=refuse) for line in lines]
+    assert len(rows) == 3 and all(r["s_global"] is None and math.isfinite(r["score"]) for r in rows)
+    _, refs = _reference(pair["model"], pair["images"])
+    for r, ref in zip(sorted(rows, key=lambda r: r["path"]), refs, strict=True):
+        assert abs(r["pred_score"] - ref.pred_score) <= TOL_SCORE
+
+
+def test_the_graph_resizes_as_pillow():
+    """Equal to Pillow's 8-bit BILINEAR resize, pixel for pixel: both pass orders (Pillow 13
+    runs the vertical pass first when the height shrinks much more), up and down, odd sizes."""
+    rng = np.random.default_rng(0)
+    pairs = [((129, 65), (64, 64)), ((150, 101), (64, 64)), ((64, 64), (64, 64)), ((30, 70), (41, 96)),
+             ((1000, 777), (96, 96))] + [(tuple(rng.integers(8, 300, 2)), tuple(rng.integers(8, 160, 2)))
+                                         for _ in range(30)]  # fmt: skip
+    for hw, out in pairs:
+        a = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+        want = np.asarray(Image.fromarray(a).resize((int(out[1]), int(out[0])), Image.BILINEAR))
+        got = pillow_resize(torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255.0, (int(out[0]), int(out[1])))
+        assert np.array_equal(np.rint(got[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8), want), (hw, out)
+
+
+def test_scipy_is_a_runtime_dependency():
+    """--precision auto (scipy.stats) and AUPRO (scipy.ndimage) need it at run time."""
+    tomllib = pytest.importorskip("tomllib")
+    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert "scipy" in deps
