@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import csv
 import io
-import json
 import os
 import sys
 import time
