@@ -606,21 +606,25 @@ def test_torch_wording_of_a_pickle_does_not_matter(tmp_path, monkeypatch):
 
 def test_damaged_exports_are_named(env, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
-    rec = {"input": {"name": "input", "shape": ["batch", 3, 64, 64]}, "threshold": 1.0, "score_scale": 1.0,
+    rec = {"contract": "raw-images", "scoring_size": 64, "threshold": 1.0, "score_scale": 1.0,
            "pixel_threshold": 1.0, "map_low": 0.0, "map_high": 1.0, "models": ["global"]}  # fmt: skip
     dep = tmp_path / "dep"
     dep.mkdir()
     (dep / "m.onnx").write_bytes(np.random.default_rng(0).bytes(5000))  # a truncated / damaged graph
-    (dep / "m.json").write_text(json.dumps(rec))
+    (dep / "m.onnx.json").write_text(json.dumps(rec))
     args = _score(dep / "m.onnx", env["test"], tmp_path / "o", "--runtime", "onnxruntime")
     assert main(args) == 2
     err = _err(capsys)
     assert "m.onnx" in err and "corrupt" in err
-    del rec["input"]
-    (dep / "m.json").write_text(json.dumps(rec))
+    del rec["scoring_size"]
+    (dep / "m.onnx.json").write_text(json.dumps(rec))
     assert main(args) == 2
     err = _err(capsys)
-    assert "m.json" in err and "'input'" in err
+    assert "m.onnx.json" in err and "'scoring_size'" in err and "export the model again" in err
+    del rec["contract"]  # a record of the earlier, fixed-size export
+    (dep / "m.onnx.json").write_text(json.dumps(rec))
+    assert main(args) == 2
+    assert "older igd-fast" in _err(capsys)
 
 
 def test_device_cpu_1_names_the_device_not_the_checkpoint(env, tmp_path, capsys):
