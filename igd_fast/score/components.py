@@ -253,9 +253,9 @@ DEFECT_SCORE_SIGMA = 1.0
 DEFECT_TOP_FRACTION = 0.001
 
 # working images with a side over 1024 px are scored in 1024² tiles (overlap 128 px, blended),
-# one a pass: memory then stays that of a 1024² image whatever the size (a 1536² image: peak
-# RSS 1.89 GB whole against 1.16 GB in 512² tiles, which cost 1.8x the time in overlap; smaller
-# images, where memory is no concern, run whole)
+# one a pass: memory then stays that of a 1024² image whatever the size (a 1536² image, idle
+# 2-core EPYC: peak RSS 1.88 GB whole against 1.16 GB in four tiles, at 1.6x the time spent on
+# the overlap; smaller images, where memory is no concern, run whole)
 DEFECT_TILER = Tiler(1024, 896)
 DEFECT_TILE_BATCH = 1
 
