@@ -53,6 +53,9 @@ def interrupts():
         if state["stopping"]:
             return
         state["stopping"] = True
+        # multiprocessing's fd-sharing thread (DataLoader workers) reports a connection the
+        # dying workers drop through sys.excepthook: noise while the run stops, not an error
+        sys.excepthook = _quiet_while_stopping
         raise KeyboardInterrupt
 
     try:
@@ -60,11 +63,20 @@ def interrupts():
     except ValueError:  # not the main thread
         yield state
         return
+    hook = sys.excepthook
     try:
         yield state
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
+        sys.excepthook = hook
+
+
+def _quiet_while_stopping(kind, value, tb) -> None:
+    import multiprocessing
+
+    if not issubclass(kind, (OSError, EOFError, KeyboardInterrupt, multiprocessing.ProcessError)):
+        sys.__excepthook__(kind, value, tb)
 
 
 def main(argv: list[str] | None = None) -> int:
