@@ -190,17 +190,15 @@ def _orientation(im: Image.Image) -> int:
         return 1
 
 
-def _opened(path, what: str = "image file", data: bytes | None = None):
-    """``Image.open`` of a regular file (or of ``data``, the file's bytes, named ``path``)
-    within the pixel limit (checked on the header, before any pixel is decoded);
-    CorruptImageError naming the file otherwise."""
-    if data is None:
-        try:
-            regular_file(path, what)
-        except (FileNotFoundError, NotARegularFile) as e:
-            raise CorruptImageError(f"cannot read {e}") from None
+def _opened(path, what: str = "image file"):
+    """``Image.open`` of a regular file within the pixel limit (checked on the header, before
+    any pixel is decoded); CorruptImageError naming the file otherwise."""
     try:
-        im = Image.open(path if data is None else io.BytesIO(data))
+        regular_file(path, what)
+    except (FileNotFoundError, NotARegularFile) as e:
+        raise CorruptImageError(f"cannot read {e}") from None
+    try:
+        im = Image.open(path)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise CorruptImageError(f"cannot read {what} {path}: {e}") from e
     try:
@@ -216,7 +214,12 @@ def open_rgb(path: str | Path, data: bytes | None = None) -> Image.Image:
     (as viewers show it); CorruptImageError naming the file when it cannot be decoded, is
     not a regular file or is over the pixel limit (:mod:`igd_fast.limits`). ``data``: the
     file's bytes, already read (``path`` then only names them)."""
-    with _opened(path, data=data) as im:
+    if data is not None:  # the same decoding as an HTTP body's; over the limit is this file's error
+        try:
+            return decode_rgb(data, f"image file {path}")
+        except LimitError as e:
+            raise CorruptImageError(str(e)) from None
+    with _opened(path) as im:
         return _upright_rgb(im, str(path), f"image file {path}")
 
 
