@@ -120,6 +120,35 @@ def test_pixel_maps_average_the_flips_back_into_place():
     assert float(resid.abs().max()) == 0.0
 
 
+class _LeftHanded(nn.Module):
+    """A defect model that is not flip-equivariant: its logit is the image's first channel
+    on the left half of whatever it is shown, 0 on the right."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.config = DefectConfig(**dict(TINY, image_size=size))
+
+    def forward(self, x):
+        lo = x[:, :1].clone()
+        lo[..., x.shape[-1] // 2 :] = 0
+        return lo, x
+
+
+def test_the_map_is_the_image_as_it_is_and_the_term_averages_the_flips():
+    from igd_fast.score.maps import gaussian_smooth
+
+    x = torch.zeros(1, 3, 64, 64)
+    x[0, 0, 20, 50] = 8.0  # on the right: the identity pass does not see it, the left-right flip does
+    t = DefectPart(_LeftHanded(64), NORM, tiler=None)(x)
+    assert float(t.map.abs().max()) == 0.0
+    z = DefectPart(_LeftHanded(64), NORM, tiler=None).standardised(x)
+    assert z.shape == (1, 2, 64, 64) and float(z[0, 1, 20, 50]) == pytest.approx(8.0 * 2 / 4)  # 2 of 4 flips see it
+    fine = gaussian_smooth(z[:, 1:], 1.0 * 64 / 224).flatten(1)
+    k = max(1, math.ceil(DEFECT_TOP_FRACTION * 64 * 64))
+    torch.testing.assert_close(t.score, fine.topk(k, 1).values.mean(1))
+    assert float(t.score) > 0
+
+
 class _MeanModel:
     """A runner model whose score is each image's mean, to check order and sizes."""
 

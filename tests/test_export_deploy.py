@@ -106,20 +106,20 @@ def test_onnxruntime_scores_raw_images_as_the_scorer(exported):
         _check_masks(pred_mask[0, 0], ref, post)
 
 
-def test_model_api_anomaly_detection_scores_raw_images_as_the_scorer(exported):
+def _model_api_check(model_dir: Path, xml: Path, images: list[np.ndarray]) -> None:
     from model_api.adapters import OpenvinoAdapter, create_core
     from model_api.models import AnomalyDetection
 
-    scorer, refs = _reference(exported["model"], exported["images"])
+    scorer, refs = _reference(model_dir, images)
     post = scorer.post_processor
     # float32: the CPU plugin's default on a CPU with avx512_bf16 / AMX is bf16 (docs/deployment.md)
-    adapter = OpenvinoAdapter(create_core(), str(exported["xml"]), device="CPU",
+    adapter = OpenvinoAdapter(create_core(), str(xml), device="CPU",
                               plugin_config={"INFERENCE_PRECISION_HINT": "f32"})  # fmt: skip
     model = AnomalyDetection.create_model(adapter)
     assert model.params.image_threshold == pytest.approx(post.threshold, rel=1e-12)
     assert model.params.pixel_threshold == pytest.approx(post.pixel_threshold, rel=1e-12)
     assert model.params.normalization_scale == pytest.approx(post.scale, rel=1e-12)
-    for img, ref in zip(exported["images"], refs, strict=True):
+    for img, ref in zip(images, refs, strict=True):
         r = model(img)  # H×W×3 uint8 RGB, any size: no resize or normalisation outside the graph
         assert abs(r.pred_score - ref.pred_score) <= TOL_SCORE
         assert int(r.pred_label) == ref.pred_label
@@ -128,6 +128,18 @@ def test_model_api_anomaly_detection_scores_raw_images_as_the_scorer(exported):
         want = np.round(post.map_01(torch.from_numpy(ref.anomaly_map)).numpy() * 255)
         assert np.abs(r.anomaly_map.astype(np.int64) - want).max() <= 1
         _check_masks(r.pred_mask, ref, post)
+
+
+def test_model_api_anomaly_detection_scores_raw_images_as_the_scorer(exported):
+    # In a fresh interpreter: Model API's OpenVINO inference in a process that has also run
+    # onnxruntime (the test above) and trained with DataLoader workers corrupted the Python
+    # heap now and then (a segfault in a later test, about 2 runs in 3; each runtime alone
+    # never did). Deployers run one runtime per process.
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(_model_api_check, exported["model"], exported["xml"], exported["images"]).result()
 
 
 def test_the_files_carry_their_thresholds_and_records(pair):

@@ -105,7 +105,7 @@ def main() -> None:
             h, w = x.shape[-2:]
             mask = (np.asarray(Image.open(mp).convert("L").resize((w, h), Image.NEAREST)) > 0) if mp.exists() \
                 else np.zeros((h, w), bool)  # fmt: skip
-            rows.append((p.parent.name != "good", part.standardised(x), lv, mask))
+            rows.append((p.parent.name != "good", part.standardised(x)[:, :1], lv, mask))
     maps = {"defect map (the cpu preset)": lambda d, lv: d}
     maps.update({f"gauss {n}": (lambda d, lv, n=n: lv[n]) for n in names})
     maps["gauss r-levels summed"] = lambda d, lv: sum(lv[n] for n in names if n[0] == "r")

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import load_defect_model, load_model, model_files
 from ..data import IMAGENET_MEAN, IMAGENET_STD
-from ..models.defect import pixel_maps
+from ..models.defect import flip_passes
 from ..models.fold import fold_batchnorm
 from ..models.polyphase import fuse_upsampling
 from ..models.terms import latent_term
@@ -264,8 +264,9 @@ class DefectPart(Component):
     """The defect model (:mod:`igd_fast.models.defect`) at the image's own aspect: the map is
     the logit and the repair residual, each standardised by the validation normals' pixel
     mean / std and the residual weighted by how well it separated synthetic defects there
-    (the checkpoint's normaliser), smoothed by :data:`DEFECT_MAP_SIGMA`; the term is the mean
-    of the top :data:`DEFECT_TOP_FRACTION` of the same map smoothed by :data:`DEFECT_SCORE_SIGMA`
+    (the checkpoint's normaliser), of the image as it is, smoothed by :data:`DEFECT_MAP_SIGMA`;
+    the term is the mean of the top :data:`DEFECT_TOP_FRACTION` of that map averaged over the
+    test-time flips and smoothed by :data:`DEFECT_SCORE_SIGMA`
     (sigmas in pixels at working size :data:`DEFECT_SIGMA_SIZE`, scaled with it)."""
 
     kind, file = "defect", "defect.pt"
@@ -292,25 +293,27 @@ class DefectPart(Component):
         return True
 
     def standardised(self, x: Tensor) -> Tensor:
-        """N×1×H×W: z(logit) + w·z(residual) of images ``x`` at the working size; images larger
-        than the tiler's tile are scored tile by tile (bounded memory) and stitched back."""
+        """N×2×H×W: z(logit) + w·z(residual) of images ``x`` at the working size, of the image
+        as it is (channel 0: the map) and averaged over the test-time flips (channel 1: the
+        term); images larger than the tiler's tile are scored tile by tile (bounded memory)
+        and stitched back."""
         if self.tiler is None:
             return self._standardised(x)
         return self.tiler.apply(self._standardised, x, DEFECT_TILE_BATCH)
 
     def _standardised(self, x: Tensor) -> Tensor:
         n = self.normaliser
-        logit, resid = pixel_maps(self.model, x)
-        z = (logit - n["logit_mean"]) / n["logit_std"]
-        return z + n["resid_weight"] * (resid - n["resid_mean"]) / n["resid_std"]
+        logit, resid = flip_passes(self.model, x)
+        z = (logit - n["logit_mean"]) / n["logit_std"] + n["resid_weight"] * (resid - n["resid_mean"]) / n["resid_std"]
+        return torch.cat([z[:, :1], z.mean(1, keepdim=True)], 1)
 
     def forward(self, x: Tensor, want_map: bool = True) -> Terms:
         z = self.standardised(x)
         scale = max(x.shape[-2:]) / DEFECT_SIGMA_SIZE
-        fine = gaussian_smooth(z, DEFECT_SCORE_SIGMA * scale).flatten(1)
+        fine = gaussian_smooth(z[:, 1:], DEFECT_SCORE_SIGMA * scale).flatten(1)
         k = max(1, math.ceil(DEFECT_TOP_FRACTION * fine.shape[1]))
         score = fine.topk(k, dim=1).values.mean(1)
-        return Terms(score, gaussian_smooth(z, DEFECT_MAP_SIGMA * scale) if want_map else None)
+        return Terms(score, gaussian_smooth(z[:, :1], DEFECT_MAP_SIGMA * scale) if want_map else None)
 
     def with_networks(self, wrap: Callable[[nn.Module], nn.Module]) -> Component:
         out = copy.copy(self)
