@@ -42,103 +42,95 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def interrupts():
+def interrupts(then_quiet: bool = False):
     """Within the block SIGTERM stops the run as Ctrl-C does (KeyboardInterrupt), and a
     second Ctrl-C / SIGTERM while the first one unwinds (workers stopping, files being
-    closed) is ignored instead of breaking the clean-up with a traceback. Outside the
-    main thread signals are left alone."""
+    closed) is ignored instead of breaking the clean-up with a traceback. After it the
+    handlers are restored, or with ``then_quiet`` (the program is about to exit) replaced by
+    :func:`_quiet_shutdown`'s. Outside the main thread signals are left alone."""
     state = {"stopping": False}
 
     def handler(signum, frame):
-        if state["stopping"]:
+        if _stopping(state):  # here, or training's own handler took the first one
             return
         state["stopping"] = True
+        raise KeyboardInterrupt
+
+    def excepthook(kind, value, tb) -> None:
         # multiprocessing's fd-sharing thread (DataLoader workers) reports a connection the
         # dying workers drop through sys.excepthook: noise while the run stops, not an error
-        sys.excepthook = _quiet_while_stopping
-        raise KeyboardInterrupt
+        if not (_stopping(state) and _worker_noise(kind)):
+            previous(kind, value, tb)
 
     try:
         old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread
         yield state
         return
-    hook = sys.excepthook
+    previous, sys.excepthook = sys.excepthook, excepthook
     try:
         yield state
     finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
-        sys.excepthook = hook
+        if then_quiet:
+            _quiet_shutdown()
+        else:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+            sys.excepthook = previous
 
 
-def _quiet_while_stopping(kind, value, tb) -> None:
+def _worker_noise(kind: type) -> bool:
     import multiprocessing
 
-    if not issubclass(kind, (OSError, EOFError, KeyboardInterrupt, multiprocessing.ProcessError)):
+    return issubclass(kind, (OSError, EOFError, KeyboardInterrupt, multiprocessing.ProcessError))
+
+
+def _quiet_worker_noise(kind, value, tb) -> None:
+    if not _worker_noise(kind):
         sys.__excepthook__(kind, value, tb)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ._args import EXIT_USAGE
-
     program = argv is None  # the igd-fast program itself (not a call from Python)
     argv = list(sys.argv[1:] if program else argv)
     args = build_parser().parse_args(argv)
     args._argv = argv  # for messages that repeat the command (e.g. the --resume line)
     tune_malloc()
-    code = EXIT_USAGE
-    try:
-        code = _main(args)
-        return code
-    finally:
-        if program:
-            _late_signals_exit(code)
+    with interrupts(then_quiet=program) as state:
+        return _main(args, state)
 
 
-def _late_signals_exit(code: int) -> None:
+def _quiet_shutdown() -> None:
     """The command is over and the interpreter shuts down (atexit hooks, workers): a late
-    Ctrl-C / SIGTERM (an impatient second press) ends the process with the command's exit
-    code instead of a KeyboardInterrupt traceback from the shutdown."""
-    import os
-
-    def handler(signum, frame):
-        for f in (sys.stdout, sys.stderr):
-            try:
-                f.flush()
-            except Exception:  # noqa: BLE001
-                pass
-        os._exit(code)
-
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, handler)
-    except ValueError:  # not the main thread
-        pass
+    Ctrl-C / SIGTERM (an impatient second or third press) is ignored, down to the
+    interpreter's last steps, instead of a KeyboardInterrupt traceback from a finaliser or
+    a death by the signal; the workers' dropped connections are not reported."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    sys.excepthook = _quiet_worker_noise
 
 
-def _main(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace, state: dict) -> int:
     from ..outputs import FolderInUse, OutputError, OutputPathError
     from ._args import EXIT_USAGE
 
-    with interrupts() as state:
-        try:
-            return int(args._run(args) or 0)
-        # the verbs handle these where they know more (which file, what to rerun); this is
-        # the net under all of them: a message and exit 2, never a traceback
-        except (OutputError, OutputPathError, FolderInUse) as e:
-            if not _stopping(state):
-                print(f"igd-fast {args.command}: error: {e}", file=sys.stderr)
-                return EXIT_USAGE
+    try:
+        return int(args._run(args) or 0)
+    # the verbs handle these where they know more (which file, what to rerun); this is
+    # the net under all of them: a message and exit 2, never a traceback
+    except (OutputError, OutputPathError, FolderInUse) as e:
+        if not _stopping(state):
+            print(f"igd-fast {args.command}: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        return _interrupted(args.command, state)
+    except KeyboardInterrupt:
+        return _interrupted(args.command, state)
+    except Exception:
+        # code that caught the KeyboardInterrupt and raised something else (an extension
+        # module being imported says "initialization failed"): still the user's Ctrl-C
+        if _stopping(state):
             return _interrupted(args.command, state)
-        except KeyboardInterrupt:
-            return _interrupted(args.command, state)
-        except Exception:
-            # code that caught the KeyboardInterrupt and raised something else (an extension
-            # module being imported says "initialization failed"): still the user's Ctrl-C
-            if _stopping(state):
-                return _interrupted(args.command, state)
-            raise
+        raise
 
 
 def _stopping(state: dict) -> bool:

@@ -67,14 +67,18 @@ def stop_requested() -> bool:
     return _stop["requested"]
 
 
-# logging's os.register_at_fork hooks run in the parent around every fork (a
-# DataLoader starting workers); an exception there is printed and swallowed
+# Where Python prints and swallows an exception instead of raising it: logging's
+# os.register_at_fork hooks (run in the parent around every fork, a DataLoader starting
+# workers) and finalisers (a DataLoader iterator's __del__ stopping its workers)
 _FORK_HOOKS = {"_acquireLock", "_releaseLock"}
 
 
-def _in_fork_hook(frame) -> bool:
+def _swallowed_here(frame) -> bool:
     while frame is not None:
-        if frame.f_code.co_name in _FORK_HOOKS and frame.f_code.co_filename.endswith(("logging/__init__.py",)):
+        code = frame.f_code
+        if code.co_name == "__del__" or (
+            code.co_name in _FORK_HOOKS and code.co_filename.endswith("logging/__init__.py")
+        ):
             return True
         frame = frame.f_back
     return False
@@ -84,15 +88,16 @@ def _in_fork_hook(frame) -> bool:
 def sigterm_as_interrupt():
     """Within the block SIGINT and SIGTERM both raise KeyboardInterrupt, so a stopped
     run unwinds one way: workers stopped, the last checkpoint named. The signal is also
-    remembered: one that lands in an at-fork hook (a DataLoader starting its workers),
-    where Python would print and swallow it, is not raised there but stops training at
-    the next step boundary (:func:`stop_requested`)."""
+    remembered: one that lands in an at-fork hook (a DataLoader starting its workers) or a
+    finaliser (an iterator's ``__del__`` stopping them), where Python would print and
+    swallow it, is not raised there but stops training at the next step boundary
+    (:func:`stop_requested`)."""
 
     def handler(signum, frame):
         if _stop["unwinding"]:  # a second Ctrl-C while the first one stops the workers: let it finish
             return
         _stop["requested"] = True
-        if not _stop["defer"] and not _in_fork_hook(frame):
+        if not _stop["defer"] and not _swallowed_here(frame):
             _stop["unwinding"] = True
             raise KeyboardInterrupt
 
