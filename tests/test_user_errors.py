@@ -336,3 +336,23 @@ def test_inputs_that_flatten_alike_keep_their_own_outputs(env, tmp_path):
     a, b = np.load(out / "maps" / "sub" / "x.png.npy"), np.load(out / "maps" / "sub__x.png.npy")
     assert not np.array_equal(a, b)
     assert (out / "overlays" / "sub" / "x.png.png").is_file() and (out / "overlays" / "sub__x.png.png").is_file()
+
+
+def test_the_program_quiets_its_shutdown_only_after_a_clean_end():
+    """After the command, the program ignores late signals and workers' disconnect noise;
+    an error escaping the command keeps the handlers and hook it found (its traceback)."""
+    from igd_fast.cli import interrupts
+
+    hook, sigint, sigterm = sys.excepthook, signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(PermissionError):
+        with interrupts(then_quiet=True):
+            raise PermissionError("not worker noise")
+    assert sys.excepthook is hook and signal.getsignal(signal.SIGINT) is sigint
+    try:
+        with interrupts(then_quiet=True):
+            pass
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and sys.excepthook is not hook
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+        signal.signal(signal.SIGTERM, sigterm)
+        sys.excepthook = hook

@@ -46,8 +46,9 @@ def interrupts(then_quiet: bool = False):
     """Within the block SIGTERM stops the run as Ctrl-C does (KeyboardInterrupt), and a
     second Ctrl-C / SIGTERM while the first one unwinds (workers stopping, files being
     closed) is ignored instead of breaking the clean-up with a traceback. After it the
-    handlers are restored, or with ``then_quiet`` (the program is about to exit) replaced by
-    :func:`_quiet_shutdown`'s. Outside the main thread signals are left alone."""
+    handlers are restored, or with ``then_quiet`` (the program is about to exit) and the
+    block ended without an error replaced by :func:`_quiet_shutdown`'s. Outside the main
+    thread signals are left alone."""
     state = {"stopping": False}
 
     def handler(signum, frame):
@@ -68,15 +69,21 @@ def interrupts(then_quiet: bool = False):
         yield state
         return
     previous, sys.excepthook = sys.excepthook, excepthook
+
+    def restore() -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+        sys.excepthook = previous
+
     try:
         yield state
-    finally:
-        if then_quiet:
-            _quiet_shutdown()
-        else:
-            for sig, h in old.items():
-                signal.signal(sig, h)
-            sys.excepthook = previous
+    except BaseException:  # an error on its way out keeps its traceback (and OSError is one)
+        restore()
+        raise
+    if then_quiet:
+        _quiet_shutdown()
+    else:
+        restore()
 
 
 def _worker_noise(kind: type) -> bool:
