@@ -43,38 +43,47 @@ def test_expected_recall_is_the_share_of_synthetic_scores_above():
     assert rec["expected_recall"] == 0.5 and rec["n_synthetic"] == 2
 
 
-def _brute(normal, syn, mask, max_fpr):
-    floor = np.quantile(normal, 1 - max_fpr)
-    best = (-1.0, None)
-    for t in np.unique(np.r_[syn, floor]):
-        if t < floor:
-            continue
-        pred = syn > t
-        tp, fp, fn = (pred & mask).sum(), (pred & ~mask).sum(), (~pred & mask).sum()
-        f1 = 2 * tp / (2 * tp + fp + fn)
-        if f1 > best[0]:
-            best = (f1, t)
-    return best
+def _weighted_f1(t, normal, pos, prevalence):
+    w = pos.size * (1 - prevalence) / (prevalence * normal.size)
+    tp, fp = (pos > t).sum(), (normal > t).sum() * w
+    return 2 * tp / (tp + fp + pos.size)
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_pixel_threshold_is_the_best_f1_under_the_rate(seed):
+@pytest.mark.parametrize("shift", [2.5, 6.0, 0.5])
+def test_pixel_threshold_is_the_best_synthetic_f1_above_the_floor(seed, shift):
     rng = np.random.default_rng(seed)
     normal = rng.normal(0, 1, 5000).astype(np.float32)
     mask = rng.random(3000) < 0.1
-    syn = np.where(mask, rng.normal(2.5, 1, 3000), rng.normal(0, 1, 3000)).astype(np.float32)
+    # the synthetic images' own background is ignored: it is what a bright halo would be
+    syn = np.where(mask, rng.normal(shift, 1, 3000), rng.normal(3, 1, 3000)).astype(np.float32)
     got = pixel_rule(normal, syn, mask, max_fpr=0.02)
-    t = got["pixel_threshold"]
-    assert np.mean(normal > t) <= 0.02 + 1e-9
-    f1 = 2 * ((syn > t) & mask).sum() / ((syn > t).sum() + mask.sum())
-    assert f1 == pytest.approx(_brute(normal, syn, mask, 0.02)[0], abs=1e-9)
-    assert got["expected_pixel_f1"] == pytest.approx(f1, abs=1e-9)
+    t, floor, pos = got["pixel_threshold"], got["pixel_floor"], syn[mask]
+    assert floor == pytest.approx(np.quantile(normal, 0.98))
+    assert np.mean(normal > t) <= 0.02 + 1e-9 and t >= floor
+    brute = max(_weighted_f1(c, normal, pos, mask.mean()) for c in np.unique(np.r_[normal, pos]))
+    best_above = max(_weighted_f1(c, normal, pos, mask.mean()) for c in np.unique(np.r_[normal, pos, floor])
+                     if c >= floor)  # fmt: skip
+    assert _weighted_f1(t, normal, pos, mask.mean()) == pytest.approx(best_above, abs=1e-9)
+    # "synthetic": the floor did not bind, the threshold is the best one overall
+    assert (got["pixel_bound"] == "synthetic") == (best_above >= brute - 1e-12)
+    assert got["expected_pixel_f1"] == pytest.approx(_weighted_f1(t, normal, pos, mask.mean()), abs=1e-9)
+
+
+def test_weak_synthetic_defects_raise_the_pixel_threshold_above_the_floor():
+    rng = np.random.default_rng(0)
+    normal = rng.normal(0, 1, 20000).astype(np.float32)
+    mask = rng.random(4000) < 0.05
+    syn = np.where(mask, rng.normal(3.0, 0.5, 4000), 0.0).astype(np.float32)
+    got = pixel_rule(normal, syn, mask, max_fpr=0.05)  # a loose floor (1.64 sigma): F1 wants more
+    assert got["pixel_bound"] == "synthetic" and got["pixel_threshold"] > got["pixel_floor"] + 0.3
 
 
 def test_pixel_threshold_without_synthetic_evidence_is_the_floor():
     normal = np.arange(1000, dtype=np.float32)
     got = pixel_rule(normal, np.zeros(0, np.float32), np.zeros(0, bool), max_fpr=0.01)
     assert got["pixel_threshold"] == pytest.approx(np.quantile(normal, 0.99))
+    assert got["pixel_bound"] == "floor" and got["expected_pixel_f1"] is None
 
 
 def test_synthetic_defects_are_seeded_masked_and_in_the_normalised_range():

@@ -18,6 +18,7 @@ from igd_fast import recon_error_map, recon_loss
 from igd_fast.cli import main
 from igd_fast.data import load_image
 from igd_fast.score import Failure, Scorer, conformal_threshold
+from igd_fast.score.decide import PIXEL_MAX_FPR
 from igd_fast.score.threshold import THRESHOLD_JSON, read_threshold
 
 CAT = "synth"
@@ -310,10 +311,11 @@ def test_calibration_records_scale_and_pixel_threshold(trained, tmp_path):
     val = list(cal["validation_scores"].values())
     assert cal["score_scale"] == pytest.approx(max(val) - min(val))
     maps = [r.map for r in scorer.score_paths(list(cal["validation_scores"]))]
-    # at most 1 % of the validation normals' pixels above it (decide.PIXEL_MAX_FPR)
+    # at most PIXEL_MAX_FPR of the validation normals' pixels above it
     pixels = np.concatenate([m.ravel() for m in maps])
-    assert float(np.mean(pixels > cal["pixel_threshold"])) <= 0.01 + 1e-9
-    assert cal["pixel_threshold"] >= float(np.quantile(pixels, 0.99)) - 1e-6
+    assert cal["pixel_max_fpr"] == PIXEL_MAX_FPR
+    assert float(np.mean(pixels > cal["pixel_threshold"])) <= PIXEL_MAX_FPR + 1e-9
+    assert cal["pixel_threshold"] >= float(np.quantile(pixels, 1 - PIXEL_MAX_FPR)) - 1e-6
     assert scorer.pred_scores([cal["threshold"]])[0] == 0.5
     # a cache written before these fields existed is stale, silently (no warning)
     old = {k: v for k, v in cal.items() if k not in ("score_scale", "pixel_threshold")}

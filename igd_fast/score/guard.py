@@ -13,8 +13,9 @@ fp32 calibration. bf16 passes when
       error with n normals is about std sqrt((1 + z^2 / 2) / n), 0.34 std for n = 20: a tenth of
       a std is well inside what calibrating on another draw of normals would move;
   (c) pixel decisions: at most ``max_pixel_flips`` (0.1 %) of all pixels (normals and defects,
-      each at its own size) change pred_mask (map > pixel_threshold), a tenth of the 1 % of
-      normal pixels the pixel rule lets pred_mask flag; and at most ``map_err_share`` (0.1 %) of
+      each at its own size) change pred_mask (map > pixel_threshold): set when the pixel rule let
+      pred_mask flag 1 % of normal pixels, it is now 10x the rule's 0.01 %, so the flips it bounds
+      are mostly at the synthetic defects' edges; and at most ``map_err_share`` (0.1 %) of
       pixels differ by more than ``max_map_err`` (10 %) of the pixel decision's margin
       (pixel_threshold - the median normal pixel): the 99.9th percentile of the map error.
       The largest map error is recorded but not checked: a few ill-conditioned pixels where

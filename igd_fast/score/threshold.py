@@ -71,12 +71,13 @@ RULE = (
     "threshold; expected_recall: the share of synthetic defects on the validation normals above it"
 )
 PIXEL_RULE = (
-    "the pixel threshold maximising pred_mask's F1 on synthetic defects drawn on the validation normals, among "
-    "those flagging at most pixel_max_fpr of the validation normals' pixels; pixel anomalous when map > "
-    "pixel_threshold"
+    "the larger of the validation normals' pixels' 1 - pixel_max_fpr quantile (the floor: at most pixel_max_fpr of "
+    "them flagged) and the threshold maximising pred_mask's F1 with synthetic defects' pixels as positives and the "
+    "validation normals' pixels as negatives (weighted to the synthetic images' defect share); pixel anomalous when "
+    "map > pixel_threshold"
 )
 # the version of the rules above: a cached calibration made under other rules is stale
-RULES_VERSION = 3
+RULES_VERSION = 4
 
 
 def conformal_threshold(scores: list[float], alpha: float = DEFAULT_ALPHA) -> float:
