@@ -71,10 +71,10 @@ RULE = (
     "threshold; expected_recall: the share of synthetic defects on the validation normals above it"
 )
 PIXEL_RULE = (
-    "the larger of the validation normals' pixels' 1 - pixel_max_fpr quantile (the floor: at most pixel_max_fpr of "
-    "them flagged) and the threshold maximising pred_mask's F1 with synthetic defects' pixels as positives and the "
-    "validation normals' pixels as negatives (weighted to the synthetic images' defect share); pixel anomalous when "
-    "map > pixel_threshold"
+    "the threshold maximising pred_mask's F1 with synthetic defects' pixels as positives and the validation normals' "
+    "pixels as negatives (weighted to the synthetic images' defect share), among those at or above the floor, the "
+    "validation normals' pixels' 1 - pixel_max_fpr quantile (at most pixel_max_fpr of them flagged); pixel anomalous "
+    "when map > pixel_threshold"
 )
 # the version of the rules above: a cached calibration made under other rules is stale
 RULES_VERSION = 4
