@@ -94,14 +94,20 @@ def pixel_rule(normal_px: np.ndarray, syn_px: np.ndarray, syn_mask: np.ndarray,
         return out
     prevalence = float(syn_mask.mean())
     w = pos.size * (1.0 - prevalence) / (prevalence * normal_px.size)  # weight of one negative
-    ps, ns = np.sort(pos.astype(np.float64)), np.sort(normal_px.astype(np.float64))
-    # every distinct value (flagged: strictly above) and the floor, lowest first
-    cand = np.unique(np.r_[floor, ps, ns])
-    tp = ps.size - np.searchsorted(ps, cand, side="right")
-    fp = (ns.size - np.searchsorted(ns, cand, side="right")) * w
-    f1 = np.where(cand >= floor, 2 * tp / (tp + fp + ps.size), -1.0)
-    i = int(np.argmax(f1))  # the best at or above the floor (the lowest of equal bests)
-    unbound = float(cand[int(np.argmax(2 * tp / (tp + fp + ps.size)))])
-    out.update(pixel_threshold=float(cand[i]), expected_pixel_f1=float(f1[i]),
-               pixel_bound="floor" if unbound < floor else "synthetic")  # fmt: skip
+    ps, ns = np.sort(pos), np.sort(normal_px)  # float32 copies: the normals' pixels can be many
+
+    def f1(t: np.ndarray, side: str) -> np.ndarray:  # side "right": flag > t; "left": flag >= t
+        tp = ps.size - np.searchsorted(ps, t, side=side)
+        fp = (ns.size - np.searchsorted(ns, t, side=side)) * w
+        return 2 * tp / (tp + fp + ps.size)
+
+    # at or above the floor: the floor, then every distinct value above it (flagged: strictly above)
+    cand = np.unique(np.r_[np.float32(floor), ps[ps > floor], ns[ns > floor]]).astype(np.float64)
+    cand[0] = floor
+    f_above = f1(cand, "right")
+    i = int(np.argmax(f_above))  # the lowest of equal bests
+    # below it, the best threshold under each positive value flags what is >= that value
+    f_below = f1(np.unique(ps[ps <= floor]), "left")
+    out.update(pixel_threshold=float(cand[i]), expected_pixel_f1=float(f_above[i]),
+               pixel_bound="floor" if f_below.size and f_below.max() > f_above[i] else "synthetic")  # fmt: skip
     return out
