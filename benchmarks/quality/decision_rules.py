@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from igd_fast.checkpoint import validation_files  # noqa: E402
 from igd_fast.data import load_mask  # noqa: E402
 from igd_fast.data.layouts import resolve_layout  # noqa: E402
+from igd_fast.metrics import accuracy, f1_max, f1_score  # noqa: E402
 from igd_fast.score import Scorer  # noqa: E402
 from igd_fast.score.calibrate import Calibrator, _pixels  # noqa: E402
 from igd_fast.score.decide import image_rule, pixel_rule  # noqa: E402
@@ -52,25 +53,25 @@ class Evidence(Calibrator):
         return super()._record(out, scores, maps, fitted, syn)
 
 
-def f1_curve(scores: np.ndarray, labels: np.ndarray):
-    """(threshold -> F1 of ``scores > threshold``, F1Max) over pooled values."""
+def f1_at_many(scores: np.ndarray, labels: np.ndarray):
+    """threshold -> F1 of ``scores > threshold``, from one sort (for scans over many thresholds;
+    single thresholds go through :func:`igd_fast.metrics.f1_score`, as eval's do)."""
     order = np.argsort(-scores, kind="stable")
     v, lab = scores[order], labels[order]
     tp, fp, pos = np.cumsum(lab), np.cumsum(~lab), int(lab.sum())
-    f1 = 2 * tp / (tp + fp + pos)
 
     def at(t: float) -> float:
         k = int(np.searchsorted(-v, -t, side="left"))  # values > t
         return 0.0 if k == 0 else float(2 * tp[k - 1] / (tp[k - 1] + fp[k - 1] + pos))
 
-    return at, float(f1.max())
+    return at
 
 
 def synthetic_images_rule(ev: Evidence) -> float:
     """The rule before today's: the best F1 on the synthetic images' own pixels above the floor
     at 1 % of the normals' pixels."""
     floor = float(np.quantile(ev.normal_px, 0.99))
-    at, _ = f1_curve(ev.syn_px.astype(np.float64), ev.syn_mask)
+    at = f1_at_many(ev.syn_px.astype(np.float64), ev.syn_mask)
     cand = np.unique(ev.syn_px[ev.syn_px > floor])
     cand = cand[:: max(1, cand.size // 4000)]  # a grid of 4000 is plenty for a threshold
     return float(max(np.r_[floor, cand], key=at))
@@ -90,9 +91,8 @@ def leave_one_out(terms: dict[str, np.ndarray]) -> np.ndarray:
 
 def image_row(threshold: float, s: np.ndarray, y: np.ndarray) -> dict:
     p = s > threshold
-    tp, fp, pos, neg = int((p & (y == 1)).sum()), int((p & (y == 0)).sum()), int(y.sum()), int((y == 0).sum())
-    return {"threshold": threshold, "F1Score": 2 * tp / (tp + fp + pos), "accuracy": float((p == (y == 1)).mean()),
-            "test_normal_fpr": fp / max(neg, 1), "recall": tp / max(pos, 1)}  # fmt: skip
+    return {"threshold": threshold, "F1Score": f1_score(s, y, threshold), "accuracy": accuracy(s, y, threshold),
+            "test_normal_fpr": float(p[y == 0].mean()), "recall": float(p[y == 1].mean())}  # fmt: skip
 
 
 def collect(model_dir: str, data: str, category: str, alpha: float):
@@ -117,16 +117,17 @@ def collect(model_dir: str, data: str, category: str, alpha: float):
 
 def rows(ev: Evidence, record: dict, maps, masks, s, y, alpha: float) -> dict:
     """Every rule's threshold and test result (the module doc)."""
-    px_at, px_max = f1_curve(maps, masks)
+    px_max = f1_max(maps, masks)[0]
     pixel = {"rule": pixel_rule(ev.normal_px, ev.syn_px, ev.syn_mask)["pixel_threshold"],
              "synthetic-images": synthetic_images_rule(ev),
              **{f"floor {q:g}": float(np.quantile(ev.normal_px, 1 - q)) for q in FLOORS}}  # fmt: skip
-    img_at, img_max = f1_curve(s, y == 1)
-    ts = np.r_[s - 1e-9, s.max() + 1.0]
-    capped = max(img_at(t) for t in ts if image_row(t, s, y)["test_normal_fpr"] <= 2 * alpha)
+    img_max = f1_max(s, y)[0]
+    rates = [image_row(t, s, y) for t in np.r_[s - 1e-9, s.max() + 1.0]]
+    capped = max(r["F1Score"] for r in rates if r["test_normal_fpr"] <= 2 * alpha)
     val = {"as calibrated": list(record["validation_scores"].values()), "leave-one-out": list(leave_one_out(ev.terms))}
     return {"n_validation": len(val["as calibrated"]), "pixel_F1Max": px_max,
-            "pixel": {k: {"threshold": t, "F1Score": px_at(t), "ratio": px_at(t) / px_max} for k, t in pixel.items()},
+            "pixel": {k: {"threshold": t, "F1Score": (f := f1_score(maps, masks, t)), "ratio": f / px_max}
+                      for k, t in pixel.items()},
             "image_F1Max": img_max, "image_F1_flag_all": float(2 * y.sum() / (y.sum() + y.size)),
             "image_F1Max_within_2alpha": capped,
             "image": {k: image_row(image_rule(v, record["synthetic_scores"], alpha)["threshold"], s, y)
