@@ -211,9 +211,11 @@ def test_map_components_must_name_a_component_of_the_model():
         ScoringModule({"defect": DefectPart(_Bright(32), NORM)}, Recipe.resolve(flags={"map_components": "global"}))
 
 
-def test_the_cpu_preset_without_its_defect_model_writes_the_global_recipe():
-    from igd_fast.cli.presets import CPU_GLOBAL_RECIPE, RECIPES, train_recipe
+def test_a_preset_without_its_defect_model_writes_the_recipe_for_what_is_there():
+    from igd_fast.cli.presets import CPU_GLOBAL_RECIPE, CPU_TEXTURE_LOCAL_RECIPE, RECIPES, train_recipe
 
     assert train_recipe("cpu", ("global", "defect")) == RECIPES["cpu"]
     assert train_recipe("cpu", ("global",)) == CPU_GLOBAL_RECIPE
-    assert train_recipe("cpu-texture", ("local",)) == RECIPES["cpu-texture"] and train_recipe(None, ("global",)) is None
+    assert train_recipe("cpu-texture", ("local", "defect")) == RECIPES["cpu-texture"]
+    assert train_recipe("cpu-texture", ("local",)) == CPU_TEXTURE_LOCAL_RECIPE
+    assert train_recipe(None, ("global",)) is None

@@ -8,6 +8,7 @@ import torch
 from _cli import train_tiny_pair
 
 from igd_fast.cli import main
+from igd_fast.cli.presets import RECIPES
 from igd_fast.data import make_synthetic_mvtec
 from igd_fast.export.onnx import record_path
 from igd_fast.score import Scorer
@@ -45,7 +46,7 @@ def _raw(images) -> torch.Tensor:
     return torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
 
 
-@pytest.mark.parametrize("options", [{}, EVERY_STAGE], ids=["paper", "every-stage"])
+@pytest.mark.parametrize("options", [{}, EVERY_STAGE, RECIPES["cpu-texture"]], ids=["paper", "every-stage", "texture"])
 def test_pipeline_module_equals_scorer(model, options):
     from igd_fast.export import ScoringPipeline
 
@@ -116,6 +117,29 @@ def test_export_onnx_parity_batch_1_and_5(model, tmp_path):
         want = scorer.post_processor.map_01(torch.from_numpy(np.stack([r.anomaly_map for r in refs]))[:, None])
         np.testing.assert_allclose(got["anomaly_map"], want.numpy(), atol=1e-4)
         assert got["pred_label"].tolist() == [r.pred_label for r in refs]
+
+
+def test_the_texture_recipe_exports_as_it_scores(model, tmp_path):
+    """Each model's own map excess and the largest z-score (score_norm max) inside the graph."""
+    import shutil
+
+    from igd_fast.score.recipe import Recipe, write_model_recipe
+
+    d = tmp_path / "model"
+    shutil.copytree(model, d)
+    (d / "threshold.json").unlink(missing_ok=True)
+    write_model_recipe(d, Recipe.resolve(preset=RECIPES["cpu-texture"]), "cpu-texture")
+    out = tmp_path / "t.onnx"
+    assert main(["export", "--model", str(d), "--out", str(out)]) == 0
+    sess = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    scorer = Scorer(d, device="cpu")
+    assert scorer.recipe["image_score"] == "component-excess"
+    images = list(np.random.default_rng(6).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8))
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": _raw(images).numpy()}),
+                   strict=True))  # fmt: skip
+    refs = scorer.predict(images)
+    np.testing.assert_allclose(got["score"], [r.score for r in refs], rtol=1e-4, atol=1e-4)
+    assert got["pred_label"].tolist() == [r.pred_label for r in refs]
 
 
 def test_export_errors_exit_2(model, tmp_path, capsys, monkeypatch):

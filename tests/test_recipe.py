@@ -118,9 +118,10 @@ def test_the_recipe_round_trips_through_the_model_directory(trained, tmp_path):
     assert on_disk["preset"] == "cpu-texture" and on_disk["sources"]["image_score"] == "preset"
     assert read_model_recipe(d) == {o.name: on_disk["values"][o.name] for o in OPTIONS}
     s = Scorer(d, device="cpu")
-    assert (s.recipe["map_term"], s.recipe["residual_sigma"], s.recipe["image_score"]) == ("maha", 2.0, "map-excess")
+    assert (s.recipe["map_term"], s.recipe["residual_sigma"], s.recipe["image_score"], s.recipe["score_norm"]) == (
+        "maha", 2.0, "component-excess", "max")  # fmt: skip
     assert s.recipe.source("map_term") == "model" and all(v == "model" for v in s.recipe.sources.values())
-    assert s.calibration()["scoring"]["image_score"] == "map-excess"
+    assert s.calibration()["scoring"]["image_score"] == "component-excess"
     (d / RECIPE_JSON).write_text("{not json")
     with pytest.raises(ValueError, match="recipe.json"):
         Scorer(d, device="cpu")
@@ -161,7 +162,7 @@ def test_an_explicit_flag_overrides_the_model_recipe_and_is_recorded(trained, tm
     assert main(["score", "--model", str(bare), "--input", str(trained["test"][0]), "--out", str(sc), "--preset",
                  "cpu-texture", "--no-overlays", "--no-progress", "--device", "cpu"]) == 0  # fmt: skip
     summ = json.loads((sc / "summary.json").read_text())
-    assert summ["recipe"]["sources"]["image_score"] == "preset" and summ["scoring"]["image_score"] == "map-excess"
+    assert summ["recipe"]["sources"]["image_score"] == "preset" and summ["scoring"]["image_score"] == "component-excess"
     assert summ["recipe"]["sources"]["latent_weight"] == "default"
 
 

@@ -260,22 +260,32 @@ def test_preset_cpu_values_and_an_explicit_override(data, tmp_path):
     assert rec["sources"]["map_sigma"] == "preset" and rec["sources"]["score_norm"] == "default"
 
 
-def test_preset_cpu_texture_trains_the_local_model_alone(data, tmp_path):
+def test_preset_cpu_texture_trains_the_local_and_defect_models(data, tmp_path):
     ns = build_parser().parse_args(["train", "--out", "x", "--preset", "cpu-texture", "--lr", "2e-3"])
     applied = apply_preset(ns, "train")
     assert (ns.model, ns.image_size, ns.patches_per_image, ns.rho, ns.lr, ns.lr_schedule) == (
-        "local", 256, 64, 1.0, 2e-3, "cosine")  # fmt: skip
-    assert "lr" not in applied and applied["model"] == "local"
+        "local+defect", 256, 64, 1.0, 2e-3, "cosine")  # fmt: skip
+    assert "lr" not in applied and applied["model"] == "local+defect"
     ns = build_parser().parse_args(["train", "--out", "x"])
     apply_preset(ns, "train")
     assert (ns.model, ns.rho, ns.lr, ns.lr_schedule) == ("both", 0.15, 1e-4, "constant")  # the paper's
     out = tmp_path / "t"
     assert main(["train", "--data", str(data), "--category", CAT, "--out", str(out), "--preset", "cpu-texture",
-                 "--epochs", "0", "--image-size", "64", *FAST]) == 0  # fmt: skip
+                 "--epochs", "0", "--image-size", "64", "--defect-size", "32", "--defect-steps", "2",
+                 *FAST]) == 0  # fmt: skip
     models = json.loads((out / "run.json").read_text())["models"]
-    assert list(models) == ["local"] and (out / "local.pt").is_file() and not (out / "global.pt").exists()
+    assert set(models) == {"local", "defect"} and not (out / "global.pt").exists()
     c = models["local"]["config"]
     assert (c["rho"], c["lr"], c["lr_schedule"], c["width"], c["image_size"]) == (1.0, 1e-3, "cosine", 16, 64)
+    rec = json.loads((out / "recipe.json").read_text())["values"]
+    assert (rec["image_score"], rec["score_norm"], rec["map_norm"]) == ("component-excess", "max", "standard")
+    # the local model alone: its own recipe (the excess of its map)
+    out = tmp_path / "l"
+    assert main(["train", "--data", str(data), "--category", CAT, "--out", str(out), "--preset", "cpu-texture",
+                 "--model", "local", "--epochs", "0", "--image-size", "64", *FAST]) == 0  # fmt: skip
+    assert list(json.loads((out / "run.json").read_text())["models"]) == ["local"]
+    rec = json.loads((out / "recipe.json").read_text())["values"]
+    assert (rec["image_score"], rec["score_norm"], rec["map_norm"]) == ("map-excess", "sum", "sum")
 
 
 def test_pretrain_preset_matches_train_preset_architecture():

@@ -56,8 +56,13 @@ CPU_TRAIN = {
 # Scored with the damped reconstruction colour that --recon-colour auto picks for these grey
 # photos (section 13): image AUROC grass 0.977/0.958/0.997, moon 0.988/0.923/0.995, pixel
 # AUROC 0.976-0.998 at seeds 0/1/2.
+# The defect model beside it (model "local+defect", issue 28): the local model's map sees colour, not
+# structure (grey scratches and stains on textures_dev grass_grey / moon_grey: image AUROC 0.595 /
+# 0.658, pixel 0.634 / 0.854), the defect model sees structure (pixel 0.937 / 0.918) but not every
+# colour defect; scored together (CPU_TEXTURE_RECIPE) they keep the better of each
+# (docs/results/textures_dev.md).
 CPU_TEXTURE_TRAIN = {
-    "model": "local",
+    "model": "local+defect",
     "image_size": 256,
     "width": 16,
     "blocks": [1, 1, 1, 1],
@@ -92,27 +97,48 @@ PRESETS: dict[str, dict[str, dict]] = {
 # mvtec_bottle seed 0, global alone 0.960, defect alone 0.963, the sum 0.980); the map is the
 # defect model's alone (the global map's pixel AUROC there was 0.725).
 CPU_RECIPE = {"score_norm": "standard", "map_components": "defect"}
-# cpu-texture: the residual-Mahalanobis map of the residual smoothed at 2 px, and the image
-# scored by its excess over the normals' 0.95 quantile (sections 10 and 13; recon_colour auto
-# damps the reconstruction's colour on grey photos): image / pixel AUROC grass 0.977 / 0.958 /
-# 0.997, moon 0.988 / 0.923 / 0.995, pixel 0.976-0.998 at seeds 0 / 1 / 2, where the paper's
-# scoring of the same models gave image 0.55-0.66.
-CPU_TEXTURE_RECIPE = {"map_term": "maha", "residual_sigma": 2.0, "image_score": "map-excess"}
+# The local model of cpu-texture alone: the residual-Mahalanobis map of the residual smoothed at
+# 2 px, and the image scored by its excess over the normals' 0.95 quantile (sections 10 and 13;
+# recon_colour auto damps the reconstruction's colour on grey photos): image / pixel AUROC grass
+# 0.977 / 0.958 / 0.997, moon 0.988 / 0.923 / 0.995, pixel 0.976-0.998 at seeds 0 / 1 / 2, where
+# the paper's scoring of the same models gave image 0.55-0.66.
+CPU_TEXTURE_LOCAL_RECIPE = {"map_term": "maha", "residual_sigma": 2.0, "image_score": "map-excess"}
+# cpu-texture (local + defect): the local model scored as alone (its map's excess over its own
+# level), the defect model by its term, the image score the larger of the two standardised on
+# the validation normals (a colour stain counts whole in one, a grey scratch in the other; their
+# sum halves either); the map the sum of the two maps standardised.
+CPU_TEXTURE_RECIPE = CPU_TEXTURE_LOCAL_RECIPE | {"image_score": "component-excess", "score_norm": "max",
+                                                 "map_norm": "standard"}  # fmt: skip
 RECIPES: dict[str, dict] = {"cpu": CPU_RECIPE, "cpu-texture": CPU_TEXTURE_RECIPE}
 # cpu trained without its defect model (--preset cpu --model global): the global model's own
 # recipe, the residual-Mahalanobis map smoothed at 4 px (juice_bottle, seeds 0 / 1 / 2: pixel
 # AUROC 0.877 / 0.884 / 0.880, image AUROC 0.875 / 0.898 / 0.890; docs/results/juice_bottle.md)
 CPU_GLOBAL_RECIPE = {"map_term": "maha", "map_sigma": 4.0}
-WITHOUT_MAP_COMPONENT = {"cpu": CPU_GLOBAL_RECIPE}
+# a preset's recipe when --model leaves out the component it is built around: (that component,
+# the recipe for what is trained without it)
+WITHOUT_COMPONENT = {"cpu": ("defect", CPU_GLOBAL_RECIPE), "cpu-texture": ("defect", CPU_TEXTURE_LOCAL_RECIPE)}
 
 
 def train_recipe(preset: str | None, kinds: tuple[str, ...]) -> dict | None:
     """The recipe ``train --preset PRESET`` writes for the models it trains: the preset's, or,
-    when they leave out the component whose map that recipe takes, the recipe for what is there."""
+    when they leave out the component that recipe is built around, the recipe for what is there."""
     recipe = RECIPES.get(preset) if preset else None
-    if recipe is None or recipe.get("map_components", "all") in ("all", *kinds):
+    if recipe is None or preset not in WITHOUT_COMPONENT or WITHOUT_COMPONENT[preset][0] in kinds:
         return recipe
-    return WITHOUT_MAP_COMPONENT.get(preset, {k: v for k, v in recipe.items() if k != "map_components"})
+    return WITHOUT_COMPONENT[preset][1]
+
+
+# train --preset auto: cpu for an object photographed in place, cpu-texture for a surface, by the
+# training normals' layout strength (igd_fast.data.alignment): measured 4.7 (MVTec LOCO
+# juice_bottle) and 241 (MVTec AD bottle) against 0.001 and 0.054 (textures_dev grass, moon); the
+# cut sits between them on a log scale.
+AUTO = "auto"
+AUTO_LAYOUT_CUT = 0.5
+
+
+def auto_preset(strength: float) -> str:
+    """The train preset ``--preset auto`` stands for at this layout strength."""
+    return "cpu" if strength >= AUTO_LAYOUT_CUT else "cpu-texture"
 
 
 class Default:
@@ -129,8 +155,11 @@ def add_preset(p: argparse._ActionsContainer, verb: str) -> None:
     names = sorted(PRESETS[verb])
     shown = "; ".join(f"{n}: " + " ".join(_flag_text(k, v) for k, v in PRESETS[verb][n].items()) for n in names)
     scored = " and writes the scoring recipe it names into OUT/recipe.json" if verb == "train" else ""
-    p.add_argument("--preset", choices=names, default=None,
-                   help=f"named flag values, explicit flags override them ({shown}); recorded in the "
+    auto = (f"; {AUTO}: cpu when the training images show an object in place, cpu-texture when they show a "
+            f"surface (their mean image's layout against their spread; the choice is printed and recorded)"
+            ) if verb == "train" else ""  # fmt: skip
+    p.add_argument("--preset", choices=names + ([AUTO] if verb == "train" else []), default=None,
+                   help=f"named flag values, explicit flags override them ({shown}{auto}); recorded in the "
                         f"output{scored}")  # fmt: skip
 
 

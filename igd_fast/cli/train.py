@@ -33,7 +33,7 @@ from .presets import Default, add_preset, apply_preset
 
 # what each --model choice trains, in order
 MODEL_CHOICES = {"global": ("global",), "local": ("local",), "both": ("global", "local"), "defect": ("defect",),
-                 "global+defect": ("global", "defect")}  # fmt: skip
+                 "global+defect": ("global", "defect"), "local+defect": ("local", "defect")}  # fmt: skip
 
 EPILOG = """\
 data layout: ROOT/CATEGORY/train/good/*.png (training normals; a validation part is
@@ -60,11 +60,13 @@ non-finite loss or diverged model, a full disk (the last checkpoint stays intact
 interrupted (Ctrl-C / SIGTERM: the last checkpoint stays intact
 and the message gives the --resume command).
 
-presets: --preset cpu sets the 2-CPU-core recipe for objects and textures alike (IGD's global
-model at 128² and the defect model, scored together; --model global leaves the defect model
-out), --preset cpu-texture IGD's local model for textures (values in the --preset help; each
-flag given explicitly overrides its preset value); run.json records the preset and the values
-it set, recipe.json the scoring recipe. Without --preset every default is the paper's (GPU-sized).
+presets (2 CPU cores): --preset auto picks one of the two below by the training images (an object
+in place or a surface) and says which; --preset cpu, for objects: IGD's global model at 128² and
+the defect model, scored together (--model global leaves the defect model out); --preset
+cpu-texture, for textures: IGD's local model at 256² and the defect model (--model local leaves
+it out). Values in the --preset help; each flag given explicitly overrides its preset value;
+run.json records the preset and the values it set, recipe.json the scoring recipe. Without
+--preset every default is the paper's (GPU-sized).
 
 encoder initialisation: --init-encoder FILE takes the file of `igd-fast pretrain` (the
 whole encoder, trunk + projection to Z, per model kind; width/blocks/latent must match,
@@ -73,6 +75,7 @@ width 64, blocks 2 2 2 2); run.json records what was loaded.
 
 examples:
   igd-fast train --data /data/mvtec --category bottle --out models/bottle
+  igd-fast train --data /data/mvtec --category bottle --out models/bottle --preset auto
   igd-fast train --data /data/mvtec --category bottle --out models/bottle --preset cpu
   igd-fast pretrain --data /data/mvtec --category bottle --out enc.pt --preset cpu
   igd-fast train --data /data/mvtec --category bottle --out models/bottle --preset cpu --init-encoder enc.pt
@@ -125,8 +128,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--model", choices=tuple(MODEL_CHOICES), default=Default("both"),
                    help="which model(s) to train (default both, global first): global / local are IGD's; defect: "
                         "a reconstruction + segmentation network trained on synthetic defects, at each image's "
-                        "aspect (--defect-size, --defect-steps); global+defect: both of those, scored together "
-                        "(--preset cpu)")  # fmt: skip
+                        "aspect (--defect-size, --defect-steps); global+defect / local+defect: IGD's global / "
+                        "local model and the defect model, scored together (--preset cpu / cpu-texture)")  # fmt: skip
     _add_defect_flags(m)
     m.add_argument("--variant", choices=tuple(VARIANTS), default="igd",
                    help="method: igd (default) or one of the paper's baselines/ablations: mse, rec (l_r), "
@@ -202,6 +205,11 @@ def _run(args: argparse.Namespace) -> int:
     from ..train.defect_run import train_defect
     from ..train.setup import existing_model
 
+    try:
+        choice = _resolve_auto(args)
+    except UsageError as e:
+        print(f"igd-fast train: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     applied = apply_preset(args, "train")
     try:
         check_device_backend(args)
@@ -212,7 +220,7 @@ def _run(args: argparse.Namespace) -> int:
             init_encoder=args.init_encoder, distill_teacher=args.distill_teacher, distill_steps=args.distill_steps,
             patches_per_image=args.patches_per_image, micro_batch=args.micro_batch, resume=args.resume,
             overwrite=args.overwrite, progress=not args.no_progress, preset=args.preset,
-            preset_applied=applied or None,
+            preset_applied=applied or None, preset_choice=choice,
         )  # fmt: skip
         opts.check()
         data = training_layout(args)
@@ -247,6 +255,27 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         _dist.close()
     return EXIT_OK
+
+
+def _resolve_auto(args: argparse.Namespace) -> dict | None:
+    """``--preset auto``: the preset the training images' layout strength picks, set on ``args``
+    and printed; its record for run.json (None without ``--preset auto``)."""
+    from ..data.alignment import layout_strength
+    from .presets import AUTO, AUTO_LAYOUT_CUT, auto_preset
+
+    if args.preset != AUTO:
+        return None
+    try:
+        measured = layout_strength(training_layout(args).train_files())
+    except ValueError as e:
+        raise UsageError(f"--preset auto: {e}") from None
+    args.preset = auto_preset(measured.strength)
+    what = "an object in place" if args.preset == "cpu" else "a surface (texture)"
+    if _dist.init().is_main:
+        print(f"--preset auto: layout strength {measured.strength:.3g} over {measured.n_images} training images "
+              f"({'>=' if args.preset == 'cpu' else '<'} {AUTO_LAYOUT_CUT}: {what}): --preset {args.preset}")
+    return {"preset": AUTO, "chose": args.preset, "layout_strength": measured.strength,
+            "n_images": measured.n_images, "cut": AUTO_LAYOUT_CUT}  # fmt: skip
 
 
 def _report(cfg, res) -> None:

@@ -52,8 +52,6 @@ class Outputs:
     def items(self) -> list[Item]:
         return [it for items, _, _ in self.batches for it in items]
 
-    def scores(self, kind: str) -> Tensor:
-        return torch.cat([t[kind].score for _, t, _ in self.batches])
 
 
 class Calibrator:
@@ -78,14 +76,16 @@ class Calibrator:
             self._set(fitted, "channel_stats", self._channel_stats(out))
         if "map_stats" in m.needed_statistics():
             self._set(fitted, "map_stats", self._map_stats(out))
+        if "component_levels" in m.needed_statistics():
+            self._set(fitted, "component_levels", self._component_levels(out))
         maps = self._maps(out, fitted)
-        stats = term_stats({k: out.scores(k).tolist() for k in m.kinds}, m.kinds)
-        self._set(fitted, "term_stats", stats)
+        terms = self._terms(out)
+        self._set(fitted, "term_stats", term_stats({k: terms[k].tolist() for k in m.kinds}, m.kinds))
         if m.map_scored:
             scores = [float(m.image_score_of(x)[0]) for x in maps]
         else:
             # float32, as the module combines them: a re-scored validation image gets the same score
-            scores = m.combine_terms({k: out.scores(k).float() for k in m.kinds}).tolist()
+            scores = m.combine_terms({k: terms[k].float() for k in m.kinds}).tolist()
         return self._record(out, scores, maps, fitted, self._synthetic(out, bool(maps)))
 
     def _set(self, fitted: dict, name: str, value) -> None:
@@ -112,6 +112,27 @@ class Calibrator:
                 if t.map is not None and self.module.components[kind].residual_map:
                     acc.setdefault(kind, ChannelAccumulator()).add(t.map)
         return {k: a.finish() for k, a in acc.items()}
+
+    @torch.inference_mode()
+    def _component_levels(self, out: Outputs) -> dict[str, float]:
+        """Each excess-scored component's level: the excess quantile of its measured map's
+        validation pixels at the scoring size (float32, as they are scored)."""
+        m, px = self.module, {}
+        for _, terms, size in out.batches:
+            for kind, mm in m.component_maps(terms, size).items():
+                if m.excess_scored(kind):
+                    px.setdefault(kind, []).append(mm.float().cpu().numpy().reshape(-1))
+        return {k: excess_level(np.concatenate(v), self.excess_quantile) for k, v in px.items()}
+
+    @torch.inference_mode()
+    def _terms(self, out: Outputs) -> dict[str, Tensor]:
+        """Each component's term over the validation normals, as the module scores it."""
+        m, parts = self.module, {}
+        by_map = "component_levels" in m.needed_statistics()
+        for _, terms, size in out.batches:
+            for kind, s in m.component_scores(terms, m.component_maps(terms, size) if by_map else {}).items():
+                parts.setdefault(kind, []).append(s)
+        return {k: torch.cat(v) for k, v in parts.items()}
 
     @torch.inference_mode()
     def _map_stats(self, out: Outputs) -> dict:

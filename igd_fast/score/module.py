@@ -2,8 +2,10 @@
 map -> the image score. The one implementation the Scorer runs and ``export`` traces.
 
 Stages, each as the recipe sets it (:mod:`igd_fast.score.recipe`):
-  terms   each component's per-image term; combined as their sum (the paper) or as the sum
-          of their validation-normal z-scores (``score_norm="standard"``: ``term_stats``)
+  terms   each component's per-image term (``image_score="component-excess"``: an IGD
+          component's is the excess of its own map over its level, ``component_levels``);
+          combined as their sum (the paper), the sum or the largest of their
+          validation-normal z-scores (``score_norm="standard"`` / ``"max"``: ``term_stats``)
   maps    each component's map, measured (``map_term="maha"``: the residual's squared
           Mahalanobis distance under ``channel_stats``), brought to the scoring size
           (bilinear), combined as the sum or the sum of pixel z-scores (``map_stats``)
@@ -31,7 +33,7 @@ from .components import Component, Terms
 from .maps import gaussian_smooth
 from .residual import channel_distance, standardise_positions
 
-STATISTICS = ("channel_stats", "map_stats", "term_stats", "position_stats", "excess_level")
+STATISTICS = ("channel_stats", "map_stats", "component_levels", "term_stats", "position_stats", "excess_level")
 
 
 class NotCalibratedError(RuntimeError):
@@ -77,6 +79,9 @@ class ScoringModule(nn.Module):
         if self.map_components != "all" and self.map_components not in components:
             raise ValueError(f"map_components {self.map_components!r}: the model directory has no such component "
                              f"(it holds {', '.join(components)})")  # fmt: skip
+        if self.image_score == "component-excess" and self.map_components != "all":
+            raise ValueError("image_score component-excess scores every component's own map: it needs "
+                             f"map_components all, not {self.map_components!r}")  # fmt: skip
         # images are read at the size of the component that keeps their aspect (the defect
         # model's), else at the first component's (the global model's); the others resize
         aspect = [c for c in components.values() if c.keeps_aspect]
@@ -96,7 +101,13 @@ class ScoringModule(nn.Module):
     @property
     def map_scored(self) -> bool:
         """Whether the image score comes from the finished map."""
-        return self.image_score != "terms"
+        return self.image_score in ("map-max", "map-excess")
+
+    def excess_scored(self, kind: str) -> bool:
+        """Whether ``kind``'s term is the excess of its own map (``component-excess``): an IGD
+        component's (the defect model's term is a statistic of its map already)."""
+        c = self.components[kind]
+        return self.image_score == "component-excess" and c.residual_map and c.has_map
 
     # ------------------------------------------------------------ statistics
 
@@ -104,7 +115,8 @@ class ScoringModule(nn.Module):
         """The statistics this recipe needs, in the order they are fitted."""
         with_map = sum(c.has_map for k, c in self.components.items() if self.maps_from(k))
         need = {"channel_stats": self.map_term == "maha", "map_stats": self.map_norm == "standard" and with_map > 1,
-                "term_stats": self.score_norm == "standard", "position_stats": self.map_position,
+                "component_levels": any(self.excess_scored(k) for k in self.kinds),
+                "term_stats": self.score_norm != "sum", "position_stats": self.map_position,
                 "excess_level": self.image_score == "map-excess"}  # fmt: skip
         return tuple(k for k in STATISTICS if need[k])
 
@@ -156,16 +168,24 @@ class ScoringModule(nn.Module):
             out[kind] = m
         return out
 
+    def component_scores(self, terms: Mapping[str, Terms], maps: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Each component's term; an excess-scored one's (:meth:`excess_scored`) is the mean of
+        max(map - level, 0) over its measured map at the scoring size (``maps``), its own level the
+        validation normals' ``excess_quantile`` of those pixels."""
+        out = {k: t.score for k, t in terms.items()}
+        for kind in filter(self.excess_scored, self.kinds):
+            level = self._stat("component_levels")[kind]
+            out[kind] = (maps[kind].double() - level).clamp_min(0.0).mean((1, 2, 3)).to(out[kind].dtype)
+        return out
+
     def combine_terms(self, scores: Mapping[str, Tensor]) -> Tensor:
         if self.score_norm == "sum":
             return _total(list(scores.values()))
         st = self._stat("term_stats")
-        first = next(iter(scores.values()))
-        out = torch.zeros_like(first)
-        for kind, s in scores.items():
-            if kind in st:
-                out = out + (s - st[kind]["mean"]) / st[kind]["std"]
-        return out
+        z = [(s - st[k]["mean"]) / st[k]["std"] for k, s in scores.items() if k in st]
+        if self.score_norm == "max":  # any one component's evidence counts whole
+            return torch.stack(z).amax(0)
+        return _total([torch.zeros_like(next(iter(scores.values()))), *z])
 
     def combine_maps(self, maps: Mapping[str, Tensor]) -> Tensor | None:
         # one map (or a variant without the other's, Deep SVDD): as it is; none: None
@@ -177,9 +197,11 @@ class ScoringModule(nn.Module):
     def raw(self, x: Tensor, want_maps: bool = True) -> BatchScores:
         """The terms' combined score and the combined map at the scoring size, before the
         stages at each image's own size (what a runner finishes per image)."""
-        terms = self.terms(x, want_maps)
-        scores = {k: t.score for k, t in terms.items()}
-        maps = self.combine_maps(self.component_maps(terms, x.shape[-2:])) if want_maps else None
+        by_map = any(self.excess_scored(k) for k in self.kinds)
+        terms = self.terms(x, want_maps or by_map)
+        cmaps = self.component_maps(terms, x.shape[-2:]) if want_maps or by_map else {}
+        scores = self.component_scores(terms, cmaps)
+        maps = self.combine_maps(cmaps) if want_maps else None
         return BatchScores(self.combine_terms(scores), scores, maps)
 
     def smooth_map(self, m: Tensor, size: tuple[int, int] | None = None) -> Tensor:

@@ -32,10 +32,11 @@ RECIPE_JSON = "recipe.json"
 FORMAT = "igd_fast.recipe/1"
 SOURCES = ("default", "model", "preset", "flag")  # rising precedence
 SCORE_NORMS = ("sum", "standard")
+TERM_NORMS = (*SCORE_NORMS, "max")
 MAP_TERMS = ("lr", "abs", "maha")
 RESIDUAL_MAP_TERMS = ("abs", "maha")  # the maps recon_colour applies to
 RECON_COLOURS = ("auto", "rgb", "grey", "damped")
-IMAGE_SCORES = ("terms", "map-max", "map-excess")
+IMAGE_SCORES = ("terms", "map-max", "map-excess", "component-excess")
 PRECISIONS = ("fp32", "bf16", "auto")
 _UNSET = object()
 
@@ -140,9 +141,10 @@ def declare(option: Option) -> Option:
     return option
 
 
-declare(Option("score_norm", "sum", choices=SCORE_NORMS,
+declare(Option("score_norm", "sum", choices=TERM_NORMS,
                help="sum: s = s_G + s_L (the paper); standard: each term standardised by its validation-normal "
-                    "mean/std before summing"))  # fmt: skip
+                    "mean/std before summing; max: the largest of the standardised terms (one component's "
+                    "evidence counts whole)"))  # fmt: skip
 declare(Option("latent_weight", 1.0, low=0.0, help="weight of l_h in each model's term, 0 drops it"))
 declare(Option("local_topk", 1, low=1, help="s_L = mean of the K largest patch terms, 1 = max"))
 declare(Option("map_norm", "sum", choices=SCORE_NORMS,
@@ -173,7 +175,8 @@ declare(Option("map_position", False,
 declare(Option("image_score", "terms", choices=IMAGE_SCORES,
                help="terms: s = s_G + s_L of the options above (the paper); map-max: the maximum of the final "
                     "map; map-excess: the mean over its pixels of max(map - t, 0), t = the validation normals' "
-                    "excess_quantile of map pixels"))  # fmt: skip
+                    "excess_quantile of map pixels; component-excess: the terms, each IGD model's being the "
+                    "map-excess of its own map (at the scoring size, t its own), combined by score_norm"))  # fmt: skip
 declare(Option("excess_quantile", 0.95, low=0.0, high=1.0, open=True,
                help="with image_score map-excess: the quantile of the validation normals' map pixels above which "
                     "a pixel counts"))  # fmt: skip

@@ -205,7 +205,11 @@ def read_threshold(model_dir: str | Path, alpha: float, scoring: dict | None = N
         return None
     if scoring is not None and scoring.get("image_score") == "map-excess" and "excess_level" not in d:
         return None
-    if scoring is not None and scoring.get("score_norm") == "standard" and not isinstance(d.get("term_stats"), dict):
+    if scoring is not None and scoring.get("image_score") == "component-excess" and not isinstance(
+            d.get("component_levels"), dict):  # fmt: skip
+        return None
+    if scoring is not None and scoring.get("score_norm") in ("standard", "max") and not isinstance(
+            d.get("term_stats"), dict):  # fmt: skip
         return None
     if scoring is not None and scoring.get("map_norm") == "standard" and "map_stats" not in d:
         # a one-model directory has no map to standardise against the other: no stats needed

@@ -64,6 +64,7 @@ class TrainOptions:
     max_steps_per_epoch: int | None = None
     preset: str | None = None  # the CLI's --preset, recorded with the values it set (others explicit)
     preset_applied: dict | None = None
+    preset_choice: dict | None = None  # --preset auto: what it measured and chose
 
     def check(self) -> None:
         """ValueError naming the first option out of range."""
