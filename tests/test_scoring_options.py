@@ -248,7 +248,7 @@ def test_eval_flags_reach_the_scorer(trained, tmp_path, capsys):
         assert row["score"] == pytest.approx(want[row["path"]], rel=1e-5, abs=1e-6)
 
 
-@pytest.mark.parametrize("flag", [["--score-norm", "max"], ["--local-topk", "0"], ["--map-sigma", "-1"],
+@pytest.mark.parametrize("flag", [["--score-norm", "mean"], ["--local-topk", "0"], ["--map-sigma", "-1"],
                                   ["--latent-weight", "inf"]])  # fmt: skip
 def test_bad_flags_exit_2(trained, tmp_path, flag):
     with pytest.raises(SystemExit) as e:
