@@ -33,12 +33,12 @@ def train_tiny_pair(data, category: str, model_dir) -> None:
               val_fraction=0.25, progress=False, patches_per_image=4)  # fmt: skip
 
 
-def tiny_trained(root, category: str, n_train: int, seed: int) -> dict:
-    """Synthetic MVTec data under ``root/data`` and a tiny pair trained on it in
-    ``root/model``: the module fixtures of the scoring tests."""
+def tiny_trained(root, category: str, n_train: int, seed: int, size: int = 80) -> dict:
+    """Synthetic MVTec data (``size``² images) under ``root/data`` and a tiny pair trained on it
+    in ``root/model``: the module fixtures of the scoring tests."""
     from igd_fast.data import make_synthetic_mvtec
 
     data, model = root / "data", root / "model"
-    make_synthetic_mvtec(data, category, n_train=n_train, n_test_good=3, n_test_bad=3, size=80, seed=seed)
+    make_synthetic_mvtec(data, category, n_train=n_train, n_test_good=3, n_test_bad=3, size=size, seed=seed)
     train_tiny_pair(data, category, model)
     return {"data": data, "model": model, "test": sorted((data / category / "test").rglob("*.png"))}

@@ -46,7 +46,7 @@ class Evidence(Calibrator):
     synthetic defects' pixels and masks."""
 
     def _record(self, out, scores, maps, fitted, syn):
-        self.terms = {k: out.scores(k).double().numpy() for k in self.module.kinds}
+        self.terms = {k: v.double().numpy() for k, v in self._terms(out).items()}
         self.normal_px = _pixels(maps)
         self.syn_px = _pixels(syn.maps)
         self.syn_mask = np.concatenate([m.reshape(-1).numpy() for m in syn.masks])
@@ -77,16 +77,17 @@ def synthetic_images_rule(ev: Evidence) -> float:
     return float(max(np.r_[floor, cand], key=at))
 
 
-def leave_one_out(terms: dict[str, np.ndarray]) -> np.ndarray:
-    """Each validation image's score with its terms standardised by the other images' statistics."""
+def leave_one_out(terms: dict[str, np.ndarray], norm: str = "standard") -> np.ndarray:
+    """Each validation image's score with its terms standardised by the other images' statistics,
+    combined as ``score_norm`` combines them (standard: summed; max: the largest)."""
     n = len(next(iter(terms.values())))
-    out = np.zeros(n)
-    for v in terms.values():
+    z = np.zeros((len(terms), n))
+    for j, v in enumerate(terms.values()):
         for i in range(n):
             o = np.delete(v, i)
             sd = o.std(ddof=1) if o.size > 1 else 0.0
-            out[i] += (v[i] - o.mean()) / (sd if sd > 0 else 1.0)
-    return out
+            z[j, i] = (v[i] - o.mean()) / (sd if sd > 0 else 1.0)
+    return z.max(axis=0) if norm == "max" else z.sum(axis=0)
 
 
 def image_row(threshold: float, s: np.ndarray, y: np.ndarray) -> dict:
@@ -124,7 +125,8 @@ def rows(ev: Evidence, record: dict, maps, masks, s, y, alpha: float) -> dict:
     img_max = f1_max(s, y)[0]
     rates = [image_row(t, s, y) for t in np.r_[s - 1e-9, s.max() + 1.0]]
     capped = max(r["F1Score"] for r in rates if r["test_normal_fpr"] <= 2 * alpha)
-    val = {"as calibrated": list(record["validation_scores"].values()), "leave-one-out": list(leave_one_out(ev.terms))}
+    val = {"as calibrated": list(record["validation_scores"].values()),
+           "leave-one-out": list(leave_one_out(ev.terms, ev.module.score_norm))}
     return {"n_validation": len(val["as calibrated"]), "pixel_F1Max": px_max,
             "pixel": {k: {"threshold": t, "F1Score": (f := f1_score(maps, masks, t)), "ratio": f / px_max}
                       for k, t in pixel.items()},
