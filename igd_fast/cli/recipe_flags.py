@@ -6,10 +6,11 @@ directory's ``recipe.json`` under them (``score``, ``eval`` and ``export`` share
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..score.recipe import OPTIONS, Recipe, RecipeError, read_model_recipe
 from ._args import UsageError
-from .presets import RECIPES, recipe_text
+from .presets import RECIPES, recipe_text, train_recipe
 
 
 def add_recipe_flags(p: argparse.ArgumentParser, network: bool = True) -> None:
@@ -50,6 +51,20 @@ def resolve_recipe(args: argparse.Namespace) -> Recipe:
     except ValueError as e:
         raise UsageError(f"--model {args.model}: {e}") from None
     try:
-        return Recipe.resolve(model, RECIPES.get(args.preset), given_options(args), style="flag")
+        return Recipe.resolve(model, _preset_recipe(args), given_options(args), style="flag")
     except RecipeError as e:
         raise UsageError(str(e)) from None
+
+
+def _preset_recipe(args: argparse.Namespace) -> dict | None:
+    """``--preset``'s recipe for the models the directory holds, as ``train`` would write it
+    (a texture model without its defect model: the local model's own recipe)."""
+    from ..score.components import component_files  # torch: not at parser build time
+
+    if not args.preset:
+        return None
+    try:
+        kinds = tuple(component_files(args.model)) if Path(args.model).is_dir() else ()
+    except FileNotFoundError:
+        kinds = ()  # the Scorer names what is missing
+    return train_recipe(args.preset, kinds) if kinds else RECIPES[args.preset]
