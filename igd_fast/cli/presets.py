@@ -130,8 +130,8 @@ def train_recipe(preset: str | None, kinds: tuple[str, ...]) -> dict | None:
 
 # train --preset auto: cpu for an object photographed in place, cpu-texture for a surface, by the
 # training normals' layout strength (igd_fast.data.alignment): measured 4.7 (MVTec LOCO
-# juice_bottle) and 241 (MVTec AD bottle) against 0.001 and 0.054 (textures_dev grass, moon); the
-# cut sits between them on a log scale.
+# juice_bottle) and 241 (MVTec AD bottle) against 0.0014 and 0.054 (textures_dev grass, moon); the
+# cut sits near the geometric middle of 0.054 and 4.7, about 9x from each.
 AUTO = "auto"
 AUTO_LAYOUT_CUT = 0.5
 

@@ -53,7 +53,6 @@ class Outputs:
         return [it for items, _, _ in self.batches for it in items]
 
 
-
 class Calibrator:
     """Fits ``module`` (through ``runner``'s reading and batching) on validation normals at
     false-alarm rate ``alpha``; ``excess_quantile`` sets the excess level of map-excess."""
