@@ -127,9 +127,9 @@ class Calibrator:
     def _terms(self, out: Outputs) -> dict[str, Tensor]:
         """Each component's term over the validation normals, as the module scores it."""
         m, parts = self.module, {}
-        by_map = "component_levels" in m.needed_statistics()
         for _, terms, size in out.batches:
-            for kind, s in m.component_scores(terms, m.component_maps(terms, size) if by_map else {}).items():
+            maps = m.component_maps(terms, size) if m.terms_need_maps else {}
+            for kind, s in m.component_scores(terms, maps).items():
                 parts.setdefault(kind, []).append(s)
         return {k: torch.cat(v) for k, v in parts.items()}
 

@@ -109,13 +109,19 @@ class ScoringModule(nn.Module):
         c = self.components[kind]
         return self.image_score == "component-excess" and c.residual_map and c.has_map
 
+    @property
+    def terms_need_maps(self) -> bool:
+        """Whether some component's term is its map's excess (the maps are measured even when
+        no map is asked for)."""
+        return any(self.excess_scored(k) for k in self.kinds)
+
     # ------------------------------------------------------------ statistics
 
     def needed_statistics(self) -> tuple[str, ...]:
         """The statistics this recipe needs, in the order they are fitted."""
         with_map = sum(c.has_map for k, c in self.components.items() if self.maps_from(k))
         need = {"channel_stats": self.map_term == "maha", "map_stats": self.map_norm == "standard" and with_map > 1,
-                "component_levels": any(self.excess_scored(k) for k in self.kinds),
+                "component_levels": self.terms_need_maps,
                 "term_stats": self.score_norm != "sum", "position_stats": self.map_position,
                 "excess_level": self.image_score == "map-excess"}  # fmt: skip
         return tuple(k for k in STATISTICS if need[k])
@@ -175,7 +181,7 @@ class ScoringModule(nn.Module):
         out = {k: t.score for k, t in terms.items()}
         for kind in filter(self.excess_scored, self.kinds):
             level = self._stat("component_levels")[kind]
-            out[kind] = (maps[kind].double() - level).clamp_min(0.0).mean((1, 2, 3)).to(out[kind].dtype)
+            out[kind] = _excess(maps[kind], level).to(out[kind].dtype)
         return out
 
     def combine_terms(self, scores: Mapping[str, Tensor]) -> Tensor:
@@ -197,7 +203,7 @@ class ScoringModule(nn.Module):
     def raw(self, x: Tensor, want_maps: bool = True) -> BatchScores:
         """The terms' combined score and the combined map at the scoring size, before the
         stages at each image's own size (what a runner finishes per image)."""
-        by_map = any(self.excess_scored(k) for k in self.kinds)
+        by_map = self.terms_need_maps
         terms = self.terms(x, want_maps or by_map)
         cmaps = self.component_maps(terms, x.shape[-2:]) if want_maps or by_map else {}
         scores = self.component_scores(terms, cmaps)
@@ -222,7 +228,7 @@ class ScoringModule(nn.Module):
         """N float64 image scores of N×1×H×W finished maps (``map-max`` / ``map-excess``)."""
         if self.image_score == "map-max":
             return m.amax((1, 2, 3)).double()
-        return (m.double() - self._stat("excess_level")).clamp_min(0.0).mean((1, 2, 3))
+        return _excess(m, self._stat("excess_level"))
 
     def forward(self, x: Tensor, want_maps: bool = True) -> BatchScores:
         """N×3×S×S images at the scoring size, taken as their own size: the final score and map."""
@@ -245,6 +251,11 @@ class ScoringModule(nn.Module):
     def exportable(self) -> ScoringModule:
         """A copy on plain PyTorch ops that an exporter can trace; statistics shared."""
         return self.with_components({k: c.exportable() for k, c in self.components.items()})
+
+
+def _excess(m: Tensor, level) -> Tensor:
+    """N float64 means of max(map - level, 0) over N×1×H×W maps (map-excess's image score)."""
+    return (m.double() - level).clamp_min(0.0).mean((1, 2, 3))
 
 
 def _total(parts: list[Tensor]) -> Tensor:
