@@ -82,10 +82,11 @@ def test_cli_picks_records_and_says_the_preset(tmp_path, capsys):
     make_synthetic_mvtec(tex, "cat", n_train=8, n_test_good=1, n_test_bad=1, size=64, seed=0)
     obj = tmp_path / "obj"
     _write(obj / "cat" / "train" / "good", [_object(np.random.default_rng(3)) for _ in range(8)])
-    for data, want, models in ((tex, "cpu-texture", ["local", "defect"]), (obj, "cpu", ["global", "defect"])):
+    # named, and as the default (no --preset at all)
+    for data, want, models, named in ((tex, "cpu-texture", ["local", "defect"], ["--preset", "auto"]),
+                                      (obj, "cpu", ["global", "defect"], [])):  # fmt: skip
         out = tmp_path / f"m_{want}"
-        assert main(["train", "--data", str(data), "--category", "cat", "--out", str(out), "--preset", "auto",
-                     *TINY]) == 0  # fmt: skip
+        assert main(["train", "--data", str(data), "--category", "cat", "--out", str(out), *named, *TINY]) == 0
         said = capsys.readouterr().out
         assert "--preset auto: layout strength" in said and f"--preset {want}" in said
         run = json.loads((out / "run.json").read_text())

@@ -140,8 +140,8 @@ def test_pretrain_never_loads_the_validation_normals(data, tmp_path, monkeypatch
     # the same split as train's run.json with the same flags
     rec = torch.load(tmp_path / "e.pt", weights_only=True)["run"]
     assert main(["train", "--data", str(data), "--category", CAT, "--out", str(tmp_path / "m"), "--model", "global",
-                 "--epochs", "0", "--val-fraction", "0.25", "--global-weights", "0.3", "0.3", "0.4", *ARCH,
-                 *FAST]) == 0  # fmt: skip
+                 "--preset", "paper", "--epochs", "0", "--val-fraction", "0.25", "--global-weights", "0.3", "0.3",
+                 "0.4", *ARCH, *FAST]) == 0  # fmt: skip
     run = json.loads((tmp_path / "m" / "run.json").read_text())
     assert sorted(rec["val_files"]) == sorted(run["val_files"]) and rec["train_files"] == run["train_files"]
 
@@ -170,7 +170,7 @@ def test_pretrain_interrupted_keeps_finished_epochs(data, tmp_path, monkeypatch)
 
 
 def _train(data, out, *extra):
-    return ["train", "--data", str(data), "--category", CAT, "--out", str(out), "--epochs", "0",
+    return ["train", "--data", str(data), "--category", CAT, "--out", str(out), "--preset", "paper", "--epochs", "0",
             "--val-fraction", "0.25", "--global-weights", "0.3", "0.3", "0.4", *FAST, *extra]  # fmt: skip
 
 
@@ -241,8 +241,11 @@ def test_preset_cpu_values_and_an_explicit_override(data, tmp_path):
     assert ns.epochs == 3 and "epochs" not in applied  # explicit wins, even at the preset's own value
     ns = build_parser().parse_args(["train", "--out", "x", "--preset", "cpu", "--epochs", "36"])
     assert "epochs" not in apply_preset(ns, "train")
-    ns = build_parser().parse_args(["train", "--out", "x"])
+    ns = build_parser().parse_args(["train", "--out", "x", "--preset", "paper"])
     assert apply_preset(ns, "train") == {} and (ns.image_size, ns.epochs, ns.global_weights) == (256, 256, None)
+    assert build_parser().parse_args(["train", "--out", "x"]).preset == "auto"  # the default picks cpu or cpu-texture
+    with pytest.raises(AssertionError, match="resolved"):  # auto names no values of its own
+        apply_preset(build_parser().parse_args(["train", "--out", "x"]), "train")
     # through the CLI: recorded in run.json, the explicit --width beats the preset's 16
     out = tmp_path / "m"
     assert main(["train", "--data", str(data), "--category", CAT, "--out", str(out), "--preset", "cpu", "--epochs",
@@ -266,7 +269,7 @@ def test_preset_cpu_texture_trains_the_local_and_defect_models(data, tmp_path):
     assert (ns.model, ns.image_size, ns.patches_per_image, ns.rho, ns.lr, ns.lr_schedule) == (
         "local+defect", 256, 64, 1.0, 2e-3, "cosine")  # fmt: skip
     assert "lr" not in applied and applied["model"] == "local+defect"
-    ns = build_parser().parse_args(["train", "--out", "x"])
+    ns = build_parser().parse_args(["train", "--out", "x", "--preset", "paper"])
     apply_preset(ns, "train")
     assert (ns.model, ns.rho, ns.lr, ns.lr_schedule) == ("both", 0.15, 1e-4, "constant")  # the paper's
     out = tmp_path / "t"

@@ -13,7 +13,8 @@ defaults); a model trains once and is evaluated under every entry (scoring optio
 no retraining). ``--reuse`` skips training when the model directory already holds a
 ``run.json`` from the same settings.
 
-``--preset cpu`` passes ``train --preset cpu`` and only the model flags given here
+``--preset cpu`` passes ``train --preset cpu`` and only the model flags given here (without
+``--preset``: ``train --preset paper`` with the harness's model flags)
 (the row records the values the run used, from its run.json). ``--pretrain "FLAGS"``
 first runs ``igd-fast pretrain`` (same data, seed, preset and model flags, plus FLAGS)
 into the model folder and trains with ``--init-encoder`` on it; ``--init-encoder FILE``
@@ -155,9 +156,9 @@ def _model(a: argparse.Namespace) -> list[str]:
 def train_args(a: argparse.Namespace, variant: str, out: Path, init: str | None = None) -> list[str]:
     # --overwrite: a fresh (not --reuse) run retrains a tag's folder from the start
     args = ["train", "--data", a.data, "--category", a.category, "--out", str(out), "--overwrite", *_model(a),
-            "--variant", variant, *_preset(a), "--latent", str(a.latent), "--seed", str(a.seed), "--no-progress",
-            "--device", a.device, *_flags(a, ("image_size", "width", "blocks", "epochs", "patches_per_image",
-                                              "global_weights"))]  # fmt: skip
+            "--variant", variant, "--preset", a.preset or "paper", "--latent", str(a.latent), "--seed", str(a.seed),
+            "--no-progress", "--device", a.device,
+            *_flags(a, ("image_size", "width", "blocks", "epochs", "patches_per_image", "global_weights"))]  # fmt: skip
     if init:
         args += ["--init-encoder", init]
     return args + shlex.split(a.extra_train)

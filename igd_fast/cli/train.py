@@ -44,8 +44,7 @@ Folder layout: --normal-dir DIR [--normal-test-dir DIR] instead of --data/--cate
 
 writes OUT/global.pt and/or OUT/local.pt (checkpoint after every epoch, atomically),
 OUT/<kind>_log.csv/.json (per-epoch losses, validation loss, images/s), OUT/run.json, and
-OUT/recipe.json: the scoring recipe score / eval / export use by default (the preset's, else
-the paper's scoring).
+OUT/recipe.json: the scoring recipe score / eval / export use by default (the preset's).
 
 memory: each batch runs through the networks --micro-batch inputs at a time with
 gradient accumulation (one optimiser step per batch); the default keeps one step's
@@ -60,13 +59,14 @@ non-finite loss or diverged model, a full disk (the last checkpoint stays intact
 interrupted (Ctrl-C / SIGTERM: the last checkpoint stays intact
 and the message gives the --resume command).
 
-presets (2 CPU cores): --preset auto picks one of the two below by the training images (an object
-in place or a surface) and says which; --preset cpu, for objects: IGD's global model at 128² and
-the defect model, scored together (--model global leaves the defect model out); --preset
-cpu-texture, for textures: IGD's local model at 256² and the defect model (--model local leaves
-it out). Values in the --preset help; each flag given explicitly overrides its preset value;
-run.json records the preset and the values it set, recipe.json the scoring recipe. Without
---preset every default is the paper's (GPU-sized).
+presets (2 CPU cores): --preset auto, the default, picks one of the two below by the training
+images (an object in place or a surface) and says which; --preset cpu, for objects: IGD's global
+model at 128² and the defect model, scored together (--model global leaves the defect model out);
+--preset cpu-texture, for textures: IGD's local model at 256² and the defect model (--model local
+leaves it out); --preset paper: every default the paper's (GPU-sized models and scoring). Values
+in the --preset help; each flag given explicitly overrides its preset value; run.json records the
+preset and the values it set, recipe.json the scoring recipe. The defaults the flags' help gives
+are the flags' own (--preset paper's); the other presets replace some of them.
 
 encoder initialisation: --init-encoder FILE takes the file of `igd-fast pretrain` (the
 whole encoder, trunk + projection to Z, per model kind; width/blocks/latent must match,
@@ -75,13 +75,13 @@ width 64, blocks 2 2 2 2); run.json records what was loaded.
 
 examples:
   igd-fast train --data /data/mvtec --category bottle --out models/bottle
-  igd-fast train --data /data/mvtec --category bottle --out models/bottle --preset auto
   igd-fast train --data /data/mvtec --category bottle --out models/bottle --preset cpu
+  igd-fast train --data /data/mvtec --category bottle --out models/bottle --preset paper --device cuda --amp
   igd-fast pretrain --data /data/mvtec --category bottle --out enc.pt --preset cpu
   igd-fast train --data /data/mvtec --category bottle --out models/bottle --preset cpu --init-encoder enc.pt
-  igd-fast train --data /data/mvtec --category bottle --out models/bottle --model global --epochs 50
+  igd-fast train --data /data/mvtec --category bottle --out models/bottle --preset paper --model global --epochs 50
   torchrun --nproc_per_node 4 -m igd_fast train --data /data/mvtec --category bottle \\
-      --out models/bottle --batch-size 16 --amp --compile
+      --out models/bottle --preset paper --batch-size 16 --amp --compile
   igd-fast train ... --resume            # continue from OUT/<kind>.pt exactly
 """
 
