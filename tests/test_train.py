@@ -144,6 +144,10 @@ def test_resume_matches_uninterrupted_run(root, one_epoch, tmp_path):
         train(
             ModelConfig(**{**GLOBAL_SMALL, "latent": 8}), root, "synth", tmp_path / "cut", epochs=3, resume=True, **FAST
         )
+    # a checkpoint that records no preset (the paper's defaults) resumed under another preset: the way back named
+    with pytest.raises(ValueError, match="trained with --preset paper: resume with --preset paper"):
+        train(ModelConfig(**{**GLOBAL_SMALL, "rho": 1.0}), root, "synth", tmp_path / "cut", epochs=3, resume=True,
+              preset="cpu", **FAST)  # fmt: skip
 
 
 def test_checkpoint_from_before_lr_schedule_resumes(root, one_epoch, tmp_path):

@@ -148,17 +148,25 @@ def _empty(layout, kw) -> MVTecDataset:
     return MVTecDataset(layout.root.parent, layout.name, "val", files=[], **kw)
 
 
+def _preset_hint(saved: str | None, asked: str | None) -> str:
+    """How to ask for the checkpoint's preset again, where the presets differ (a checkpoint from
+    before ``--preset auto`` became the default records none: the paper's defaults)."""
+    saved, asked = saved or "paper", asked or "paper"
+    return "" if saved == asked else f" (it was trained with --preset {saved}: resume with --preset {saved})"
+
+
 def _check_resume(ck: dict, path: Path, cfg: ModelConfig, opts: TrainOptions, record: dict) -> None:
     """Refuse a resume that would silently train another model or on another split."""
     # through ModelConfig: a field added since the checkpoint was written takes its default
     saved, asked = ModelConfig.from_dict(ck["config"]).to_dict(), cfg.to_dict()
+    old = ck.get("run", {}).get("options", {})
     if saved != asked:
         diff = {k: (v, asked.get(k)) for k, v in saved.items() if asked.get(k) != v}
         raise ValueError(
             f"--resume: {path} was trained with another model config: "
             + ", ".join(f"{k} {a!r} in the checkpoint, {b!r} requested" for k, (a, b) in diff.items())
+            + _preset_hint(old.get("preset", "paper"), opts.preset)
         )
-    old = ck.get("run", {}).get("options", {})
     for k in RESUME_MUST_MATCH:
         if k in old and old[k] != getattr(opts, k):
             flag = "--" + k.replace("_", "-")
