@@ -107,6 +107,10 @@ def test_every_train_preset_names_a_recipe():
     assert set(RECIPES) == set(PRESETS["train"])
     for values in RECIPES.values():
         Recipe.resolve(preset=values)  # valid together
+    # --preset paper's recipe sets nothing: at scoring time it would leave recipe.json in force, so it is not offered
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["score", "--model", "m", "--input", "x", "--out", "o", "--preset", "paper"])
+    assert e.value.code == 2
 
 
 # ---------------------------------------------------------------- the model directory

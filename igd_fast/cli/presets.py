@@ -177,7 +177,7 @@ def _preset_text(values: dict) -> str:
 
 def recipe_text(name: str) -> str:
     """The scoring flags a preset's recipe stands for."""
-    return " ".join(_flag_text(k, v) for k, v in RECIPES[name].items()) or "the defaults (the paper's scoring)"
+    return " ".join(_flag_text(k, v) for k, v in RECIPES[name].items())
 
 
 def _flag_text(key: str, value) -> str:

@@ -28,8 +28,10 @@ def add_recipe_flags(p: argparse.ArgumentParser, network: bool = True) -> None:
         else:
             g.add_argument(o.flag, type=o.parse, choices=o.choices or None, default=None, metavar=_metavar(o),
                            help=text)  # fmt: skip
-    shown = "; ".join(f"{n}: {recipe_text(n)}" for n in sorted(RECIPES))
-    g.add_argument("--preset", choices=sorted(RECIPES), default=None,
+    # a recipe that sets nothing (paper's) would leave the model's recipe.json in force: not offered here
+    names = sorted(n for n, values in RECIPES.items() if values)
+    shown = "; ".join(f"{n}: {recipe_text(n)}" for n in names)
+    g.add_argument("--preset", choices=names, default=None,
                    help=f"the scoring recipe a train preset names ({shown}), over the model directory's (for a model "
                         "trained before recipes were saved); flags override it")  # fmt: skip
 
