@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from igd_fast.score.decide import image_rule, pixel_rule, recall_at, tail_threshold
+from igd_fast.score.decide import (
+    check_test_normals,
+    exchangeability_p,
+    image_rule,
+    pixel_rule,
+    recall_at,
+    tail_threshold,
+)
 from igd_fast.score.synthetic import per_image, synthetic_defects
+from igd_fast.score.threshold import conformal_index
 
 
 @pytest.mark.parametrize("law", ["normal", "exponential"])
@@ -100,3 +108,37 @@ def test_synthetic_defects_are_seeded_masked_and_in_the_normalised_range():
 
     torch.testing.assert_close(a[outside], imagenet_normalise(imagenet_pixels(src))[outside], atol=1e-5, rtol=0)
     assert per_image(6) == 11 and per_image(100) == 1 and per_image(1) == 16
+
+
+def _count_above(n: int, j: int):
+    """The statistic exchangeability_p tests: test scores above the j-th smallest validation score."""
+
+    def stat(val, test, axis=-1):
+        return np.sum(test > np.sort(val, axis=axis)[..., j - 1 : j], axis=axis)
+
+    return stat
+
+
+@pytest.mark.parametrize(("n", "m", "shift"), [(4, 5, 0.0), (5, 6, 1.5), (6, 7, 0.5)])
+def test_exchangeability_p_equals_scipys_exact_permutation_test(n, m, shift):
+    from scipy.stats import permutation_test
+
+    rng = np.random.default_rng(n)
+    val, test = rng.normal(size=n), rng.normal(shift, 1.0, size=m)
+    j = conformal_index(n, 0.1)
+    want = permutation_test((val, test), _count_above(n, j), permutation_type="independent", alternative="greater",
+                            n_resamples=10**6, vectorized=True).pvalue  # fmt: skip
+    assert abs(exchangeability_p(list(val), list(test), j) - want) < 0.01
+
+
+def test_the_normals_check_rarely_cries_shift_on_exchangeable_normals_and_sees_a_real_one():
+    rng = np.random.default_rng(0)
+    calls = [check_test_normals(list(rng.normal(size=20)), list(rng.normal(size=n)), 1.0, 0.05, 0.1)["verdict"]
+             for n in (6, 21) for _ in range(150)]  # fmt: skip
+    assert calls.count("shifted") / len(calls) <= 0.02  # SHIFT_P = 0.01, with room for 300 draws
+    val = list(rng.normal(size=6))
+    c = check_test_normals(list(rng.normal(3.0, 1.0, size=20)), val, max(val), 0.05, 1 / 7)
+    assert c["verdict"] == "shifted" and c["p_value"] < 0.001 and c["auroc_test_vs_validation_normals"] > 0.95
+    assert c["flagged"] >= 15 and c["promised_fpr"] == 1 / 7 and (c["n_validation"], c["test_normals"]) == (6, 20)
+    assert check_test_normals([], val, 0.0, 0.05, 0.1) is None
+    assert check_test_normals([1.0], [0.0], 0.0, 0.05, 0.1) is None  # one validation normal: nothing to rank

@@ -273,6 +273,13 @@ def test_eval_cli_report(trained, tmp_path):
     # the metrics are those of igd_fast.metrics / scikit-learn on the reported scores
     scores = [i["score"] for i in imgs]
     assert rep["image_AUROC"] == pytest.approx(roc_auc_score(labels, scores))
+    # the test normals against the validation normals the threshold came from
+    chk, normal = rep["test_normals_check"], [i["score"] for i in imgs if i["label"] == 0]
+    assert (chk["test_normals"], chk["n_validation"]) == (3, len(cal["validation_scores"]))
+    assert chk["flagged"] == rep["n_false_positive"] and chk["promised_fpr"] == cal["guaranteed_fpr"]
+    assert chk["verdict"] in ("consistent", "shifted") and 0.0 < chk["p_value"] <= 1.0
+    assert chk["auroc_test_vs_validation_normals"] == pytest.approx(roc_auc_score(
+        [0] * len(cal["validation_scores"]) + [1] * 3, [*cal["validation_scores"].values(), *normal]))  # fmt: skip
     assert rep["image_AUROC"] == pytest.approx(roc_auc_score(labels, [i["pred_score"] for i in imgs]))
     p, r, _ = precision_recall_curve(labels, scores)
     assert rep["image_F1Max"] == pytest.approx(np.max(2 * p * r / np.maximum(p + r, 1e-300)))
@@ -436,3 +443,16 @@ def test_eval_layout_errors_exit_2(trained, tmp_path, capsys):
     assert "--data ROOT --category NAME" in capsys.readouterr().err
     assert main([*base, "--normal-dir", str(tmp_path / "nope")]) == 2
     assert "--normal-dir" in capsys.readouterr().err
+
+
+def test_eval_warns_when_the_test_normals_are_shifted(capsys):
+    from igd_fast.cli.eval import _warn_shift
+
+    check = {"test_normals": 20, "n_validation": 6, "flagged": 19, "promised_fpr": 1 / 7, "p_value": 5e-5,
+             "verdict": "shifted", "auroc_test_vs_validation_normals": 0.99}  # fmt: skip
+    _warn_shift(check)
+    err = capsys.readouterr().err
+    assert "warning" in err and "19 of 20" in err and "0.143" in err and "calibrate on normals" in err
+    _warn_shift({**check, "verdict": "consistent"})
+    _warn_shift(None)
+    assert capsys.readouterr().err == ""

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..outputs import FolderInUse, atomic_write_bytes, inside, output_lock, plain_name, write_json, write_text
-from ..score.decide import decision_record
+from ..score.decide import check_test_normals, decision_record
 from ._args import (
     EXIT_OK,
     EXIT_SKIPPED,
@@ -349,13 +349,34 @@ def _report(args, scorer, layout, rep: dict, calib: dict, results: list, skipped
         "n_validation": calib.get("n_validation"), "score_scale": calib.get("score_scale"),
         "normalisation": calib.get("normalisation"),
         "pixel_threshold": post.pixel_threshold if calib.get("has_maps", True) else None,
-        "pixel_rule": calib.get("pixel_rule"), "decision": decision_record(calib), "scoring": scorer.scoring,
+        "pixel_rule": calib.get("pixel_rule"), "decision": decision_record(calib),
+        "test_normals_check": _normals_check(results, calib, post.threshold), "scoring": scorer.scoring,
         "recipe": scorer.recipe.record(), "precision": scorer.precision_record, "compiled": scorer.compiled,
         "n_skipped": len(skipped),
         "skipped": skipped, "images_per_second": len(results) / wall if wall > 0 else 0.0,
         "images_per_second_scoring": scorer.images_per_second, "seconds": seconds, "device": str(scorer.device),
         "backend": args.backend, "images": results,
     }  # fmt: skip
+
+
+def _normals_check(results: list, calib: dict, threshold: float) -> dict | None:
+    """The image rule's promise on the test normals (None under an explicit --threshold: no promise)."""
+    if calib.get("threshold") != threshold:
+        return None
+    normal = [r["score"] for r in results if r["label"] == 0]
+    return check_test_normals(normal, list((calib.get("validation_scores") or {}).values()), threshold,
+                              calib.get("alpha", 0.05), calib.get("guaranteed_fpr"))  # fmt: skip
+
+
+def _warn_shift(check: dict | None) -> None:
+    if check and check["verdict"] == "shifted":
+        promised = check["promised_fpr"]
+        print(f"igd-fast eval: warning: the test normals score above the validation normals the thresholds came "
+              f"from (AUROC {_fmt(check['auroc_test_vs_validation_normals'])}, p = {check['p_value']:.2g}): "
+              f"{check['flagged']} of {check['test_normals']} are flagged"
+              + (f", where the rule promises at most {promised:.3g} of them" if promised is not None else "")
+              + "; calibrate on normals from the test conditions (report.json: test_normals_check)",
+              file=sys.stderr)  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -394,6 +415,7 @@ def _run(args: argparse.Namespace, samples, layout, out: Path, scorer) -> int:
         write_figure(out / "report.png", results, maps, masks, threshold, scorer.map_range(), args.examples, title)
     print(json.dumps({k: report[k] for k in SUMMARY_KEYS}, indent=2))
     print(f"report: {out / 'report.json'}  figure: {out / 'report.png'}", file=sys.stderr)
+    _warn_shift(report["test_normals_check"])
     if args.html:
         _write_page(out, report, thumbs)
     for s in skipped:

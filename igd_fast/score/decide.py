@@ -10,7 +10,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from .threshold import conformal_threshold
+from .threshold import conformal_index, conformal_threshold
 
 # the largest share of the validation normals' pixels pred_mask may flag (the pixel threshold's
 # floor): pixel_F1Score >= 0.8 pixel_F1Max on 9 of 12 development rows at 1e-4 (and 1e-5), 7 at
@@ -111,3 +111,52 @@ def pixel_rule(normal_px: np.ndarray, syn_px: np.ndarray, syn_mask: np.ndarray,
     out.update(pixel_threshold=float(cand[i]), expected_pixel_f1=float(f_above[i]),
                pixel_bound="floor" if f_below.size and f_below.max() > f_above[i] else "synthetic")  # fmt: skip
     return out
+
+
+
+# the p-value below which eval says the test normals are not exchangeable with the validation normals
+SHIFT_P = 0.01
+
+
+def exchangeability_p(validation: list[float], test: list[float], j: int, n_perm: int = 20000,
+                      seed: int = 0) -> float:  # fmt: skip
+    """One-sided permutation p-value (seeded, ``n_perm`` permutations) of as many ``test`` scores
+    above the ``j``-th smallest ``validation`` score as observed, or more: the count the image
+    rule's promise is about (its split-conformal threshold is that order statistic, its threshold
+    at or above it). Exact in distribution when the two sets are exchangeable, whatever the scores'
+    law, which is what the rule assumes."""
+    v = np.asarray([*validation, *test], dtype=np.float64)
+    srt = np.sort(v)
+    ranks = (np.searchsorted(srt, v, "left") + np.searchsorted(srt, v, "right") + 1) / 2.0  # ties averaged
+    n, rng = len(validation), np.random.default_rng(seed)
+
+    def count(r: np.ndarray) -> np.ndarray:
+        return np.sum(r[:, n:] > np.sort(r[:, :n], axis=1)[:, j - 1 : j], axis=1)
+
+    observed, hits = count(ranks[None])[0], 0
+    for start in range(0, n_perm, 1000):  # in blocks: bounded memory for large splits
+        perm = rng.permuted(np.broadcast_to(ranks, (min(1000, n_perm - start), v.size)), axis=1)
+        hits += int(np.sum(count(perm) >= observed))
+    return (hits + 1) / (n_perm + 1)
+
+
+def check_test_normals(test_normal: list[float], validation: list[float], threshold: float,
+                       alpha: float, promised_fpr: float | None) -> dict | None:  # fmt: skip
+    """Do a test split's normals look like the validation normals the image threshold came from?
+    The share flagged beside the rule's promised rate, the permutation p-value of so many test
+    normals above the rule's split-conformal order statistic (:func:`exchangeability_p`; below
+    :data:`SHIFT_P`: "shifted"), and how the test normals rank against the validation normals
+    (AUROC 0.5 when exchangeable, 1 when every test normal scores above every validation normal).
+    "shifted" says the validation normals do not represent the test normals (other light, another
+    part of the scene, a changed process): the promise does not hold for them; recalibrate on
+    normals from the test conditions. None without test normals or with fewer than 2 validation
+    normals."""
+    from ..metrics import auroc
+
+    n, m = len(validation), len(test_normal)
+    if not m or n < 2:
+        return None
+    p = exchangeability_p(validation, test_normal, conformal_index(n, min(2 * alpha, 0.5)))
+    return {"test_normals": m, "n_validation": n, "flagged": sum(1 for s in test_normal if s > threshold),
+            "promised_fpr": promised_fpr, "p_value": p, "verdict": "shifted" if p < SHIFT_P else "consistent",
+            "auroc_test_vs_validation_normals": auroc([*validation, *test_normal], [0] * n + [1] * m)}  # fmt: skip

@@ -91,8 +91,12 @@ def conformal_threshold(scores: list[float], alpha: float = DEFAULT_ALPHA) -> fl
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     s = sorted(float(v) for v in scores)
-    k = min(math.ceil((len(s) + 1) * (1 - alpha)), len(s))
-    return s[k - 1]
+    return s[conformal_index(len(s), alpha) - 1]
+
+
+def conformal_index(n: int, alpha: float) -> int:
+    """Which order statistic of ``n`` scores the split-conformal threshold is (1 = the smallest)."""
+    return min(math.ceil((n + 1) * (1 - alpha)), n)
 
 
 def score_scale(scores: list[float], threshold: float) -> float:
