@@ -32,6 +32,8 @@ def decision_panel(rec: Mapping) -> str:
     long texts folded away below the numbers."""
     pairs = [(k, rec.get(k)) for k in THRESHOLD_KEYS if k in rec]
     pairs += [(k, v) for k, v in (rec.get("decision") or {}).items()]
+    # eval's check of the image rule's promise on the test normals
+    pairs += [(f"test_normals_check.{k}", v) for k, v in (rec.get("test_normals_check") or {}).items()]
     long = [(k, v) for k, v in pairs if isinstance(v, str) and len(v) > LONG_TEXT]
     short = [(k, v) for k, v in pairs if (k, v) not in long]
     rule = ("pred_label = 1 (anomalous) when score > threshold; pred_score = 0.5 at the threshold; "
