@@ -142,3 +142,4 @@ def test_the_normals_check_rarely_cries_shift_on_exchangeable_normals_and_sees_a
     assert c["flagged"] >= 15 and c["promised_fpr"] == 1 / 7 and (c["n_validation"], c["test_normals"]) == (6, 20)
     assert check_test_normals([], val, 0.0, 0.05, 0.1) is None
     assert check_test_normals([1.0], [0.0], 0.0, 0.05, 0.1) is None  # one validation normal: nothing to rank
+    assert check_test_normals([float("nan")] * 3, val, 0.0, 0.05, 0.1) is None  # NaN scores are not ranked

@@ -113,7 +113,6 @@ def pixel_rule(normal_px: np.ndarray, syn_px: np.ndarray, syn_mask: np.ndarray,
     return out
 
 
-
 # the p-value below which eval says the test normals are not exchangeable with the validation normals
 SHIFT_P = 0.01
 
@@ -149,10 +148,11 @@ def check_test_normals(test_normal: list[float], validation: list[float], thresh
     (AUROC 0.5 when exchangeable, 1 when every test normal scores above every validation normal).
     "shifted" says the validation normals do not represent the test normals (other light, another
     part of the scene, a changed process): the promise does not hold for them; recalibrate on
-    normals from the test conditions. None without test normals or with fewer than 2 validation
-    normals."""
+    normals from the test conditions. None without (finite) test normals or with fewer than 2
+    validation normals."""
     from ..metrics import auroc
 
+    test_normal = [s for s in test_normal if math.isfinite(s)]  # a NaN score is flagged, not ranked
     n, m = len(validation), len(test_normal)
     if not m or n < 2:
         return None
