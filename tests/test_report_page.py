@@ -72,6 +72,7 @@ def test_eval_page_shows_the_report(pages):
         assert f'<div class="v">{rep[k]:.3f}</div><div class="k">{k}</div>' in page
     assert "<polyline" in page and "threshold_conformal" in page and f"{rep['threshold']:.4g}" in page
     assert "test_normals_check.verdict" in page and rep["test_normals_check"]["verdict"] in page
+    assert rep["validation_scores"] and "validation normal" in page  # the threshold's evidence in the histogram
 
 
 def test_roc_svg_follows_sklearn():

@@ -276,6 +276,7 @@ def test_eval_cli_report(trained, tmp_path):
     # the test normals against the validation normals the threshold came from
     chk, normal = rep["test_normals_check"], [i["score"] for i in imgs if i["label"] == 0]
     assert (chk["test_normals"], chk["n_validation"]) == (3, len(cal["validation_scores"]))
+    assert rep["validation_scores"] == list(cal["validation_scores"].values())
     assert chk["flagged"] == rep["n_false_positive"] and chk["promised_fpr"] == cal["guaranteed_fpr"]
     assert chk["verdict"] in ("consistent", "shifted") and 0.0 < chk["p_value"] <= 1.0
     assert chk["auroc_test_vs_validation_normals"] == pytest.approx(roc_auc_score(

@@ -180,7 +180,8 @@ def _per_defect(results: list[dict]) -> dict:
 
 
 def write_figure(
-    path: Path, results: list[dict], maps: list, masks: list, threshold: float, vrange, k: int, title: str
+    path: Path, results: list[dict], maps: list, masks: list, threshold: float, vrange, k: int, title: str,
+    validation: list[float] | None = None,
 ) -> None:
     """ROC curve + rows of examples: best-detected anomalies, missed anomalies, false alarms."""
     import matplotlib
@@ -211,7 +212,7 @@ def write_figure(
         ax.text(0.5, 0.5, "ROC undefined\n(one class only)", ha="center")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="image ROC", aspect="equal")
-    _score_histogram(fig.add_subplot(left[1]), results, threshold)
+    _score_histogram(fig.add_subplot(left[1]), results, threshold, validation or [])
     for row, (name, idx) in enumerate(rows):
         for col in range(ncol):
             a = fig.add_subplot(gs[row, col + 1])
@@ -236,16 +237,19 @@ def write_figure(
         plt.close(fig)
 
 
-def _score_histogram(ax, results: list[dict], threshold: float) -> None:
-    """The test scores of normals and anomalies, with the calibrated threshold."""
+def _score_histogram(ax, results: list[dict], threshold: float, validation: list[float]) -> None:
+    """The test scores of normals and anomalies and the validation normals' (the threshold's
+    evidence: test normals far right of them are a shift, test_normals_check), with the threshold."""
     scores = np.array([r["score"] for r in results], dtype=np.float64)
     labels = np.array([r["label"] for r in results])
-    bins = np.histogram_bin_edges(np.r_[scores, threshold], bins=30)
-    for lab, name, colour in ((0, "normal", "tab:blue"), (1, "anomalous", "tab:red")):
+    bins = np.histogram_bin_edges(np.r_[scores, validation, threshold], bins=30)
+    for lab, name, colour in ((0, "test normal", "tab:blue"), (1, "test anomalous", "tab:red")):
         if (labels == lab).any():
             ax.hist(scores[labels == lab], bins=bins, alpha=0.6, color=colour, label=name)
+    if validation:
+        ax.hist(validation, bins=bins, histtype="step", lw=1.5, color="tab:green", label="validation normal")
     ax.axvline(threshold, color="k", ls="--", lw=1.2, label="threshold")
-    ax.set(xlabel="score", ylabel="test images", title="scores and threshold")
+    ax.set(xlabel="score", ylabel="images", title="scores and threshold")
     ax.legend(fontsize=7)
 
 
@@ -350,7 +354,8 @@ def _report(args, scorer, layout, rep: dict, calib: dict, results: list, skipped
         "normalisation": calib.get("normalisation"),
         "pixel_threshold": post.pixel_threshold if calib.get("has_maps", True) else None,
         "pixel_rule": calib.get("pixel_rule"), "decision": decision_record(calib),
-        "test_normals_check": _normals_check(results, calib, post.threshold), "scoring": scorer.scoring,
+        "test_normals_check": _normals_check(results, calib, post.threshold),
+        "validation_scores": list((calib.get("validation_scores") or {}).values()), "scoring": scorer.scoring,
         "recipe": scorer.recipe.record(), "precision": scorer.precision_record, "compiled": scorer.compiled,
         "n_skipped": len(skipped),
         "skipped": skipped, "images_per_second": len(results) / wall if wall > 0 else 0.0,
@@ -412,7 +417,8 @@ def _run(args: argparse.Namespace, samples, layout, out: Path, scorer) -> int:
     if results and all(m is not None for m in maps):
         title = (f"{layout.name}: image AUROC {_fmt(rep['image_AUROC'])}, pixel AUROC {_fmt(rep['pixel_AUROC'])}, "
                  f"AUPRO@0.3 {_fmt(rep['pixel_AUPRO'])}")  # fmt: skip
-        write_figure(out / "report.png", results, maps, masks, threshold, scorer.map_range(), args.examples, title)
+        write_figure(out / "report.png", results, maps, masks, threshold, scorer.map_range(), args.examples, title,
+                     report["validation_scores"])  # fmt: skip
     print(json.dumps({k: report[k] for k in SUMMARY_KEYS}, indent=2))
     print(f"report: {out / 'report.json'}  figure: {out / 'report.png'}", file=sys.stderr)
     _warn_shift(report["test_normals_check"])

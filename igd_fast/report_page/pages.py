@@ -80,7 +80,10 @@ def eval_page(report: Mapping, thumbs: Sequence[Thumbs | None], metric_keys: Seq
         if per_defect:
             roc += '<p class="legend">image AUROC of each defect type against good:</p>' + kv_table(per_defect)
         panels.append(panel("Image ROC", roc))
-        panels.append(panel("Scores", histogram_svg(scores, labels, ["normal", "anomalous"], report["threshold"])))
+        val = list(report.get("validation_scores") or [])  # the threshold's evidence, beside the test scores
+        panels.append(panel("Scores", histogram_svg([*scores, *val], [*labels, *[2] * len(val)],
+                                                    ["test normal", "test anomalous", "validation normal"],
+                                                    report["threshold"])))  # fmt: skip
     panels += [decision_panel(report), *_skipped(report.get("skipped") or [])]
     title = f"igd-fast eval: {report.get('category', '')}"
     sub = f"model {report.get('model', '')} · data {root or ''} · {report.get('device', '')}"
