@@ -346,6 +346,7 @@ def _write_map_files(args, out: Path, name: str, category: str, row: dict, p) ->
 def _report(args, scorer, layout, rep: dict, calib: dict, results: list, skipped: list, seconds: dict) -> dict:
     post = scorer.post_processor
     wall = seconds["test_scoring"]
+    validation = list((calib.get("validation_scores") or {}).values())  # the threshold's evidence
     return {
         "category": layout.name, "layout": layout.kind, "data_root": str(layout.root.resolve()),
         "model": str(Path(args.model).resolve()), "models": list(scorer.kinds), **rep,
@@ -354,8 +355,8 @@ def _report(args, scorer, layout, rep: dict, calib: dict, results: list, skipped
         "normalisation": calib.get("normalisation"),
         "pixel_threshold": post.pixel_threshold if calib.get("has_maps", True) else None,
         "pixel_rule": calib.get("pixel_rule"), "decision": decision_record(calib),
-        "test_normals_check": _normals_check(results, calib, post.threshold),
-        "validation_scores": list((calib.get("validation_scores") or {}).values()), "scoring": scorer.scoring,
+        "test_normals_check": _normals_check(results, calib, post.threshold, validation),
+        "validation_scores": validation, "scoring": scorer.scoring,
         "recipe": scorer.recipe.record(), "precision": scorer.precision_record, "compiled": scorer.compiled,
         "n_skipped": len(skipped),
         "skipped": skipped, "images_per_second": len(results) / wall if wall > 0 else 0.0,
@@ -364,13 +365,12 @@ def _report(args, scorer, layout, rep: dict, calib: dict, results: list, skipped
     }  # fmt: skip
 
 
-def _normals_check(results: list, calib: dict, threshold: float) -> dict | None:
+def _normals_check(results: list, calib: dict, threshold: float, validation: list[float]) -> dict | None:
     """The image rule's promise on the test normals (None under an explicit --threshold: no promise)."""
     if calib.get("threshold") != threshold:
         return None
     normal = [r["score"] for r in results if r["label"] == 0]
-    return check_test_normals(normal, list((calib.get("validation_scores") or {}).values()), threshold,
-                              calib.get("alpha", 0.05), calib.get("guaranteed_fpr"))  # fmt: skip
+    return check_test_normals(normal, validation, threshold, calib.get("alpha", 0.05), calib.get("guaranteed_fpr"))
 
 
 def _warn_shift(check: dict | None) -> None:

@@ -170,14 +170,16 @@ def add_preset(p: argparse._ActionsContainer, verb: str) -> None:
 
 
 def _preset_text(values: dict) -> str:
-    if not values:
-        return "every flag at its own default (the paper's GPU-sized models and scoring)"
-    return " ".join(_flag_text(k, v) for k, v in values.items())
+    return _flags_text(values) or "every flag at its own default (the paper's GPU-sized models and scoring)"
 
 
 def recipe_text(name: str) -> str:
     """The scoring flags a preset's recipe stands for."""
-    return " ".join(_flag_text(k, v) for k, v in RECIPES[name].items())
+    return _flags_text(RECIPES[name])
+
+
+def _flags_text(values: dict) -> str:
+    return " ".join(_flag_text(k, v) for k, v in values.items())
 
 
 def _flag_text(key: str, value) -> str:

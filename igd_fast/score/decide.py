@@ -124,17 +124,16 @@ def exchangeability_p(validation: list[float], test: list[float], j: int, n_perm
     rule's promise is about (its split-conformal threshold is that order statistic, its threshold
     at or above it). Exact in distribution when the two sets are exchangeable, whatever the scores'
     law, which is what the rule assumes."""
+    # the count depends only on the scores' order, so the scores themselves are permuted
     v = np.asarray([*validation, *test], dtype=np.float64)
-    srt = np.sort(v)
-    ranks = (np.searchsorted(srt, v, "left") + np.searchsorted(srt, v, "right") + 1) / 2.0  # ties averaged
     n, rng = len(validation), np.random.default_rng(seed)
 
     def count(r: np.ndarray) -> np.ndarray:
         return np.sum(r[:, n:] > np.sort(r[:, :n], axis=1)[:, j - 1 : j], axis=1)
 
-    observed, hits = count(ranks[None])[0], 0
+    observed, hits = count(v[None])[0], 0
     for start in range(0, n_perm, 1000):  # in blocks: bounded memory for large splits
-        perm = rng.permuted(np.broadcast_to(ranks, (min(1000, n_perm - start), v.size)), axis=1)
+        perm = rng.permuted(np.broadcast_to(v, (min(1000, n_perm - start), v.size)), axis=1)
         hits += int(np.sum(count(perm) >= observed))
     return (hits + 1) / (n_perm + 1)
 
