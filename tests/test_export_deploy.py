@@ -16,7 +16,7 @@ from PIL import Image
 
 from igd_fast.cli import main
 from igd_fast.export.onnx import record_path
-from igd_fast.export.pipeline import IR_OUTPUTS, ONNX_OUTPUTS
+from igd_fast.export.pipeline import IR_OUTPUTS, ONNX_OUTPUTS, _rounded_ratio
 from igd_fast.export.resize import pillow_resize
 from igd_fast.score import Scorer
 
@@ -207,6 +207,49 @@ def test_the_graph_resizes_as_pillow():
         want = np.asarray(Image.fromarray(a).resize((int(out[1]), int(out[0])), Image.BILINEAR))
         got = pillow_resize(torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255.0, (int(out[0]), int(out[1])))
         assert np.array_equal(np.rint(got[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8), want), (hw, out)
+
+
+class _Resize(torch.nn.Module):
+    """The graph's resize alone: to a fixed 64×48, or to a longer side of 64 (aspect kept)."""
+
+    def __init__(self, keep_aspect: bool) -> None:
+        super().__init__()
+        self.keep_aspect = keep_aspect
+
+    def forward(self, x):
+        h, w = x.shape[-2], x.shape[-1]
+        size = (_rounded_ratio(h * 64, max(h, w)), _rounded_ratio(w * 64, max(h, w))) if self.keep_aspect else (64, 48)
+        return pillow_resize(x, size)
+
+
+@pytest.mark.parametrize("keep_aspect", [False, True], ids=["fixed", "aspect"])
+def test_the_exported_resize_equals_pillow_in_both_runtimes(tmp_path, keep_aspect):
+    """The resize as exported (a fixed size: one pass order chosen by an ONNX If; a size that
+    follows the input: both orders and a Where), in onnxruntime and OpenVINO: Pillow's pixels,
+    for either pass order (tall images shrink vertically first), down and up."""
+    import contextlib
+    import io
+
+    import onnx
+
+    f = tmp_path / "resize.onnx"
+    dims = {0: torch.export.Dim("n", min=1, max=16), 2: torch.export.Dim("h", min=2, max=4096),
+            3: torch.export.Dim("w", min=2, max=4096)}  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), torch.no_grad():
+        torch.onnx.export(_Resize(keep_aspect), (torch.rand(2, 3, 141, 157),), str(f), input_names=["input"],
+                          dynamic_shapes={"x": dims}, opset_version=18, dynamo=True, external_data=False)  # fmt: skip
+    assert ("If" in {n.op_type for n in onnx.load(str(f)).graph.node}) is not keep_aspect
+    sess = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
+    compiled = ov.Core().compile_model(str(f), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    rng = np.random.default_rng(1)
+    for hw in [(300, 90), (90, 300), (211, 97), (64, 48), (40, 30), (97, 211)]:
+        a = rng.integers(0, 256, (2, *hw, 3), dtype=np.uint8)
+        h, w = _Resize(keep_aspect)(torch.zeros(1, 3, *hw)).shape[-2:]
+        want = np.stack([np.asarray(Image.fromarray(im).resize((w, h), Image.BILINEAR)) for im in a])
+        x = np.ascontiguousarray(a.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+        for name, got in (("onnxruntime", sess.run(None, {"input": x})[0]), ("openvino", compiled(x)[0])):
+            got = np.rint(got.transpose(0, 2, 3, 1) * 255).astype(np.uint8)
+            assert np.array_equal(got, want), (name, hw, int(np.abs(got.astype(int) - want).max()))
 
 
 def test_scipy_is_a_runtime_dependency():

@@ -8,9 +8,11 @@ first when the height shrinks by more than twice as many pixels as the width); e
 weighted sum of the input pixels within the triangle filter's support (widened by the scale
 when downscaling: its antialiasing), the weights normalised and held in fixed point (22
 fractional bits), the integer sum rounded half up to 8 bits. Here each pass gathers those
-taps and sums them exactly in float32: the weights are split into three 7/7/8-bit parts so
-that every partial sum is an integer below 2**24, and the parts are carried as Pillow's
-integer arithmetic would (tests/test_export_deploy.py: equal to Pillow's pixels).
+taps as whole rows (the horizontal pass on the transposed image) and sums them in one MatMul,
+exactly in float32: the weights are split into a high and a low part so that every partial
+sum is an integer below 2**24 (int32 would hold Pillow's sums directly, but OpenVINO's CPU
+plugin computes int32 sums in float32), and the parts are carried as Pillow's integer
+arithmetic would (tests/test_export_deploy.py: equal to Pillow's pixels, in both runtimes).
 """
 
 from __future__ import annotations
@@ -20,23 +22,32 @@ from torch import Tensor
 
 from ..score.resample import PRECISION_BITS, pillow_taps
 
+# the weights' low 7 bits are summed apart from the high 15: each sum of 8-bit values times one
+# part stays below 2**24 (exact in float32, in any order) for up to 518 taps (2·ceil(n_in / n_out) + 1: 32768 -> 128)
+LOW_BITS = 7
 
-def _pass(x: Tensor, n_out, dim: int) -> Tensor:
-    """One of Pillow's passes along ``dim`` (-1: horizontal, -2: vertical) of 8-bit values."""
-    n_in = x.shape[dim]
-    idx, fixed = pillow_taps(n_in, n_out, x.device)
-    k2 = torch.div(fixed, 1 << 14, rounding_mode="floor")
-    k1 = torch.div(fixed - k2 * (1 << 14), 1 << 7, rounding_mode="floor")
-    k0 = fixed - k2 * (1 << 14) - k1 * (1 << 7)
-    if dim == -2:
-        x = x.transpose(-1, -2)
-    g = x[..., idx]  # N×C×rows×n_out×K
-    s2, s1, s0 = ((g * k.to(torch.float32)).sum(-1) for k in (k2, k1, k0))
-    # (S2·2^14 + S1·2^7 + S0 + 2^21) >> 22, in steps whose values stay exact integers
-    q0 = torch.floor((s0 + float(1 << (PRECISION_BITS - 1))) / 2**7)
-    q1 = torch.floor((s1 + q0) / 2**7)
-    out = torch.floor((s2 + q1) / 2**8).clamp(0.0, 255.0)
-    return out.transpose(-1, -2) if dim == -2 else out
+
+def _rows(x: Tensor, n_out) -> Tensor:
+    """One of Pillow's passes along the rows (dim -2) of 8-bit values (float32): a Gather of
+    whole rows (a runtime copies them as blocks; gathering along the last axis copies single
+    values), then per output row a 2×K by K×W MatMul (the high and low weights' sums)."""
+    idx, fixed = pillow_taps(x.shape[-2], n_out, x.device)
+    g = x.index_select(-2, idx.reshape(-1)).unflatten(-2, (n_out, -1))  # N×C×n_out×K×W
+    hi = torch.div(fixed, 1 << LOW_BITS, rounding_mode="floor")
+    k = torch.stack([hi, fixed - hi * (1 << LOW_BITS)], 1).to(torch.float32)  # n_out×2×K
+    s = torch.matmul(k, g)  # N×C×n_out×2×W: both sums over the taps in one MatMul
+    s_hi, s_lo = s[..., 0, :], s[..., 1, :]
+    # (S_hi·2^7 + S_lo + 2^21) >> 22 in steps whose values stay exact integers
+    carry = torch.floor(s_lo / 2**LOW_BITS) + 2 ** (PRECISION_BITS - 1 - LOW_BITS)
+    return torch.floor((s_hi + carry) / 2 ** (PRECISION_BITS - LOW_BITS)).clamp(0.0, 255.0)
+
+
+def _horizontal_first(x: Tensor, h, w) -> Tensor:
+    return _rows(_rows(x.transpose(-1, -2), w).transpose(-1, -2), h).contiguous()
+
+
+def _vertical_first(x: Tensor, h, w) -> Tensor:
+    return _rows(_rows(x, h).transpose(-1, -2), w).transpose(-1, -2).contiguous()
 
 
 def pillow_resize(pixels: Tensor, size) -> Tensor:
@@ -44,16 +55,24 @@ def pillow_resize(pixels: Tensor, size) -> Tensor:
     8-bit image (the input is first taken to 8 bits as the Scorer reads float arrays: rounded)."""
     x = torch.round(pixels.float() * 255.0).clamp(0.0, 255.0)
     h, w = size
-    out = _pass(_pass(x, w, -1), h, -2)
-    if VERTICAL_FIRST:
-        # Pillow >= 13 (python-pillow/Pillow#9549) runs the vertical pass first when the height
-        # shrinks by more than twice as many pixels as the width; both orders are computed
-        # and one kept, as the sizes are only known when the graph runs
-        i64 = dict(device=x.device, dtype=torch.int64)
-        dh = torch.full((), x.shape[-2], **i64) - torch.full((), h, **i64)
-        dw = torch.full((), x.shape[-1], **i64) - torch.full((), w, **i64)
-        out = torch.where((dh > 0) & (dh > 2 * dw), _pass(_pass(x, h, -2), w, -1), out)
-    return out / 255.0
+    if not VERTICAL_FIRST:
+        return _horizontal_first(x, h, w) / 255.0
+    # Pillow >= 13 (python-pillow/Pillow#9549) runs the vertical pass first when the height
+    # shrinks by more than twice as many pixels as the width; in a graph the sizes are only
+    # known when it runs
+    i64 = dict(device=x.device, dtype=torch.int64)
+    dh = torch.full((), x.shape[-2], **i64) - torch.full((), h, **i64)
+    dw = torch.full((), x.shape[-1], **i64) - torch.full((), w, **i64)
+    first = (dh > 0) & (dh > 2 * dw)
+    if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):  # eager: the order is known
+        return (_vertical_first if first else _horizontal_first)(x, h, w) / 255.0
+    if isinstance(h, int) and isinstance(w, int):
+        # a fixed output size: a torch.cond (an ONNX If, an OpenVINO If), so one order runs
+        return torch.cond(first, lambda t: _vertical_first(t, h, w), lambda t: _horizontal_first(t, h, w), (x,)) / 255.0
+    # a size that follows the input's (aspect kept) would enter torch.cond's branches as new
+    # symbols, unrelated to the input's (torch 2.13), and the graph after would lose its
+    # shapes: both orders are computed and one kept
+    return torch.where(first, _vertical_first(x, h, w), _horizontal_first(x, h, w)) / 255.0
 
 
 def _pillow_major() -> int:

@@ -154,9 +154,16 @@ def combine_maps(maps, weights, out_h, out_w, win_size):
     applied after upsampling (bilinear keeps non-negative values non-negative, and
     the order then does not matter for valid maps).
     """
+    ups = [upsample_scale_map(m, win_size, out_h, out_w) for m in maps]
+    if not (torch.is_grad_enabled() and any(u.requires_grad for u in ups)):
+        # exp(sum_j w_j log u_j), as the kernels: one Exp and vectorised Logs where a runtime's
+        # Pow with a float exponent runs per element (an exported graph's largest cost). A u_j <= 0
+        # or NaN makes the sum -inf or NaN, and relu's 0 follows: one Where, not one per scale
+        t = sum(w * torch.log(u) for u, w in zip(ups, weights))
+        return torch.exp(torch.where(torch.isnan(t), float("-inf"), t))
     out = None
-    for m, w in zip(maps, weights):
-        term = safe_pow(upsample_scale_map(m, win_size, out_h, out_w), w)
+    for u, w in zip(ups, weights):
+        term = safe_pow(u, w)
         out = term if out is None else out * term
     return out
 
