@@ -16,7 +16,7 @@ from PIL import Image
 
 from igd_fast.cli import main
 from igd_fast.export.onnx import record_path
-from igd_fast.export.pipeline import IR_OUTPUTS, ONNX_OUTPUTS, _rounded_ratio
+from igd_fast.export.pipeline import IR_OUTPUTS, ONNX_OUTPUTS, aspect_size
 from igd_fast.export.resize import VERTICAL_FIRST, pillow_resize
 from igd_fast.score import Scorer
 
@@ -217,9 +217,8 @@ class _Resize(torch.nn.Module):
         self.keep_aspect = keep_aspect
 
     def forward(self, x):
-        h, w = x.shape[-2], x.shape[-1]
-        size = (_rounded_ratio(h * 64, max(h, w)), _rounded_ratio(w * 64, max(h, w))) if self.keep_aspect else (64, 48)
-        return pillow_resize(x, size)
+        h, w = x.shape[-2:]
+        return pillow_resize(x, aspect_size(h, w, 64) if self.keep_aspect else (64, 48))
 
 
 @pytest.mark.parametrize("keep_aspect", [False, True], ids=["fixed", "aspect"])

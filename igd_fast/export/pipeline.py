@@ -51,9 +51,7 @@ class ScoringPipeline(nn.Module):
     def scoring_size(self, h, w) -> tuple:
         """The (h, w) images of H×W are scored at (:func:`igd_fast.score.io.scoring_size`)."""
         s = self.image_size
-        if not self.keep_aspect:
-            return s, s
-        return _rounded_ratio(h * s, max(h, w)), _rounded_ratio(w * s, max(h, w))
+        return aspect_size(h, w, s) if self.keep_aspect else (s, s)
 
     def read(self, x: Tensor) -> Tensor:
         """Raw N×3×H×W images in [0, 1] -> the scoring module's input."""
@@ -71,6 +69,12 @@ class ScoringPipeline(nn.Module):
             score = m.image_score_of(maps).to(score.dtype)
         pred, label = self.post(score)
         return pred, label, self.post.map_01(maps), self.post.mask(maps), score, maps
+
+
+def aspect_size(h, w, side: int) -> tuple:
+    """(h, w) scaled so the longer side is ``side``, aspect kept, as the Scorer rounds it; sizes
+    may be symbolic (an exported graph's input shape)."""
+    return _rounded_ratio(h * side, max(h, w)), _rounded_ratio(w * side, max(h, w))
 
 
 def _rounded_ratio(num, den):
