@@ -104,6 +104,15 @@ def test_onnxruntime_scores_raw_images_as_the_scorer(exported):
         want = post.map_01(torch.from_numpy(ref.anomaly_map)).numpy()
         assert np.abs(anomaly_map[0, 0] - want).max() <= TOL_MAP
         _check_masks(pred_mask[0, 0], ref, post)
+    # a pixel the Scorer would refuse (NaN, inf) makes that image anomalous, never normal; the
+    # other image of the batch scores as before
+    img = exported["images"][0]
+    x = np.repeat(img.transpose(2, 0, 1)[None].astype(np.float32) / 255.0, 2, axis=0)
+    for bad in (np.nan, np.inf):
+        x[0, 2, 5, 7] = bad
+        pred_score, pred_label, _, _, score = sess.run(None, {"input": x})
+        assert np.isnan(score[0]) and int(pred_label[0]) == 1
+        assert abs(float(pred_score[1]) - refs[0].pred_score) <= TOL_SCORE and int(pred_label[1]) == refs[0].pred_label
 
 
 def _model_api_check(model_dir: Path, xml: Path, images: list[np.ndarray]) -> None:
@@ -250,6 +259,13 @@ def test_the_exported_resize_equals_pillow_in_both_runtimes(tmp_path, keep_aspec
         for name, got in (("onnxruntime", sess.run(None, {"input": x})[0]), ("openvino", compiled(x)[0])):
             got = np.rint(got.transpose(0, 2, 3, 1) * 255).astype(np.uint8)
             assert np.array_equal(got, want), (name, hw, int(np.abs(got.astype(int) - want).max()))
+    # an image with one NaN or infinite pixel comes out all NaN (8 bits have no NaN: the graph
+    # carries it past the rounding); the other image of the batch is untouched
+    for bad in (np.nan, np.inf):
+        x[0, 1, 3, 5] = bad
+        for name, got in (("onnxruntime", sess.run(None, {"input": x})[0]), ("openvino", compiled(x)[0])):
+            assert np.isnan(got[0]).all() and not np.isnan(got[1]).any(), (name, bad)
+            assert np.array_equal(np.rint(got[1].transpose(1, 2, 0) * 255).astype(np.uint8), want[1]), name
 
 
 def test_scipy_is_a_runtime_dependency():

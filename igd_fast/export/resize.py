@@ -52,11 +52,18 @@ def _vertical_first(x: Tensor, h, w) -> Tensor:
 
 def pillow_resize(pixels: Tensor, size) -> Tensor:
     """N×3×H×W RGB in [0, 1] -> N×3×h×w in [0, 1] at ``size`` = (h, w), as Pillow resizes the
-    8-bit image (the input is first taken to 8 bits as the Scorer reads float arrays: rounded)."""
-    x = torch.round(pixels.float() * 255.0).clamp(0.0, 255.0)
+    8-bit image (the input is first taken to 8 bits as the Scorer reads float arrays: rounded).
+    An image with a NaN or infinite pixel comes out all NaN, where the Scorer refuses it (a graph
+    cannot refuse: this way its score is NaN, and so anomalous, never a number called normal)."""
+    bad = pixels.float().sum(dim=(-3, -2, -1), keepdim=True) * 0.0  # 0, or NaN for such an image
+    return _resize_8bit(torch.round(pixels.float() * 255.0).clamp(0.0, 255.0), size) / 255.0 + bad
+
+
+def _resize_8bit(x: Tensor, size) -> Tensor:
+    """Pillow's two passes over 8-bit values ``x`` (float32), in the order Pillow runs them."""
     h, w = size
     if not VERTICAL_FIRST:
-        return _horizontal_first(x, h, w) / 255.0
+        return _horizontal_first(x, h, w)
     # Pillow >= 13 (python-pillow/Pillow#9549) runs the vertical pass first when the height
     # shrinks by more than twice as many pixels as the width; in a graph the sizes are only
     # known when it runs
@@ -65,14 +72,14 @@ def pillow_resize(pixels: Tensor, size) -> Tensor:
     dw = torch.full((), x.shape[-1], **i64) - torch.full((), w, **i64)
     first = (dh > 0) & (dh > 2 * dw)
     if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):  # eager: the order is known
-        return (_vertical_first if first else _horizontal_first)(x, h, w) / 255.0
+        return (_vertical_first if first else _horizontal_first)(x, h, w)
     if isinstance(h, int) and isinstance(w, int):
         # a fixed output size: a torch.cond (an ONNX If, an OpenVINO If), so one order runs
-        return torch.cond(first, lambda t: _vertical_first(t, h, w), lambda t: _horizontal_first(t, h, w), (x,)) / 255.0
+        return torch.cond(first, lambda t: _vertical_first(t, h, w), lambda t: _horizontal_first(t, h, w), (x,))
     # a size that follows the input's (aspect kept) would enter torch.cond's branches as new
     # symbols, unrelated to the input's (torch 2.13), and the graph after would lose its
     # shapes: both orders are computed and one kept
-    return torch.where(first, _vertical_first(x, h, w), _horizontal_first(x, h, w)) / 255.0
+    return torch.where(first, _vertical_first(x, h, w), _horizontal_first(x, h, w))
 
 
 def _pillow_major() -> int:
