@@ -94,11 +94,13 @@ def test_bench_export_runtime(benchmark, exported, runtime):
 # (Scorer.predict on uint8 arrays: Pillow's resize, the scoring module with our kernels, the
 # maps finished at each image's size) against the exported graph (resize, normalisation,
 # scoring and finishing inside) in onnxruntime and OpenVINO. Models: the demo's (global +
-# local at 128², width 16, `igd-fast demo`'s configs) and a `--preset cpu` one (global at 128²
-# + the defect model at 224, its map at each image's aspect). Images: 4 RGB uint8 of 512×512.
-# IGD_BENCH_EXPORT_DIR: a folder holding demo/, cpu/ and their exports (demo.onnx, demo.xml,
-# cpu.onnx, cpu.xml), e.g. from an earlier run, to skip training and exporting.
+# local at 128², width 16, `igd-fast demo`'s configs), a `--preset cpu` one (global at 128²
+# + the defect model at 224, its map at each image's aspect) and a `--preset cpu-texture` one
+# (local at 256² + the defect model at 224). Images: 4 RGB uint8 of 512×512.
+# IGD_BENCH_EXPORT_DIR: a folder holding the models (demo/, cpu/, texture/) and their exports
+# (demo.onnx, demo.xml, ...), e.g. from an earlier run, to skip training and exporting.
 DEPLOY_BATCH, DEPLOY_SIDE = 4, 512
+DEPLOY_MODELS = ["demo", "cpu", "texture"]
 THREADS = int(os.environ.get("IGD_BENCH_THREADS", "2"))
 
 
@@ -111,13 +113,18 @@ def deploy_models(tmp_path_factory):
 
     given = os.environ.get("IGD_BENCH_EXPORT_DIR")
     root = Path(given) if given else tmp_path_factory.mktemp("bench_deploy")
-    if not (root / "cpu.xml").is_file():
-        make_synthetic_mvtec(root / "data", "synth", n_train=16, n_test_good=2, n_test_bad=2, size=256, seed=0)
-        train_small(root / "data", "synth", root / "demo", epochs=1, progress=False, device="cpu")
-        assert main(["train", "--data", str(root / "data"), "--category", "synth", "--out", str(root / "cpu"),
-                     "--preset", "cpu", "--epochs", "1", "--defect-steps", "2", "--val-fraction", "0.25",
-                     "--no-progress", "--device", "cpu"]) == 0  # fmt: skip
-        for m in ("demo", "cpu"):
+    data = root / "data"
+    if not (data / "synth").is_dir():
+        make_synthetic_mvtec(data, "synth", n_train=16, n_test_good=2, n_test_bad=2, size=256, seed=0)
+    if not (root / "demo" / "run.json").is_file():
+        train_small(data, "synth", root / "demo", epochs=1, progress=False, device="cpu")
+    for m, preset in (("cpu", "cpu"), ("texture", "cpu-texture")):
+        if not (root / m / "run.json").is_file():
+            assert main(["train", "--data", str(data), "--category", "synth", "--out", str(root / m),
+                         "--preset", preset, "--epochs", "1", "--defect-steps", "2", "--val-fraction", "0.25",
+                         "--no-progress", "--device", "cpu"]) == 0  # fmt: skip
+    for m in DEPLOY_MODELS:
+        if not (root / f"{m}.xml").is_file():
             assert main(["export", "--model", str(root / m), "--format", "onnx", "--out", str(root / f"{m}.onnx")]) == 0
             export_openvino(root / m, root / f"{m}.xml", onnx_file=root / f"{m}.onnx")
     return root
@@ -167,7 +174,7 @@ DEPLOY_PATHS = [
 
 
 @pytest.mark.parametrize("path", DEPLOY_PATHS)
-@pytest.mark.parametrize("model", ["demo", "cpu"])
+@pytest.mark.parametrize("model", DEPLOY_MODELS)
 def test_bench_deploy(benchmark, deploy_models, model, path):
     if path.startswith("openvino"):
         pytest.importorskip("openvino")

@@ -258,3 +258,23 @@ def test_export_computes_the_model_recipe_and_records_it(model, tmp_path):
         assert float(rb["score"]) == pytest.approx(float(ra["score"]), rel=1e-4, abs=1e-4)
         assert rb["pred_label"] == ra["pred_label"]
     assert json.loads((tmp_path / "x" / "summary.json").read_text())["scoring"] == rec["scoring"]
+
+
+def test_the_parity_check_measures_maps_relative_where_they_exceed_the_heat_map_range():
+    """Float32 rounding is relative: a map 300× its heat-map range (a texture model's
+    Mahalanobis map on random images) differs by 3e-6 of its value, not by 1e-3 of the range;
+    within the range the difference stays measured in heat-map ranges."""
+    from types import SimpleNamespace
+
+    from igd_fast.export.onnx import compare
+
+    post = SimpleNamespace(threshold=1.0, pixel_threshold=10.0, pixel_scale=20.0)
+    ref = np.full((2, 4, 4), 5.0, np.float32)
+    ref[0, 1, 1] = 6000.0
+    preds = [SimpleNamespace(score=3.0, pred_score=0.9, pred_label=1, anomaly_map=m) for m in ref]
+    got = {"pred_score": np.array([0.9, 0.9]), "score": np.array([3.0, 3.0]), "pred_label": np.array([1, 1]),
+           "anomaly_map_raw": ref[:, None].copy(), "pred_mask": ref[:, None] > 10.0}  # fmt: skip
+    got["anomaly_map_raw"][0, 0, 1, 1] += 0.02  # 3.3e-6 of the value, 1e-3 of the range
+    assert compare(got, preds, post, 1e-4)["anomaly_map"] == pytest.approx(0.02 / 6000.0, rel=1e-3)
+    got["anomaly_map_raw"][1, 0, 2, 2] += 0.04  # a value within the range: 2e-3 of the range
+    assert compare(got, preds, post, 1e-4)["anomaly_map"] == pytest.approx(0.04 / 20.0, rel=1e-3)

@@ -1,7 +1,8 @@
 """The exported model as deployers run it: raw 8-bit RGB images of three sizes (one of them
 non-square) through the ONNX file in plain onnxruntime and through the IR in OpenVINO Model
 API's ``AnomalyDetection``, against our Scorer on the same pixels, for a global + local
-model and a ``--preset cpu`` model (global + the defect model that keeps the aspect)."""
+model, a ``--preset cpu`` model (global + the defect model that keeps the aspect) and a
+``--preset cpu-texture`` model (local + defect, the recipe for textures)."""
 
 from __future__ import annotations
 
@@ -71,7 +72,24 @@ def cpu_preset(tmp_path_factory):
     return {"model": model, "onnx": onnx_file, "xml": xml, "images": _images(files[1:])}
 
 
-@pytest.fixture(params=["pair", "cpu_preset"])
+@pytest.fixture(scope="module")
+def texture_preset(tmp_path_factory):
+    """A tiny ``--preset cpu-texture`` model: the local model (its residual's Mahalanobis map, the
+    image scored by the map's excess) and the defect model, the larger standardised term."""
+    from igd_fast.data import make_synthetic_mvtec
+
+    root = tmp_path_factory.mktemp("deploy_texture")
+    data, model = root / "data", root / "m"
+    make_synthetic_mvtec(data, "cat", n_train=8, n_test_good=2, n_test_bad=2, size=96, seed=1)
+    assert main(["train", "--data", str(data), "--category", "cat", "--out", str(model), "--preset", "cpu-texture",
+                 "--image-size", "64", "--width", "8", "--epochs", "1", "--defect-size", "32",
+                 "--defect-steps", "2", "--val-fraction", "0.25", "--no-progress", "--device", "cpu"]) == 0  # fmt: skip
+    onnx_file, xml = _export(model, root / "export")
+    files = sorted((data / "cat" / "test").rglob("*.png"))
+    return {"model": model, "onnx": onnx_file, "xml": xml, "images": _images(files[1:])}
+
+
+@pytest.fixture(params=["pair", "cpu_preset", "texture_preset"])
 def exported(request):
     return request.getfixturevalue(request.param)
 
