@@ -101,6 +101,15 @@ def test_extract_matches_unfold_reference_and_slicing(geo):
     torch.testing.assert_close(patches[(n - 1) * grid.count + k], x[n - 1, :, r : r + size, col : col + size])
 
 
+@given(geo=geometries())
+@settings(max_examples=60, deadline=None)
+def test_the_exported_graphs_row_gathers_equal_the_unfold_reference(geo):
+    n, c, h, w, size, stride = geo
+    x = torch.randn(n, c, h, w)
+    want = ref.extract_patches(x, size, stride)
+    torch.testing.assert_close(ref.gather_patches(x, size, stride), want, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("h,w,size,stride", [(37, 45, 8, 5), (40, 44, 8, 4)])  # irregular, regular grid
 def test_extract_gradient_is_sum_fold(h, w, size, stride):
     x = torch.randn(2, 3, h, w, requires_grad=True)

@@ -56,6 +56,20 @@ def extract_patches(images: torch.Tensor, size: int, stride: int) -> torch.Tenso
     return out.view(n * nr * nc, c, size, size)
 
 
+def gather_patches(images: torch.Tensor, size: int, stride: int) -> torch.Tensor:
+    """The patches of :func:`extract_patches`, gathered as whole rows: rows of every patch row,
+    then (transposed) its columns. An exported graph copies rows as blocks, while ``F.unfold``
+    exports as a gather along the last axis, one value at a time."""
+    n, c, h, w = images.shape
+    off = torch.arange(size, device=images.device)
+    rows = (torch.tensor(grid_starts(h, size, stride), device=images.device)[:, None] + off).reshape(-1)
+    cols = (torch.tensor(grid_starts(w, size, stride), device=images.device)[:, None] + off).reshape(-1)
+    nr, nc = rows.numel() // size, cols.numel() // size
+    x = images.index_select(2, rows).transpose(2, 3).index_select(2, cols).transpose(2, 3)  # N×C×(nr·size)×(nc·size)
+    # the last axis stays last: the permutation copies runs of ``size`` values
+    return x.reshape(n, c, nr, size, nc, size).permute(0, 2, 4, 1, 3, 5).reshape(n * nr * nc, c, size, size)
+
+
 def _fold_sum(patch_maps: torch.Tensor, height: int, width: int, size: int, stride: int):
     """Sum of overlapping patches with ``F.fold`` per regular sub-grid."""
     nr, nc = len(grid_starts(height, size, stride)), len(grid_starts(width, size, stride))

@@ -42,7 +42,7 @@ class ReferenceOps:
     """The pure-PyTorch reference functions (export)."""
 
     def patches(self, x: Tensor, size: int, stride: int) -> tuple[Tensor, PatchGrid]:
-        return ref.extract_patches(x, size, stride), PatchGrid(x.shape[-2], x.shape[-1], size, stride)
+        return ref.gather_patches(x, size, stride), PatchGrid(x.shape[-2], x.shape[-1], size, stride)
 
     def resize(self, x: Tensor, size: tuple[int, int]) -> Tensor:
         # gathered taps, not an antialiased Resize node (OpenVINO's differs by up to 0.44)
