@@ -56,37 +56,31 @@ def pair(tiny_pair, tmp_path_factory):
     return {"model": tiny_pair["model"], "onnx": onnx_file, "xml": xml, "images": _images(tiny_pair["test"][1:])}
 
 
-@pytest.fixture(scope="module")
-def cpu_preset(tmp_path_factory):
-    """A tiny ``--preset cpu`` model: the global model and the defect model (its map, at the image's aspect)."""
+def _tiny_preset(root: Path, preset: str, image_size: int, seed: int) -> dict:
+    """A tiny model of ``train --preset PRESET`` on generated data, exported both ways."""
     from igd_fast.data import make_synthetic_mvtec
 
-    root = tmp_path_factory.mktemp("deploy_cpu")
     data, model = root / "data", root / "m"
-    make_synthetic_mvtec(data, "cat", n_train=8, n_test_good=2, n_test_bad=2, size=96, seed=0)
-    assert main(["train", "--data", str(data), "--category", "cat", "--out", str(model), "--preset", "cpu",
-                 "--image-size", "96", "--width", "8", "--epochs", "1", "--defect-size", "32",
+    make_synthetic_mvtec(data, "cat", n_train=8, n_test_good=2, n_test_bad=2, size=96, seed=seed)
+    assert main(["train", "--data", str(data), "--category", "cat", "--out", str(model), "--preset", preset,
+                 "--image-size", str(image_size), "--width", "8", "--epochs", "1", "--defect-size", "32",
                  "--defect-steps", "2", "--val-fraction", "0.25", "--no-progress", "--device", "cpu"]) == 0  # fmt: skip
     onnx_file, xml = _export(model, root / "export")
     files = sorted((data / "cat" / "test").rglob("*.png"))
     return {"model": model, "onnx": onnx_file, "xml": xml, "images": _images(files[1:])}
+
+
+@pytest.fixture(scope="module")
+def cpu_preset(tmp_path_factory):
+    """A tiny ``--preset cpu`` model: the global model and the defect model (its map, at the image's aspect)."""
+    return _tiny_preset(tmp_path_factory.mktemp("deploy_cpu"), "cpu", 96, seed=0)
 
 
 @pytest.fixture(scope="module")
 def texture_preset(tmp_path_factory):
     """A tiny ``--preset cpu-texture`` model: the local model (its residual's Mahalanobis map, the
     image scored by the map's excess) and the defect model, the larger standardised term."""
-    from igd_fast.data import make_synthetic_mvtec
-
-    root = tmp_path_factory.mktemp("deploy_texture")
-    data, model = root / "data", root / "m"
-    make_synthetic_mvtec(data, "cat", n_train=8, n_test_good=2, n_test_bad=2, size=96, seed=1)
-    assert main(["train", "--data", str(data), "--category", "cat", "--out", str(model), "--preset", "cpu-texture",
-                 "--image-size", "64", "--width", "8", "--epochs", "1", "--defect-size", "32",
-                 "--defect-steps", "2", "--val-fraction", "0.25", "--no-progress", "--device", "cpu"]) == 0  # fmt: skip
-    onnx_file, xml = _export(model, root / "export")
-    files = sorted((data / "cat" / "test").rglob("*.png"))
-    return {"model": model, "onnx": onnx_file, "xml": xml, "images": _images(files[1:])}
+    return _tiny_preset(tmp_path_factory.mktemp("deploy_texture"), "cpu-texture", 64, seed=1)
 
 
 @pytest.fixture(params=["pair", "cpu_preset", "texture_preset"])
