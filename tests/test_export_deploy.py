@@ -230,6 +230,24 @@ def test_the_graph_resizes_as_pillow():
         assert np.array_equal(np.rint(got[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8), want), (hw, out)
 
 
+def test_the_graphs_map_resize_equals_torchs_bilinear():
+    """The map to the input's size as two MatMuls (OpenVINO runs them faster than its
+    Interpolate): F.interpolate's bilinear values, up and down, odd sizes and ratios, to float32
+    rounding of the map's magnitude."""
+    from igd_fast.export.resize import bilinear_resize
+
+    g = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(3)
+    sizes = [((128, 128), (512, 512)), ((7, 5), (7, 5)), ((1, 3), (9, 4))] + [
+        (tuple(rng.integers(1, 200, 2)), tuple(rng.integers(1, 500, 2))) for _ in range(20)]  # fmt: skip
+    for (h, w), (hh, ww) in sizes:
+        m = torch.randn(2, 1, int(h), int(w), generator=g) * 100
+        want = torch.nn.functional.interpolate(m, size=(int(hh), int(ww)), mode="bilinear", align_corners=False)
+        got = bilinear_resize(m, (int(hh), int(ww)))
+        assert got.shape == want.shape, (h, w, hh, ww)
+        assert float((got - want).abs().max()) <= 1e-5 * float(m.abs().max()), (h, w, hh, ww)
+
+
 class _Resize(torch.nn.Module):
     """The graph's resize alone: to a fixed 64×48, or to a longer side of 64 (aspect kept)."""
 
