@@ -289,8 +289,8 @@ def test_the_exported_resize_equals_pillow_in_both_runtimes(tmp_path, keep_aspec
         for name, got in (("onnxruntime", sess.run(None, {"input": x})[0]), ("openvino", compiled(x)[0])):
             got = np.rint(got.transpose(0, 2, 3, 1) * 255).astype(np.uint8)
             assert np.array_equal(got, want), (name, hw, int(np.abs(got.astype(int) - want).max()))
-    # an image with one NaN or infinite pixel comes out all NaN (8 bits have no NaN: the graph
-    # carries it past the rounding); the other image of the batch is untouched
+    # an image with one NaN or infinite pixel comes out all NaN (the rounding's Clip alone could
+    # turn it into a number: +inf into 255); the other image of the batch is untouched
     for bad in (np.nan, np.inf):
         x[0, 1, 3, 5] = bad
         for name, got in (("onnxruntime", sess.run(None, {"input": x})[0]), ("openvino", compiled(x)[0])):
