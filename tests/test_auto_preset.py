@@ -107,3 +107,31 @@ def test_cli_auto_without_readable_images_exits_2(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "--preset auto" in err and "at least 2 readable" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_texture_trains_its_local_model_in_bf16_only_where_the_cpu_has_it(tmp_path, capsys, monkeypatch, native):
+    # the preset sets --amp --channels-last; on a CPU without bf16 instructions its bf16 is dropped
+    # (autocast would convert in software) and the run says so, while channels_last stays
+    import igd_fast.score.precision as precision
+
+    monkeypatch.setattr(precision, "bf16_support", lambda device: None if native else "no bf16 here")
+    tex = tmp_path / "tex"
+    make_synthetic_mvtec(tex, "cat", n_train=8, n_test_good=1, n_test_bad=1, size=64, seed=0)
+    out = tmp_path / "m"
+    assert main(["train", "--data", str(tex), "--category", "cat", "--out", str(out), "--preset", "cpu-texture",
+                 *TINY]) == 0  # fmt: skip
+    said = capsys.readouterr().out
+    run = json.loads((out / "run.json").read_text())
+    local, defect = run["models"]["local"], run["models"]["defect"]
+    assert local["options"]["channels_last"] is True and local["options"]["preset_applied"]["channels_last"] is True
+    assert local["options"]["amp"] is (True if native else None)
+    assert ("amp" in local["options"]["preset_applied"]) is native
+    assert defect["bf16"] is native
+    assert ("the local model trains in fp32 (no bf16 here)" in said) is not native
+    # an explicit flag wins over the preset
+    out2 = tmp_path / "m2"
+    assert main(["train", "--data", str(tex), "--category", "cat", "--out", str(out2), "--preset", "cpu-texture",
+                 "--no-amp", *TINY]) == 0  # fmt: skip
+    run2 = json.loads((out2 / "run.json").read_text())
+    assert run2["models"]["local"]["options"]["amp"] is False and run2["models"]["defect"]["bf16"] is False

@@ -112,10 +112,11 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--overwrite", action="store_true",
                    help="replace the model(s) already in OUT (without it, or --resume, a trained model there is "
                         "refused: nothing is replaced by accident)")  # fmt: skip
-    t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast (default: on for CUDA)")
-    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format (default: on for CUDA)")
+    t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=Default(None),
+                   help="bf16 autocast (default: on for CUDA; on a CPU with bf16 instructions for the defect model "
+                        "and for --preset cpu-texture's local model)")
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=Default(None),
+                   help="channels_last memory format (default: on for CUDA and for --preset cpu-texture)")
     t.add_argument("--compile", action="store_true", help="torch.compile the networks")
     add_runtime(t)
 
@@ -213,6 +214,7 @@ def _run(args: argparse.Namespace) -> int:
     applied = apply_preset(args, "train")
     try:
         check_device_backend(args)
+        _native_bf16_only(args, applied)
         opts = TrainOptions(
             epochs=args.epochs, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
             val_fraction=args.val_fraction, device=args.device, amp=args.amp, compile=args.compile,
@@ -255,6 +257,22 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         _dist.close()
     return EXIT_OK
+
+
+def _native_bf16_only(args: argparse.Namespace, applied: dict) -> None:
+    """A preset's bf16 (``amp``) holds only where the device computes bf16 natively; elsewhere
+    autocast would convert in software, so the flag's own default (fp32 on the CPU) stands, as
+    the defect model decides for itself."""
+    if not applied.get("amp"):
+        return
+    from ..score.precision import bf16_support
+
+    why = bf16_support(_dist.resolve_device(args.device))
+    if why is not None:
+        args.amp = None
+        del applied["amp"]
+        if _dist.init().is_main:
+            print(f"--preset {args.preset}: the local model trains in fp32 ({why})")
 
 
 def _resolve_auto(args: argparse.Namespace) -> dict | None:
