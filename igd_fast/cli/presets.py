@@ -63,9 +63,9 @@ CPU_TRAIN = {
 # (docs/results/textures_dev.md).
 # The local model in bf16 autocast with channels_last (where the CPU has bf16 instructions; elsewhere
 # fp32, as the defect model decides): 11 -> 22 images/s on the Zen 4 VM, 7.5-8 -> 4.2 min of its
-# training, peak RSS 1.74 -> 1.18 GB; the local model alone at seeds 0 / 1 / 2, image AUROC grass
-# 0.930 / 0.966 / 0.995, moon see docs/results/textures_dev.md ("the local model in bf16"), against
-# fp32's 0.977 / 0.958 / 0.997 and 0.988 / 0.923 / 0.995.
+# training, peak RSS 1.7-1.9 -> 1.0-1.2 GB; the local model alone at seeds 0 / 1 / 2, image AUROC
+# grass 0.930 / 0.966 / 0.995 and moon 0.992 / 0.970 / 1.000, against fp32's 0.977 / 0.958 / 0.997
+# and 0.988 / 0.923 / 0.995 (docs/results/textures_dev.md, "the local model in bf16").
 CPU_TEXTURE_TRAIN = {
     "model": "local+defect",
     "image_size": 256,
