@@ -213,8 +213,7 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     applied = apply_preset(args, "train")
     try:
-        check_device_backend(args)
-        _native_bf16_only(args, applied)
+        _check_device(args, applied)
         opts = TrainOptions(
             epochs=args.epochs, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
             val_fraction=args.val_fraction, device=args.device, amp=args.amp, compile=args.compile,
@@ -259,10 +258,11 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _native_bf16_only(args: argparse.Namespace, applied: dict) -> None:
-    """A preset's bf16 (``amp``) holds only where the device computes bf16 natively; elsewhere
-    autocast would convert in software, so the flag's own default (fp32 on the CPU) stands, as
-    the defect model decides for itself."""
+def _check_device(args: argparse.Namespace, applied: dict) -> None:
+    """``--device`` / ``--backend`` checked, and a preset's bf16 (``amp``) kept only where the device
+    computes bf16 natively; elsewhere autocast would convert in software, so the flag's own default
+    (fp32 on the CPU) stands, as the defect model decides for itself."""
+    check_device_backend(args)
     if not applied.get("amp"):
         return
     from ..score.precision import bf16_support
