@@ -64,7 +64,9 @@ def export_openvino(
         if onnx_file is None:
             onnx_file = Path(tmp) / "model.onnx"
             write_graph(pipe, onnx_file, opset)
-        ov_model = ov.convert_model(str(onnx_file))
+        # read_model, not convert_model: the same ONNX frontend without ovc's telemetry, which forks a
+        # process to reach www.google-analytics.com (it hung a CI run at exit, deadlocked in getaddrinfo)
+        ov_model = ov.Core().read_model(str(onnx_file))
         record = describe(scorer, pipe, model_dir, "openvino", out, opset)
         for r in [r for r in ov_model.get_results() if r.output(0).get_any_name() not in IR_OUTPUTS]:
             ov_model.remove_result(r)  # its tensor keeps its name inside the graph
