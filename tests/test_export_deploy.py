@@ -234,7 +234,7 @@ def test_the_graphs_map_resize_equals_torchs_bilinear():
     """The map to the input's size as two MatMuls (OpenVINO runs them faster than its
     Interpolate): F.interpolate's bilinear values, up and down, odd sizes and ratios, to float32
     rounding of the map's magnitude."""
-    from igd_fast.export.resize import bilinear_resize
+    from igd_fast.reference.resize import bilinear_matmul
 
     g = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(3)
@@ -243,9 +243,30 @@ def test_the_graphs_map_resize_equals_torchs_bilinear():
     for (h, w), (hh, ww) in sizes:
         m = torch.randn(2, 1, int(h), int(w), generator=g) * 100
         want = torch.nn.functional.interpolate(m, size=(int(hh), int(ww)), mode="bilinear", align_corners=False)
-        got = bilinear_resize(m, (int(hh), int(ww)))
+        got = bilinear_matmul(m, (int(hh), int(ww)))
         assert got.shape == want.shape, (h, w, hh, ww)
         assert float((got - want).abs().max()) <= 1e-5 * float(m.abs().max()), (h, w, hh, ww)
+
+
+def test_an_exported_graph_resizes_maps_by_matmul_and_eager_by_interpolate():
+    """``reference.resize.bilinear``: F.interpolate when run, two MatMuls when exported (the
+    MS-SSIM scale maps and the component maps; OpenVINO's Interpolate was 9 ms of the demo)."""
+    from igd_fast.reference.resize import bilinear
+    from igd_fast.reference.ssim import upsample_scale_map
+
+    class Up(torch.nn.Module):
+        def forward(self, m):
+            return bilinear(upsample_scale_map(m, 11, 40, 40), (57, 31))
+
+    m = torch.randn(2, 3, 10, 10)
+    ops = {str(n.target) for n in torch.export.export(Up(), (m,)).graph.nodes if n.op == "call_function"}
+    assert not any("upsample_bilinear" in o for o in ops) and any("matmul" in o or "mm" in o for o in ops), ops
+    want = torch.nn.functional.interpolate(torch.nn.functional.pad(m, (5,) * 4, mode="replicate"), size=(40, 40),
+                                           mode="bilinear", align_corners=False)  # fmt: skip
+    want = torch.nn.functional.interpolate(want, size=(57, 31), mode="bilinear", align_corners=False)
+    assert torch.equal(Up()(m), want)  # eager: the very same calls
+    got = torch.export.export(Up(), (m,)).module()(m)
+    assert float((got - want).abs().max()) <= 1e-5 * float(m.abs().max())
 
 
 class _Resize(torch.nn.Module):

@@ -21,7 +21,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..data import imagenet_normalise
-from .resize import bilinear_resize, pillow_resize
+from ..reference.resize import bilinear_matmul
+from .resize import pillow_resize
 
 MAP_OUTPUTS = ["pred_score", "pred_label", "anomaly_map", "pred_mask", "score", "anomaly_map_raw"]
 SCORE_OUTPUTS = ["pred_score", "pred_label", "score"]
@@ -64,7 +65,7 @@ class ScoringPipeline(nn.Module):
         score = out.score
         if not self.has_map:
             return (*self.post(score), score)
-        maps = m.finish_map(bilinear_resize(out.maps, (h, w)))  # the map at the input's size
+        maps = m.finish_map(bilinear_matmul(out.maps, (h, w)))  # the map at the input's size
         if m.map_scored:
             score = m.image_score_of(maps).to(score.dtype)
         pred, label = self.post(score)

@@ -82,30 +82,6 @@ def _resize_8bit(x: Tensor, size) -> Tensor:
     return torch.where(first, _vertical_first(x, h, w), _horizontal_first(x, h, w))
 
 
-def bilinear_resize(m: Tensor, size) -> Tensor:
-    """N×C×h×w maps -> N×C×H×W as ``F.interpolate(..., mode="bilinear", align_corners=False)``
-    computes them (same source positions and weights, float32; sums in another order), as two
-    MatMuls with the weights as H×h and w×W matrices: OpenVINO's Interpolate took 7 ms for a
-    4×512² map, its MatMuls far less."""
-    rows = _bilinear_weights(m.shape[-2], size[0], m.device)  # H×h
-    cols = _bilinear_weights(m.shape[-1], size[1], m.device)  # W×w
-    return torch.matmul(rows, torch.matmul(m, cols.transpose(0, 1)))
-
-
-def _bilinear_weights(n_in, n_out, device) -> Tensor:
-    """n_out×n_in weights of PyTorch's bilinear resampling along one axis (half-pixel centres,
-    the source clamped at 0, the upper neighbour clamped at the border), from sizes that may be
-    symbolic."""
-    f32 = dict(device=device, dtype=torch.float32)
-    scale = torch.full((), n_in, **f32) / torch.full((), n_out, **f32)
-    src = (scale * (torch.arange(n_out, **f32) + 0.5) - 0.5).clamp_min(0.0)
-    lo = src.floor()
-    hi = torch.minimum(lo + 1.0, torch.full((), n_in, **f32) - 1.0)
-    frac = (src - lo)[:, None]
-    i = torch.arange(n_in, **f32)[None, :]
-    return (1.0 - frac) * (i == lo[:, None]) + frac * (i == hi[:, None])
-
-
 def _pillow_major() -> int:
     import PIL
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .. import config
 from ..config import MSSSIMConfig
+from .resize import bilinear
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -143,7 +144,7 @@ def upsample_scale_map(m: torch.Tensor, win_size: int, out_h: int, out_w: int) -
     if r:
         m = F.pad(m, (r, r, r, r), mode="replicate")
     if m.shape[-2:] != (out_h, out_w):
-        m = F.interpolate(m, size=(out_h, out_w), mode="bilinear", align_corners=False)
+        m = bilinear(m, (out_h, out_w))
     return m
 
 

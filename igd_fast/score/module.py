@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..reference.resize import bilinear
 from .components import Component, Terms
 from .maps import gaussian_smooth
 from .residual import channel_distance, standardise_positions
@@ -170,7 +170,7 @@ class ScoringModule(nn.Module):
                 continue
             m = self.measure(kind, t.map)
             if tuple(m.shape[-2:]) != tuple(size):
-                m = F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)
+                m = bilinear(m, size)
             out[kind] = m
         return out
 
@@ -213,7 +213,7 @@ class ScoringModule(nn.Module):
     def smooth_map(self, m: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         """N×1×h×w maps at ``size`` (bilinear; None: as they are), smoothed by ``map_sigma``."""
         if size is not None and tuple(m.shape[-2:]) != tuple(size):
-            m = F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)
+            m = bilinear(m, size)
         return gaussian_smooth(m, self.map_sigma) if self.map_sigma > 0 else m
 
     def position_map(self, m: Tensor) -> Tensor:
