@@ -151,11 +151,13 @@ def _deploy_runner(root, model: str, path: str):
         return (lambda: sess.run(["pred_score"], {"input": x})), (lambda out: out[0].tolist())
     import openvino as ov
 
-    _, hint, precision, *static = path.split("-")  # openvino-LATENCY-f32[-static]
+    _, hint, precision, *fixed = path.split("-")  # openvino-LATENCY-f32[-static|-batch]
     core = ov.Core()
     ir = core.read_model(str(root / f"{model}.xml"))
-    if static:  # the batch's shape fixed before compiling (OpenVINO's advice for a fixed camera)
+    if fixed == ["static"]:  # the batch's shape fixed before compiling (OpenVINO's advice for a fixed camera)
         ir.reshape({"input": list(x.shape)})
+    elif fixed == ["batch"]:  # the batch size alone fixed, any image size (what `score --runtime openvino` does)
+        ir.reshape({"input": [x.shape[0], 3, -1, -1]})
     compiled = core.compile_model(ir, "CPU", {
         "PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": THREADS})  # fmt: skip
     request = compiled.create_infer_request()
@@ -168,6 +170,7 @@ DEPLOY_PATHS = [
     "openvino-LATENCY-f32",
     "openvino-THROUGHPUT-f32",
     "openvino-LATENCY-bf16",
+    "openvino-LATENCY-f32-batch",
     "openvino-LATENCY-f32-static",
     "openvino-LATENCY-bf16-static",
 ]
