@@ -40,6 +40,23 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert precision.cpu_bf16_flags(tmp_path / "missing") == []
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_training_bf16_defaults_to_where_the_cpu_has_it(monkeypatch, native):
+    """The defect model's default and a preset's ``amp``: bf16 where native, fp32 elsewhere (with
+    the reason); an explicit --amp / --no-amp as given."""
+    from igd_fast.train.defect_run import use_bf16
+    from igd_fast.train.setup import TrainOptions
+
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda cpuinfo="/proc/cpuinfo": ["avx512_bf16"] if native else [])
+    cpu = torch.device("cpu")
+    on, why = precision.bf16_where_native(None, cpu)
+    assert on is native and (why is None) is native
+    assert precision.bf16_where_native(True, cpu) == (True, None)
+    assert precision.bf16_where_native(False, cpu) == (False, None)
+    assert use_bf16(TrainOptions(), cpu) is native
+    assert use_bf16(TrainOptions(amp=False), cpu) is False
+
+
 def test_guard_checks_count_flips_and_errors():
     g = guard.PrecisionGuard()
     t = guard.Tally(threshold=1.0, pixel_threshold=0.5, margin=0.4, map_tol=g.max_map_err)

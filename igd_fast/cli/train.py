@@ -265,10 +265,10 @@ def _check_device(args: argparse.Namespace, applied: dict) -> None:
     check_device_backend(args)
     if not applied.get("amp"):
         return
-    from ..score.precision import bf16_support
+    from ..score.precision import bf16_where_native
 
-    why = bf16_support(_dist.resolve_device(args.device))
-    if why is not None:
+    native, why = bf16_where_native(None, _dist.resolve_device(args.device))
+    if not native:
         args.amp = None
         del applied["amp"]
         if _dist.init().is_main:

@@ -50,6 +50,16 @@ def bf16_support(device: torch.device) -> str | None:
     return f"bf16 scoring is not supported on {device.type}"
 
 
+def bf16_where_native(requested: bool | None, device: torch.device) -> tuple[bool, str | None]:
+    """(bf16 autocast on?, why not where the device lacks it): ``requested`` True or False as
+    given, None where ``device`` computes bf16 natively (elsewhere autocast converts in software
+    and is slower than fp32). The training default of the defect model and of a preset's ``amp``."""
+    if requested is not None:
+        return bool(requested), None
+    why = bf16_support(device)
+    return why is None, why
+
+
 class Autocast(nn.Module):
     """``inner`` run under bf16 autocast, its output cast back to float32."""
 

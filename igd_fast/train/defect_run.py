@@ -21,11 +21,9 @@ from .setup import TrainOptions, _check_out_models, _remove_for_overwrite, datas
 def use_bf16(opts: TrainOptions, device: torch.device) -> bool:
     """bf16 autocast: ``--amp`` when given, else wherever the device has bf16 (on the CPU's
     avx512_bf16 the networks ran ~2x faster; weights and losses stay fp32)."""
-    if opts.amp is not None:
-        return bool(opts.amp)
-    from ..score.precision import bf16_support
+    from ..score.precision import bf16_where_native
 
-    return bf16_support(device) is None
+    return bf16_where_native(opts.amp, device)[0]
 
 
 def train_defect(cfg: DefectConfig, data, out_dir: str | Path, opts: TrainOptions) -> TrainResult:
