@@ -28,22 +28,6 @@ def model(tmp_path_factory):
     return root / "model"
 
 
-@pytest.fixture(scope="module")
-def exports(model, tmp_path_factory):
-    """``model`` exported once each way through the CLI, for the tests that read the files (a
-    trace is most of an export's time): {"onnx": file, "openvino": file}."""
-    root = tmp_path_factory.mktemp("igd_export_files")
-    out = {"onnx": root / "deploy" / "igd.onnx"}
-    assert main(["export", "--model", str(model), "--format", "onnx", "--out", str(out["onnx"])]) == 0
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return out
-    assert main(["export", "--model", str(model), "--format", "openvino", "--out", f"{root / 'ov'}/"]) == 0
-    out["openvino"] = root / "ov" / "model.xml"
-    return out
-
-
 # every stage of the scoring module, each with its fitted statistics
 EVERY_STAGE = dict(map_term="maha", residual_sigma=1.0, map_sigma=2.0, map_position=True, image_score="map-excess",
                    score_norm="standard", map_norm="standard", local_topk=2, latent_weight=0.5)  # fmt: skip
@@ -107,11 +91,12 @@ def test_pipeline_module_of_a_single_model_dir(model, tmp_path, keep):
 
 
 @pytest.mark.slow
-def test_export_onnx_parity_batch_1_and_5(model, exports):
+def test_export_onnx_parity_batch_1_and_5(model, tmp_path):
     from igd_fast.export.onnx import record_path
     from igd_fast.export.pipeline import ONNX_OUTPUTS
 
-    out = exports["onnx"]
+    out = tmp_path / "deploy" / "igd.onnx"
+    assert main(["export", "--model", str(model), "--format", "onnx", "--out", str(out)]) == 0
     meta = json.loads(record_path(out).read_text())
     assert meta["outputs"] == ONNX_OUTPUTS
     diff = meta["max_abs_diff"]  # scores absolute, the map as a fraction of the heat-map range
@@ -171,14 +156,15 @@ def test_export_errors_exit_2(model, tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-def test_export_openvino_parity_batch_1_and_5(model, exports, monkeypatch):
+def test_export_openvino_parity_batch_1_and_5(model, tmp_path, monkeypatch):
     pytest.importorskip("openvino")
     import igd_fast.export.openvino as ovx
     from igd_fast.export.onnx import record_path
     from igd_fast.export.openvino import openvino_runner
 
-    xml = exports["openvino"]  # written by --out DIR/
-    out = xml.parent
+    out = tmp_path / "ov"
+    assert main(["export", "--model", str(model), "--format", "openvino", "--out", f"{out}/"]) == 0
+    xml = out / "model.xml"
     assert xml.is_file() and xml.with_suffix(".bin").is_file() and not list(out.glob(".igd_export.*"))
     assert json.loads(record_path(xml).read_text())["format"] == "openvino"
     run = openvino_runner(xml)
@@ -210,7 +196,7 @@ def _csv(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
-def test_score_cli_with_an_exported_model_matches_the_scorer(model, exports, tmp_path, runtime):
+def test_score_cli_with_an_exported_model_matches_the_scorer(model, tmp_path, runtime):
     """The exported file through the same CLI: same scores, labels and maps as the
     model directory, for the pair and for a global-only directory."""
     if runtime == "openvino":
@@ -222,10 +208,10 @@ def test_score_cli_with_an_exported_model_matches_the_scorer(model, exports, tmp
     shutil.copytree(model, one)
     (one / "local.pt").unlink()
     (one / "threshold.json").unlink(missing_ok=True)
-    fmt = "openvino" if runtime == "openvino" else "onnx"
-    one_target = tmp_path / f"global_only_{runtime}" / ("model.xml" if runtime == "openvino" else "model.onnx")
-    assert main(["export", "--model", str(one), "--format", fmt, "--out", str(one_target)]) == 0
-    for mdir, target in ((model, exports[fmt]), (one, one_target)):
+    for mdir in (model, one):
+        target = tmp_path / f"{mdir.name}_{runtime}" / ("model.xml" if runtime == "openvino" else "model.onnx")
+        fmt = "openvino" if runtime == "openvino" else "onnx"
+        assert main(["export", "--model", str(mdir), "--format", fmt, "--out", str(target)]) == 0
         rec = json.loads(record_path(target).read_text())
         if runtime == "openvino":
             import openvino as ov
