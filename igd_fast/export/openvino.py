@@ -24,42 +24,24 @@ from .pipeline import IR_OUTPUTS
 FP32 = {"INFERENCE_PRECISION_HINT": "f32"}
 
 
-# batch sizes compiled with that batch fixed (height and width stay dynamic): with a dynamic batch
-# OpenVINO's CPU plugin does not fuse the graph's element-wise chains, and the demo model took
-# 79 against 61 ms a batch of 4×512² (36 against 28 ms at batch 1); each compile is under 1.1 s
-FIXED_BATCHES = 4
-
-
 def openvino_runner(xml: str | Path, extra: tuple[str, ...] = ("score", "anomaly_map_raw"),
                     config: dict | None = None):  # fmt: skip
     """Images -> {output name: array} in OpenVINO on the CPU, in float32 unless ``config``
     says otherwise (the CPU plugin would otherwise run in bf16 where the CPU has it), with the
-    graph's tensors ``extra`` as outputs too (those it holds). The first :data:`FIXED_BATCHES`
-    batch sizes seen are each compiled with the batch fixed; any others run on the graph as exported."""
+    graph's tensors ``extra`` as outputs too (those it holds)."""
     import openvino as ov
 
     core = ov.Core()
-    settings = dict(FP32, **(config or {}))
-
-    def compile_for(batch: int | None):
-        model = core.read_model(str(xml))
-        names = {n for op in model.get_ops() for o in op.outputs() for n in o.get_names()}
-        have = {n for o in model.outputs for n in o.get_names()}
-        wanted = [n for n in extra if n in names and n not in have]
-        if wanted:
-            model.add_outputs(wanted)
-        if batch is not None:
-            model.reshape({"input": ov.PartialShape([batch, 3, -1, -1])})
-        compiled = core.compile_model(model, "CPU", settings)
-        return compiled, compiled.create_infer_request()
-
-    requests = {None: compile_for(None)}  # compiled at once: a file OpenVINO cannot load fails here
+    model = core.read_model(str(xml))
+    names = {n for op in model.get_ops() for o in op.outputs() for n in o.get_names()}
+    have = {n for o in model.outputs for n in o.get_names()}
+    wanted = [n for n in extra if n in names and n not in have]
+    if wanted:
+        model.add_outputs(wanted)
+    compiled = core.compile_model(model, "CPU", dict(FP32, **(config or {})))
+    request = compiled.create_infer_request()
 
     def run(x):
-        n = int(x.shape[0])
-        if n not in requests and len(requests) <= FIXED_BATCHES:
-            requests[n] = compile_for(n)
-        compiled, request = requests.get(n, requests[None])
         r = request.infer({"input": x})
         return {o.get_any_name(): r[o] for o in compiled.outputs}
 
